@@ -1,0 +1,152 @@
+"""Settings in three tiers: built-in defaults < TOML file < ``VITAL_*`` environment.
+
+Runtime changes that are safe (a stream's filter) go through the HTTP API on top of
+these. Nested keys use ``__`` in the environment: ``VITAL_FILTER__LOW_HZ=1.0``.
+Every channel capacity the server opens is derived here, in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "BufferSettings",
+    "FilterSettings",
+    "LimitSettings",
+    "ScreenSettings",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+]
+
+
+class SettingsError(Exception):
+    """The settings file or environment is invalid; the message says where and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    handshake_timeout_s: float = Field(10.0, gt=0)
+    close_timeout_s: float = Field(2.0, gt=0)
+
+
+class LimitSettings(_Section):
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    max_samples_per_frame: int = Field(8192, ge=1)
+    max_head_bytes: int = Field(16384, ge=1024)
+
+
+class BufferSettings(_Section):
+    """Capacities of the bounded channels (messages), named once here."""
+
+    ingest: int = Field(256, ge=1, description="ingest connections -> filter (shared)")
+    filtered: int = Field(256, ge=1, description="filter -> screen")
+    screened: int = Field(1024, ge=1, description="screen -> broadcast")
+    subscriber: int = Field(10_000, ge=1, description="broadcast -> one subscriber's sender")
+    max_batch: int = Field(512, ge=1, description="blocks the filter takes per batch")
+
+
+class FilterSettings(_Section):
+    """A stream's causal filter: Butterworth band-pass and optional mains notch."""
+
+    low_hz: float = Field(0.5, gt=0)
+    high_hz: float = Field(40.0, gt=0)
+    order: int = Field(4, ge=1, le=8)
+    notch_hz: float | None = Field(None, description="50 or 60 Hz mains notch; null for none")
+    notch_q: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.low_hz >= self.high_hz:
+            raise ValueError(f"low_hz ({self.low_hz}) must be below high_hz ({self.high_hz})")
+        if self.notch_hz is not None and self.notch_hz not in (50.0, 60.0):
+            raise ValueError(f"notch_hz must be 50, 60 or null, got {self.notch_hz}")
+        return self
+
+    def problems_at(self, fs: float) -> list[str]:
+        """Reasons these settings cannot run at sampling rate *fs* (empty when they can)."""
+        nyquist = fs / 2
+        out = [f"{name} ({hz} Hz) must be below the Nyquist frequency {nyquist} Hz"
+               for name, hz in (("high_hz", self.high_hz), ("notch_hz", self.notch_hz))
+               if hz is not None and hz >= nyquist]
+        return out
+
+
+class ScreenSettings(_Section):
+    """Per-window checks on the raw signal in mV."""
+
+    window_s: float = Field(1.0, gt=0)
+    flatline_mv: float = Field(0.02, ge=0, description="peak-to-peak below this is flat")
+    out_of_range_mv: float = Field(5.0, gt=0, description="|x| beyond this is out of range")
+    lead_off_fraction: float = Field(0.5, gt=0, le=1,
+                                     description="share of samples at a rail meaning lead off")
+    on_windows: int = Field(2, ge=1, description="bad windows in a row before an alert starts")
+    off_windows: int = Field(2, ge=1, description="good windows in a row before it ends")
+
+
+class Settings(BaseSettings):
+    """All settings. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VITAL_", env_nested_delimiter="__", extra="forbid", frozen=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    limits: LimitSettings = LimitSettings()
+    buffers: BufferSettings = BufferSettings()
+    filter: FilterSettings = FilterSettings()
+    filtered_dtype: Literal["float32", "float64"] = "float32"
+    screen: ScreenSettings = ScreenSettings()
+    stats_interval_s: float = Field(1.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Later sources lose: init (runtime) > environment > TOML file > defaults.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load defaults, then the TOML file at *path* (or ``$VITAL_SETTINGS_FILE``), then env.
+
+    *overrides* win over all three (used by tests and the CLI's flags).
+
+    Raises:
+        SettingsError: naming each invalid key and why.
+    """
+    path = path if path is not None else os.environ.get("VITAL_SETTINGS_FILE") or None
+    cls: type[Settings] = Settings
+    if path is not None:
+        if not Path(path).is_file():
+            raise SettingsError(f"settings file {str(path)!r} does not exist")
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": Path(path)})
+        cls = type("FileSettings", (Settings,), {"model_config": config})
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+    except (OSError, ValueError) as exc:  # a TOML syntax error
+        raise SettingsError(f"cannot read settings: {exc}") from None
