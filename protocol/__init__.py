@@ -18,9 +18,9 @@ from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._frames import OPCODE_BINARY as OPCODE_BINARY
 from ._frames import server_frame as server_frame
 from ._messages import DTYPES as DTYPES
-from ._messages import Dtype as Dtype
 from ._messages import Ack as Ack
 from ._messages import DeviceMessage as DeviceMessage
+from ._messages import Dtype as Dtype
 from ._messages import Error as Error
 from ._messages import Event as Event
 from ._messages import Hello as Hello

@@ -1,0 +1,130 @@
+"""The front door: one public port for the WebSocket paths and the HTTP API.
+
+It reads each connection's request head. A WebSocket upgrade on a streaming path is
+served here (wsproto, no ASGI in between); anything else is spliced, byte for byte, to
+the HTTP API's hypercorn on a private unix socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+
+import h11
+import trio
+
+from .websocket import WebSocket, accept
+
+__all__ = ["Route", "read_head", "serve_door", "splice"]
+
+Route = Callable[[WebSocket], Awaitable[None]]
+
+
+class _BadHead(Exception):
+    pass
+
+
+async def read_head(stream: trio.abc.Stream, *, limit: int) -> bytes:
+    """Read until the end of the request head (``\\r\\n\\r\\n``); the bytes so far."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        if len(head) > limit:
+            raise _BadHead(f"request head over {limit} bytes")
+        data = await stream.receive_some(4096)
+        if not data:
+            raise _BadHead("connection closed before the request head ended")
+        head += data
+    return head
+
+
+def _websocket_target(head: bytes) -> str | None:
+    """The path of a WebSocket upgrade request; None for any other request."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    event = conn.next_event()
+    if not isinstance(event, h11.Request):
+        raise _BadHead("not an HTTP/1.1 request")
+    upgrade = {v.lower() for k, v in event.headers if k == b"upgrade"}
+    if b"websocket" not in upgrade:
+        return None
+    return event.target.decode("ascii", "replace").split("?", 1)[0]
+
+
+async def splice(client: trio.abc.Stream, head: bytes, upstream_path: str) -> None:
+    """Relay *client* to the unix socket at *upstream_path*, starting with *head*."""
+    upstream = await trio.open_unix_socket(upstream_path)
+    async with upstream, client, trio.open_nursery() as nursery:
+        await upstream.send_all(head)
+        nursery.start_soon(_pump, client, upstream, nursery.cancel_scope)
+        nursery.start_soon(_pump, upstream, client, nursery.cancel_scope)
+
+
+async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    try:
+        while data := await src.receive_some(65536):
+            await dst.send_all(data)
+        if isinstance(dst, trio.abc.HalfCloseableStream):
+            await dst.send_eof()  # let the other side finish its answer
+            return
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    scope.cancel()
+
+
+async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
+                  subprotocols: tuple[str, ...], upstream_path: str, head_limit: int,
+                  handshake_timeout: float, max_message_bytes: int) -> None:
+    remote = "%s:%s" % stream.socket.getpeername()[:2]
+    ws: WebSocket | None = None
+    try:
+        with trio.fail_after(handshake_timeout):
+            head = await read_head(stream, limit=head_limit)
+            target = _websocket_target(head)
+            if target is None or target not in routes:
+                route = None
+            else:
+                route = routes[target]
+                ws = await accept(stream, head, subprotocols=subprotocols, remote=remote,
+                                  max_message_bytes=max_message_bytes)
+    except (_BadHead, h11.RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError):
+        await _refuse(stream)
+        return
+    if route is None:
+        await splice(stream, head, upstream_path)
+    elif ws is not None:
+        await route(ws)
+
+
+async def _refuse(stream: trio.abc.Stream) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n"
+                                  b"content-length: 0\r\n\r\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await stream.aclose()
+
+
+async def serve_door(
+    *,
+    host: str,
+    port: int,
+    routes: Mapping[str, Route],
+    subprotocols: tuple[str, ...],
+    upstream_path: str,
+    head_limit: int,
+    handshake_timeout: float,
+    max_message_bytes: int,
+    handler_nursery: trio.Nursery,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on *host*:*port*; started with the port actually bound."""
+    handler = partial(_handle, routes=routes, subprotocols=subprotocols,
+                      upstream_path=upstream_path, head_limit=head_limit,
+                      handshake_timeout=handshake_timeout, max_message_bytes=max_message_bytes)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.serve_listeners, handler, listeners,
+                                   handler_nursery=handler_nursery))
+        task_status.started(bound)

@@ -1,0 +1,186 @@
+"""A server-side WebSocket over a trio stream, driven by wsproto (sans-IO).
+
+wsproto does the handshake, parses incoming frames and answers pings and closes.
+Outgoing data messages are written as frames we build ourselves
+(:func:`protocol.server_frame`), so the broadcaster can frame a message once and
+write the same bytes to every subscriber.
+"""
+
+from __future__ import annotations
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError as WsprotoRemoteError
+
+from protocol import (
+    CloseCode,
+    Error,
+    MessageAssembler,
+    RemoteProtocolError,
+    ServerMessage,
+    encode,
+    server_frame,
+)
+
+__all__ = ["ConnectionClosed", "WebSocket", "accept"]
+
+RECEIVE_SIZE = 65536
+ABNORMAL = 1006  # closed without a close frame (RFC 6455 7.1.5); never sent
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection (or it broke); ``code`` says how."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed: {code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class WebSocket:
+    """One accepted WebSocket connection.
+
+    Args:
+        stream: the transport.
+        ws: the wsproto connection, past its handshake.
+        path: the request path (``/v1/ingest`` or ``/v1/subscribe``).
+        max_message_bytes: larger incoming messages close the connection with 1009.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, ws: WSConnection, *, path: str,
+                 remote: str, max_message_bytes: int) -> None:
+        self.stream = stream
+        self.path = path
+        self.remote = remote
+        self._ws = ws
+        self._assembler = MessageAssembler(max_message_bytes)
+        self._send_lock = trio.StrictFIFOLock()
+        self.closed: ConnectionClosed | None = None
+        self.bytes_in = 0
+
+    async def receive(self) -> bytes:
+        """The next whole binary message.
+
+        Raises:
+            ConnectionClosed: the peer closed or the transport broke.
+            protocol.RemoteProtocolError: a text message (1003), one too big (1009), or
+                bytes that are not WebSocket (1002).
+        """
+        while True:
+            for event in self._ws.events():
+                payload = await self._handle(event)
+                if payload is not None:
+                    return payload
+            await self._receive_more()
+
+    async def _handle(self, event: object) -> bytes | None:
+        match event:
+            case BytesMessage():
+                return self._assembler.feed(bytes(event.data), final=event.message_finished)
+            case TextMessage():
+                raise RemoteProtocolError("text messages are not supported: send binary "
+                                          "msgpack", code=CloseCode.UNSUPPORTED_DATA,
+                                          reason="text-message")
+            case Ping():
+                await self._send_raw(self._ws.send(event.response()))
+            case CloseConnection():
+                if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                    await self._send_raw(self._ws.send(event.response()), quiet=True)
+                self.closed = ConnectionClosed(event.code, event.reason or "")
+                raise self.closed
+        return None
+
+    async def _receive_more(self) -> None:
+        if self.closed is not None:
+            raise self.closed
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            self.closed = ConnectionClosed(ABNORMAL, "transport closed")
+            raise self.closed
+        self.bytes_in += len(data)
+        try:
+            self._ws.receive_data(bytes(data))
+        except WsprotoRemoteError as exc:
+            raise RemoteProtocolError(f"not a valid WebSocket frame: {exc}") from None
+
+    async def send(self, message: ServerMessage) -> None:
+        """Encode, frame and send one message."""
+        await self.send_frame(server_frame(encode(message)))
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Send bytes already framed by :func:`protocol.server_frame`."""
+        await self._send_raw(frame)
+
+    async def _send_raw(self, data: bytes, *, quiet: bool = False) -> None:
+        try:
+            async with self._send_lock:
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if not quiet:
+                self.closed = self.closed or ConnectionClosed(ABNORMAL, "transport broke")
+                raise self.closed from None
+
+    async def fail(self, code: int, reason: str, message: str) -> None:
+        """Send an ``error`` message, then close with *code*: the way bad input ends."""
+        if self.closed is None:
+            with trio.move_on_after(1):
+                try:
+                    await self.send(Error(reason, message))
+                except ConnectionClosed:
+                    pass
+        await self.close(code, message)
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "",
+                    *, timeout: float = 2.0) -> None:
+        """Close cleanly: send a close frame, wait up to *timeout* for the peer's reply."""
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+            if self._ws.state is ConnectionState.OPEN:
+                # The close reason is limited to 123 bytes of UTF-8 (RFC 6455 5.5).
+                short = reason.encode()[:123].decode(errors="ignore")
+                await self._send_raw(self._ws.send(CloseConnection(code, short)), quiet=True)
+                try:
+                    while self.closed is None:
+                        await self.receive()
+                except (ConnectionClosed, RemoteProtocolError):
+                    pass
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+async def accept(stream: trio.abc.Stream, head: bytes, *, subprotocols: tuple[str, ...],
+                 remote: str, max_message_bytes: int) -> WebSocket | None:
+    """Complete the server handshake for the request in *head* (and any bytes after it).
+
+    Returns None after refusing the handshake with HTTP 400 when the client offers none
+    of *subprotocols*.
+    """
+    ws = WSConnection(ConnectionType.SERVER)
+    ws.receive_data(head)
+    request = next(e for e in ws.events() if isinstance(e, Request))
+    chosen = next((p for p in request.subprotocols if p in subprotocols), None)
+    if chosen is None:
+        body = (f"no supported subprotocol: offer one of {', '.join(subprotocols)} in "
+                f"Sec-WebSocket-Protocol (offered: {request.subprotocols or 'none'})\n").encode()
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        reply = ws.send(RejectConnection(status_code=400, headers=headers, has_body=True))
+        reply += ws.send(RejectData(data=body))
+        await stream.send_all(reply)
+        await stream.aclose()
+        return None
+    await stream.send_all(ws.send(AcceptConnection(subprotocol=chosen)))
+    return WebSocket(stream, ws, path=request.target.split("?")[0], remote=remote,
+                     max_message_bytes=max_message_bytes)

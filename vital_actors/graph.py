@@ -1,0 +1,147 @@
+"""The actor graph: the one place that opens channels and the root nursery.
+
+    device ─ws─▶ ingest ×N ─┐ ingest (shared inlet, cloned per device)
+                            ▼
+                          filter ──filtered──▶ screen ──screened──▶ broadcast
+                                                                       │ hub: subscriber ×M
+                                                                       ▼ (one buffer each)
+                                                              subscriber ─ws─▶ dashboard
+
+Shutdown flows downstream: stop accepting; close device connections (1001), which
+closes their inlet clones; the pipeline drains and ends; broadcast closes every
+subscriber buffer, and each subscriber connection flushes and closes with 1001.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from protocol import INGEST_PATH, SUBPROTOCOL, SUBSCRIBE_PATH, CloseCode
+
+from .api.app import create_app
+from .broadcast import Hub, run_broadcast
+from .edge.door import Route, serve_door
+from .edge.websocket import WebSocket
+from .filtering import FilterBank, run_filter
+from .ingest import run_ingest
+from .messages import Item
+from .screening import run_screen
+from .settings import Settings
+from .stats import Stats, run_rates
+from .streams import StreamRegistry
+from .subscribers import run_subscriber
+
+__all__ = ["Server"]
+
+
+class Server:
+    """The whole server. ``await nursery.start(server.run)`` returns the bound port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self.registry = StreamRegistry(settings.filter)
+        self.hub = Hub(capacity=settings.buffers.subscriber, stats=self.stats)
+        self.filter_bank = FilterBank()
+        self.port: int | None = None
+        self._stop = trio.Event()
+        self._devices: set[trio.CancelScope] = set()
+        self._channels: dict[str, trio.MemorySendChannel[Item]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.server.host}:{self.port}"
+
+    def channel_depths(self) -> dict[str, tuple[int, int]]:
+        """Each pipeline channel's (messages waiting, capacity)."""
+        out = {}
+        for name, tx in self._channels.items():
+            s = tx.statistics()
+            out[name] = (s.current_buffer_used, int(s.max_buffer_size))
+        return out
+
+    def shutdown(self) -> None:
+        """Begin a clean stop (idempotent); :meth:`run` returns when it is done."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        ingest_tx, ingest_rx = trio.open_memory_channel[Item](s.buffers.ingest)
+        filtered_tx, filtered_rx = trio.open_memory_channel[Item](s.buffers.filtered)
+        screened_tx, screened_rx = trio.open_memory_channel[Item](s.buffers.screened)
+        self._channels = {"ingest": ingest_tx, "filtered": filtered_tx,
+                          "screened": screened_tx}
+        api_stop = trio.Event()
+        with tempfile.TemporaryDirectory(prefix="vital-") as tmp:
+            api_socket = str(Path(tmp) / "api.sock")
+            async with trio.open_nursery() as root:
+                await root.start(partial(run_filter, ingest_rx, filtered_tx,
+                                         max_batch=s.buffers.max_batch, bank=self.filter_bank))
+                await root.start(partial(run_screen, filtered_rx, screened_tx,
+                                         settings=s.screen))
+                await root.start(partial(run_broadcast, screened_rx, hub=self.hub,
+                                         filtered_dtype=s.filtered_dtype))
+                services = trio.CancelScope()
+                root.start_soon(self._services, services, api_socket, api_stop)
+                async with trio.open_nursery() as connections:
+                    with trio.CancelScope() as accepting:
+                        routes: dict[str, Route] = {
+                            INGEST_PATH: partial(self._device, ingest_tx),
+                            SUBSCRIBE_PATH: self._subscriber,
+                        }
+                        self.port = await connections.start(partial(
+                            serve_door, host=s.server.host, port=s.server.port,
+                            routes=routes, subprotocols=(SUBPROTOCOL,),
+                            upstream_path=api_socket, head_limit=s.limits.max_head_bytes,
+                            handshake_timeout=s.server.handshake_timeout_s,
+                            max_message_bytes=s.limits.max_message_bytes,
+                            handler_nursery=connections))
+                        task_status.started(self.port)
+                        await self._stop.wait()
+                        accepting.cancel()
+                    api_stop.set()  # hypercorn closes its connections: the splices end
+                    for scope in list(self._devices):
+                        scope.cancel()
+                    ingest_tx.close()  # the pipeline ends once every device clone closes
+                services.cancel()
+
+    async def _services(self, scope: trio.CancelScope, api_socket: str,
+                        api_stop: trio.Event) -> None:
+        config = Config()
+        config.bind = [f"unix:{api_socket}"]
+        config.accesslog = None
+        config.errorlog = None
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(run_rates, self.stats,
+                                           interval=self.settings.stats_interval_s))
+                await hypercorn_serve(create_app(self), config,
+                                      shutdown_trigger=api_stop.wait)
+                nursery.cancel_scope.cancel()
+
+    async def _device(self, inlet: trio.MemorySendChannel[Item], ws: WebSocket) -> None:
+        try:
+            outbox = inlet.clone()
+        except trio.ClosedResourceError:  # accepted just as the server began to stop
+            await ws.close(CloseCode.GOING_AWAY, "server shutting down")
+            return
+        with trio.CancelScope() as scope:
+            self._devices.add(scope)
+            try:
+                await run_ingest(ws, outbox, registry=self.registry, stats=self.stats,
+                                 max_samples=self.settings.limits.max_samples_per_frame)
+            finally:
+                self._devices.discard(scope)
+        if scope.cancelled_caught:
+            await ws.close(CloseCode.GOING_AWAY, "server shutting down")
+        else:
+            await ws.close()
+
+    async def _subscriber(self, ws: WebSocket) -> None:
+        await run_subscriber(ws, hub=self.hub, stats=self.stats)
