@@ -90,7 +90,8 @@ class Hub:
             except trio.WouldBlock:
                 self.evict(sub, f"too slow: {self.capacity} messages waiting")
                 continue
-            except trio.ClosedResourceError:  # its connection is going away
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                # Its connection is going away: it closed its end before leaving the hub.
                 continue
             sub.sent += 1
             totals.messages_out += 1

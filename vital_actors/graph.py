@@ -1,9 +1,9 @@
 """The actor graph: the one place that opens channels and the root nursery.
 
-    device ─ws─▶ ingest ×N ─┐ ingest (shared inlet, cloned per device)
+    device ─ws─▶ ingest xN ─┐ ingest (shared inlet, cloned per device)
                             ▼
                           filter ──filtered──▶ screen ──screened──▶ broadcast
-                                                                       │ hub: subscriber ×M
+                                                                       │ hub: subscriber xM
                                                                        ▼ (one buffer each)
                                                               subscriber ─ws─▶ dashboard
 
@@ -15,8 +15,10 @@ subscriber buffer, and each subscriber connection flushes and closes with 1001.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -50,7 +52,7 @@ class Server:
         self.hub = Hub(capacity=settings.buffers.subscriber, stats=self.stats)
         self.filter_bank = FilterBank()
         self.port: int | None = None
-        self._stop = trio.Event()
+        self.stopping = trio.Event()  # set when shutdown begins
         self._devices: set[trio.CancelScope] = set()
         self._channels: dict[str, trio.MemorySendChannel[Item]] = {}
 
@@ -68,7 +70,7 @@ class Server:
 
     def shutdown(self) -> None:
         """Begin a clean stop (idempotent); :meth:`run` returns when it is done."""
-        self._stop.set()
+        self.stopping.set()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
@@ -90,21 +92,23 @@ class Server:
                 services = trio.CancelScope()
                 root.start_soon(self._services, services, api_socket, api_stop)
                 async with trio.open_nursery() as connections:
-                    with trio.CancelScope() as accepting:
-                        routes: dict[str, Route] = {
-                            INGEST_PATH: partial(self._device, ingest_tx),
-                            SUBSCRIBE_PATH: self._subscriber,
-                        }
-                        self.port = await connections.start(partial(
-                            serve_door, host=s.server.host, port=s.server.port,
-                            routes=routes, subprotocols=(SUBPROTOCOL,),
-                            upstream_path=api_socket, head_limit=s.limits.max_head_bytes,
-                            handshake_timeout=s.server.handshake_timeout_s,
-                            max_message_bytes=s.limits.max_message_bytes,
-                            handler_nursery=connections))
-                        task_status.started(self.port)
-                        await self._stop.wait()
-                        accepting.cancel()
+                    routes: dict[str, Route] = {
+                        INGEST_PATH: partial(self._device, ingest_tx),
+                        SUBSCRIBE_PATH: self._subscriber,
+                    }
+                    # serve_door runs in `connections` once started, so its own scope
+                    # (not one around the start call) is what stops the accepting.
+                    accepting = trio.CancelScope()
+                    self.port = await connections.start(partial(
+                        _cancellable, accepting, serve_door, host=s.server.host,
+                        port=s.server.port, routes=routes, subprotocols=(SUBPROTOCOL,),
+                        upstream_path=api_socket, head_limit=s.limits.max_head_bytes,
+                        handshake_timeout=s.server.handshake_timeout_s,
+                        max_message_bytes=s.limits.max_message_bytes,
+                        handler_nursery=connections))
+                    task_status.started(self.port)
+                    await self.stopping.wait()
+                    accepting.cancel()
                     api_stop.set()  # hypercorn closes its connections: the splices end
                     for scope in list(self._devices):
                         scope.cancel()
@@ -144,4 +148,12 @@ class Server:
             await ws.close()
 
     async def _subscriber(self, ws: WebSocket) -> None:
-        await run_subscriber(ws, hub=self.hub, stats=self.stats)
+        await run_subscriber(ws, hub=self.hub, stats=self.stats, registry=self.registry)
+
+
+async def _cancellable(scope: trio.CancelScope, service: Callable[..., Awaitable[None]],
+                       /, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                       **kwargs: Any) -> None:
+    """Run *service* (started with a port) inside *scope*, so the caller can stop it."""
+    with scope:
+        await service(task_status=task_status, **kwargs)

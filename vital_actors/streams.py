@@ -100,7 +100,9 @@ class StreamRegistry:
         """
         info = self._streams.get(hello.stream)
         if info is None:
-            info = StreamInfo(hello.stream, hello, design(self.default_filter, hello.fs))
+            # A rate too low for the default filter gets it fitted, never a failed hello.
+            info = StreamInfo(hello.stream, hello, design(self.default_filter, hello.fs,
+                                                          fallback=self.default_filter))
             self._streams[hello.stream] = info
         elif info.connected:
             raise StreamBusyError(f"stream {hello.stream!r} is already connected to a device")

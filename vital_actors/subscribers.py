@@ -24,17 +24,24 @@ from protocol import (
 from .broadcast import Hub, Subscriber
 from .edge.websocket import ConnectionClosed, WebSocket
 from .stats import Stats
+from .streams import StreamRegistry
 
 __all__ = ["run_subscriber"]
 
 
-async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats) -> None:
-    """Serve one subscriber connection until it closes, is evicted, or the hub closes."""
+async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
+                         registry: StreamRegistry) -> None:
+    """Serve one subscriber connection until it closes, is evicted, or the hub closes.
+
+    Subscribing to ``streams`` first replays a ``connected`` status for every stream
+    connected now, so a dashboard that joins late learns of them.
+    """
     sub, frames = hub.add()
     drained = False
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_control, ws, hub, sub, stats, nursery.cancel_scope)
+            nursery.start_soon(_read_control, ws, hub, sub, stats, registry,
+                               nursery.cancel_scope)
             with frames:
                 try:
                     async for frame in frames:
@@ -54,14 +61,17 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats) -> None:
 
 
 async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
-                        scope: trio.CancelScope) -> None:
+                        registry: StreamRegistry, scope: trio.CancelScope) -> None:
     try:
         while True:
             message = decode_subscriber(await ws.receive())
             stats.totals.messages_in += 1
             match message:
                 case Subscribe(topics):
+                    new_to_streams = "streams" in topics and "streams" not in sub.topics
                     hub.subscribe(sub, topics)
+                    if new_to_streams:
+                        await _snapshot(ws, registry)
                 case Unsubscribe(topics):
                     hub.unsubscribe(sub, topics)
                 case Ping(t):
@@ -75,3 +85,13 @@ async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
     except ConnectionClosed:
         pass
     scope.cancel()
+
+
+async def _snapshot(ws: WebSocket, registry: StreamRegistry) -> None:
+    for info in registry:
+        if info.connected:
+            await ws.send(Event("status", "streams", Priority.NORMAL, {
+                "stream": info.id, "state": "connected", "fs": info.fs,
+                "channels": list(info.channels), "run": info.run, "next_seq": info.next_seq,
+                "device": info.hello.device, "snapshot": True,
+            }))

@@ -7,6 +7,7 @@ the HTTP API's hypercorn on a private unix socket.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 
@@ -74,7 +75,7 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelSc
 async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                   subprotocols: tuple[str, ...], upstream_path: str, head_limit: int,
                   handshake_timeout: float, max_message_bytes: int) -> None:
-    remote = "%s:%s" % stream.socket.getpeername()[:2]
+    remote = "{}:{}".format(*stream.socket.getpeername()[:2])
     ws: WebSocket | None = None
     try:
         with trio.fail_after(handshake_timeout):
@@ -97,11 +98,9 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
 
 async def _refuse(stream: trio.abc.Stream) -> None:
     with trio.move_on_after(1):
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n"
                                   b"content-length: 0\r\n\r\n")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
     await stream.aclose()
 
 

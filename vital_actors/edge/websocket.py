@@ -8,6 +8,8 @@ write the same bytes to every subscriber.
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -138,16 +140,14 @@ class WebSocket:
         """Send an ``error`` message, then close with *code*: the way bad input ends."""
         if self.closed is None:
             with trio.move_on_after(1):
-                try:
+                with contextlib.suppress(ConnectionClosed):
                     await self.send(Error(reason, message))
-                except ConnectionClosed:
-                    pass
         await self.close(code, message)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "",
-                    *, timeout: float = 2.0) -> None:
-        """Close cleanly: send a close frame, wait up to *timeout* for the peer's reply."""
-        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+                    *, patience: float = 2.0) -> None:
+        """Close cleanly: send a close frame, wait up to *patience* s for the peer's reply."""
+        with trio.CancelScope(shield=True), trio.move_on_after(patience):
             if self._ws.state is ConnectionState.OPEN:
                 # The close reason is limited to 123 bytes of UTF-8 (RFC 6455 5.5).
                 short = reason.encode()[:123].decode(errors="ignore")

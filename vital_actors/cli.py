@@ -1,0 +1,146 @@
+"""The ``vital-actors`` command: serve, simulate, subscribe, demo."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from .clients import StreamSummary, run_devices, run_summary
+from .graph import Server
+from .settings import Settings, SettingsError, load_settings
+from .sources import Recording, data_dir, list_records, load_record, synthetic_ecg
+
+__all__ = ["main"]
+
+
+def _recordings(folder: Path | None, count: int) -> list[tuple[str, Recording]]:
+    """*count* (stream id, recording) pairs from the WFDB records in *folder*, cycling
+    through them; synthetic ECG at varied heart rates when *folder* is None."""
+    if folder is None:
+        return [(f"sim{i + 1}", synthetic_ecg(seconds=120, heart_rate=60 + 7 * (i % 10),
+                                              seed=i, name=f"sim{i + 1}")) for i in range(count)]
+    paths = list_records(folder)
+    if not paths:
+        raise SystemExit(f"no WFDB records (*.hea) in {folder}")
+    loaded = [load_record(p) for p in paths[:count]]
+    out = []
+    for i in range(count):
+        rec = loaded[i % len(loaded)]
+        lap = i // len(loaded)
+        out.append((rec.name if lap == 0 else f"{rec.name}-{lap + 1}", rec))
+    return out
+
+
+async def _until_signal(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            print("\nstopping: closing connections (1001) ...", file=sys.stderr)
+            server.shutdown()
+            return
+
+
+def _ws_url(http_url: str) -> str:
+    return "ws" + http_url.removeprefix("http")
+
+
+async def serve(settings: Settings, *, devices: list[tuple[str, Recording]] | None = None,
+                banner: bool = True) -> None:
+    server = Server(settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        nursery.start_soon(_until_signal, server)
+        if banner:
+            print(f"vital-actors serving on {server.url}  (ws: {_ws_url(server.url)}/v1/ingest, "
+                  "/v1/subscribe)", flush=True)
+        if devices:
+            nursery.start_soon(_simulate_until_stop, server, devices)
+
+
+async def _simulate_until_stop(server: Server, devices: list[tuple[str, Recording]]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(run_devices, _ws_url(server.url), devices,
+                                   on_error=_device_error))
+        await server.stopping.wait()
+        nursery.cancel_scope.cancel()
+
+
+def _device_error(stream: str, exc: BaseException) -> None:
+    print(f"device {stream}: {type(exc).__name__}: {exc}; reconnecting", file=sys.stderr)
+
+
+def _show(table: dict[str, StreamSummary], interval: float) -> None:
+    print(f"{'stream':<12}{'msg/s':>8}{'samples/s':>11}  quality   alerts")
+    for stream, row in sorted(table.items()):
+        print(f"{stream:<12}{row.messages / interval:>8.1f}{row.samples / interval:>11.0f}  "
+              f"{row.quality:<9} {'; '.join(row.alerts)}")
+    print(flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vital-actors", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("serve", "run the server"),
+                        ("demo", "run the server with simulated devices replaying MIT-BIH")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--host", help="bind address (default 127.0.0.1)")
+        s.add_argument("--port", type=int, help="port for HTTP and WebSocket (default 8080)")
+        s.add_argument("--settings", type=Path, help="TOML settings file")
+    demo = sub.choices["demo"]
+    demo.add_argument("--devices", type=int, default=4)
+    demo.add_argument("--data", type=Path, help="WFDB folder (default ../shared/data/mitdb)")
+    sim = sub.add_parser("simulate", help="devices replaying WFDB records (or synthetic ECG)")
+    sim.add_argument("--url", default="ws://127.0.0.1:8080")
+    sim.add_argument("--devices", type=int, default=4)
+    sim.add_argument("--data", type=Path, help="WFDB folder; synthetic ECG when omitted")
+    sim.add_argument("--frame-ms", type=float, default=100.0)
+    sim.add_argument("--stagger-ms", type=float, default=500.0)
+    subs = sub.add_parser("subscribe", help="live summary per stream")
+    subs.add_argument("--url", default="ws://127.0.0.1:8080")
+    subs.add_argument("--stream", action="append", default=[], help="only these streams")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    try:
+        base = load_settings(args.settings)
+        if server:
+            return load_settings(args.settings, server=base.server.model_copy(update=server))
+        return base
+    except SettingsError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        trio.run(partial(serve, _settings(args)))
+    elif args.command == "demo":
+        folder = args.data or ((data_dir() or Path("/nonexistent")) / "mitdb")
+        use = folder if folder.is_dir() else None
+        devices = _recordings(use, args.devices)
+        settings = _settings(args)
+        url = f"http://{settings.server.host}:{settings.server.port}"
+        print(f"demo: {len(devices)} devices replaying "
+              f"{'MIT-BIH records from ' + str(use) if use else 'synthetic ECG'}\n"
+              f"  open   {url}/  (streams, stats, API links)\n"
+              f"  watch  vital-actors subscribe --url {_ws_url(url)}\n"
+              f"  API    {url}/api/v1/streams   {url}/openapi.json   {url}/metrics\n"
+              "  Ctrl-C stops cleanly.", flush=True)
+        trio.run(partial(serve, settings, devices=devices))
+    elif args.command == "simulate":
+        devices = _recordings(args.data, args.devices)
+        trio.run(partial(run_devices, args.url, devices, frame_s=args.frame_ms / 1000,
+                         stagger_s=args.stagger_ms / 1000, on_error=_device_error))
+    elif args.command == "subscribe":
+        trio.run(partial(run_summary, args.url, streams=args.stream, show=_show))
+
+
+if __name__ == "__main__":
+    main()

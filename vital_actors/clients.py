@@ -1,0 +1,238 @@
+"""Clients on trio-websocket: simulated devices and a subscriber that summarises streams.
+
+These speak protocol v1 exactly as third-party devices and dashboards do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import numpy as np
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from protocol import (
+    INGEST_PATH,
+    SUBPROTOCOL,
+    SUBSCRIBE_PATH,
+    Ack,
+    Error,
+    Event,
+    Hello,
+    Samples,
+    ServerMessage,
+    StreamSamples,
+    Subscribe,
+    Welcome,
+    decode_server,
+    encode,
+)
+
+from .sources import Recording
+
+__all__ = ["DeviceReport", "StreamSummary", "receive", "run_device", "run_devices", "run_summary"]
+
+
+@dataclass(slots=True)
+class DeviceReport:
+    stream: str
+    frames_sent: int = 0
+    acked: int = -1
+    connections: int = 0
+    errors: list[str] = field(default_factory=list)
+    waiting_for: int | None = None
+    all_acked: trio.Event = field(default_factory=trio.Event)
+
+
+@asynccontextmanager
+async def connect(ws_url: str, path: str) -> AsyncIterator[WebSocketConnection]:
+    """A trio-websocket client connection to *ws_url* + *path* offering protocol v1.
+
+    We open and close the TCP stream ourselves (``wrap_client_stream``): trio-websocket's
+    own client leaves its socket open when the server closes first.
+    """
+    parts = urlsplit(ws_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream, trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", path,
+                                      subprotocols=[SUBPROTOCOL])
+        try:
+            yield ws
+        finally:
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def receive(ws: WebSocketConnection) -> ServerMessage:
+    """The next server message (the server only sends binary messages)."""
+    payload = await ws.get_message()
+    if isinstance(payload, str):
+        raise RuntimeError("the server sent a text message")
+    return decode_server(payload)
+
+
+def _hello(stream: str, rec: Recording, device: str) -> Hello:
+    return Hello(stream=stream, fs=rec.fs, channels=rec.channels, dtype="int16",
+                 gain=rec.gain, baseline=tuple(float(b) for b in rec.baseline), device=device)
+
+
+async def run_device(
+    ws_url: str,
+    stream: str,
+    recording: Recording,
+    *,
+    frame_s: float = 0.1,
+    speed: float = 1.0,
+    loop: bool = True,
+    max_frames: int | None = None,
+    report: DeviceReport | None = None,
+) -> DeviceReport:
+    """Replay *recording* as device *stream* in frames of *frame_s* seconds.
+
+    Paced at *speed* x real time (0 for as fast as the server's backpressure allows);
+    loops at the end of the recording when *loop*. Returns after *max_frames* frames, or
+    at the end of the recording when not looping.
+    """
+    report = report or DeviceReport(stream)
+    report.waiting_for, report.all_acked = None, trio.Event()
+    n = max(1, round(frame_s * recording.fs))
+    samples = recording.samples
+    total = len(samples)
+    async with connect(ws_url, INGEST_PATH) as ws:
+        report.connections += 1
+        await ws.send_message(encode(_hello(stream, recording, "vital-actors simulate")))
+        welcome = await receive(ws)
+        if not isinstance(welcome, Welcome):
+            raise RuntimeError(f"expected welcome, got {welcome}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_acks, ws, report)
+            start = trio.current_time()
+            pos = seq = 0
+            while max_frames is None or seq < max_frames:
+                if pos >= total and not loop:
+                    break
+                idx = np.arange(pos, pos + n) % total if loop else np.arange(pos, min(pos + n,
+                                                                                     total))
+                frame = np.ascontiguousarray(samples[idx], dtype="<i2")
+                await ws.send_message(encode(Samples(seq, len(frame), frame.tobytes())))
+                report.frames_sent += 1
+                pos, seq = pos + len(frame), seq + 1
+                if speed > 0:
+                    await trio.sleep_until(start + seq * n / recording.fs / speed)
+            # Wait until the server has acknowledged every frame, then leave.
+            report.waiting_for = seq - 1
+            if report.acked < report.waiting_for:
+                with trio.move_on_after(10):
+                    await report.all_acked.wait()
+            nursery.cancel_scope.cancel()
+    return report
+
+
+async def _read_acks(ws: WebSocketConnection, report: DeviceReport) -> None:
+    try:
+        while True:
+            msg = await receive(ws)
+            if isinstance(msg, Ack):
+                report.acked = max(report.acked, msg.seq)
+                if report.waiting_for is not None and report.acked >= report.waiting_for:
+                    report.all_acked.set()
+            elif isinstance(msg, Error):
+                report.errors.append(f"{msg.code}: {msg.message}")
+    except ConnectionClosed:
+        pass
+
+
+async def run_devices(ws_url: str, recordings: Sequence[tuple[str, Recording]], *,
+                      frame_s: float = 0.1, stagger_s: float = 0.5,
+                      on_error: Callable[[str, BaseException], None] | None = None) -> None:
+    """Run one looping device per (stream id, recording), staggered, reconnecting on error
+    with exponential backoff. Runs until cancelled."""
+    async with trio.open_nursery() as nursery:
+        for i, (stream, rec) in enumerate(recordings):
+            nursery.start_soon(_keep_device, ws_url, stream, rec, frame_s, i * stagger_s,
+                               on_error)
+
+
+async def _keep_device(ws_url: str, stream: str, rec: Recording, frame_s: float,
+                       delay: float, on_error: Callable[[str, BaseException], None] | None
+                       ) -> None:
+    await trio.sleep(delay)
+    backoff = 0.5
+    while True:
+        try:
+            await run_device(ws_url, stream, rec, frame_s=frame_s)
+        except (OSError, ConnectionClosed, HandshakeError, RuntimeError) as exc:
+            if on_error is not None:
+                on_error(stream, exc)
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)
+
+
+@dataclass(slots=True)
+class StreamSummary:
+    messages: int = 0
+    samples: int = 0
+    quality: str = "-"
+    alerts: list[str] = field(default_factory=list)
+
+
+async def run_summary(ws_url: str, *, streams: Sequence[str] = (), interval: float = 1.0,
+                      show: Callable[[dict[str, StreamSummary], float], None]) -> None:
+    """Subscribe to every stream (or *streams*) and call *show* with per-stream counts
+    every *interval* seconds. Runs until cancelled or the server closes."""
+    table: dict[str, StreamSummary] = {}
+    async with connect(ws_url, SUBSCRIBE_PATH) as ws:
+        await ws.send_message(encode(Subscribe(("streams", "alerts"))))
+
+        async def follow(stream: str) -> None:
+            if stream not in table and (not streams or stream in streams):
+                table[stream] = StreamSummary()
+                topics = (f"stream/{stream}/raw", f"stream/{stream}/quality")
+                await ws.send_message(encode(Subscribe(topics)))
+
+        for stream in streams:
+            await follow(stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_tick, table, interval, show)
+            try:
+                while True:
+                    msg = await receive(ws)
+                    await _tally(msg, table, follow)
+            except ConnectionClosed:
+                nursery.cancel_scope.cancel()
+
+
+async def _tally(msg: object, table: dict[str, StreamSummary],
+                 follow: Callable[[str], Awaitable[None]]) -> None:
+    if isinstance(msg, StreamSamples):
+        row = table[msg.stream]
+        row.messages += 1
+        row.samples += len(msg.data) // (len(msg.channels) * 2)
+    elif isinstance(msg, Event):
+        stream = str(msg.body.get("stream", ""))
+        if msg.type == "status" and msg.body.get("state") == "connected":
+            await follow(stream)
+        elif msg.type == "quality" and stream in table:
+            bad = [k for k in ("flatline", "lead_off", "out_of_range") if msg.body.get(k)]
+            table[stream].quality = ",".join(bad) or "ok"
+        elif msg.type == "alert" and msg.topic == "alerts" and stream in table:
+            table[stream].alerts.append(f"{msg.body['alert']} {msg.body['state']}")
+
+
+async def _tick(table: dict[str, StreamSummary], interval: float,
+                show: Callable[[dict[str, StreamSummary], float], None]) -> None:
+    while True:
+        await trio.sleep(interval)
+        show(table, interval)
+        for row in table.values():
+            row.messages = row.samples = 0
+            row.alerts.clear()
