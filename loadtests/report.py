@@ -1,0 +1,142 @@
+"""From stamps to figures: one :class:`Row` per run, and the markdown tables.
+
+Pure functions of numpy arrays and rows: no I/O, no trio.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Row", "median_rows", "ratio_table", "summarize", "table"]
+
+Stamps = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """The figures of one target at one N (or the median of several runs)."""
+
+    target: str
+    devices: int
+    delivered_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    server_cpu: float
+    cpu_us_per_msg: float
+    rss_mb: float
+    harness_cpu: float
+    other_cpu: float
+    other_cpu_peak: float
+    sent: int
+    lost: int
+    runs: int = 1
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def summarize(target: str, sent: Stamps, received: Stamps, *, window: tuple[float, float],
+              server_cpu: float, rss_mb: float, harness_cpu: float, machine_cpu: float,
+              other_cpu_peak: float) -> Row:
+    """Figures of one run. *window* is (start, stop) on the stamps' clock.
+
+    Latency covers frames sent in the window; delivered counts messages received in
+    it; lost counts frames sent at any time and never received. CPU figures are % of
+    one core over the window; *machine_cpu* is all processes', so the other tenants'
+    load is what the server and the harness do not account for; *other_cpu_peak* is
+    that load in its busiest second.
+    """
+    start, stop = window
+    in_window = (sent >= start) & (sent < stop) & ~np.isnan(received)
+    latency_ms = (received[in_window] - sent[in_window]) * 1e3
+    p50, p99, top = (np.percentile(latency_ms, [50, 99, 100]) if latency_ms.size
+                     else (np.nan, np.nan, np.nan))
+    delivered = int(np.count_nonzero((received >= start) & (received < stop)))
+    rate = delivered / (stop - start)
+    was_sent = ~np.isnan(sent)
+    return Row(
+        target=target, devices=sent.shape[0], delivered_per_s=rate,
+        p50_ms=float(p50), p99_ms=float(p99), max_ms=float(top),
+        server_cpu=server_cpu, cpu_us_per_msg=server_cpu / 100 / rate * 1e6 if rate else np.nan,
+        rss_mb=rss_mb, harness_cpu=harness_cpu,
+        other_cpu=max(0.0, machine_cpu - server_cpu - harness_cpu),
+        other_cpu_peak=max(0.0, other_cpu_peak),
+        sent=int(np.count_nonzero(was_sent)),
+        lost=int(np.count_nonzero(was_sent & np.isnan(received))),
+    )
+
+
+def median_rows(rows: Iterable[Row]) -> list[Row]:
+    """One row per (target, devices): the median of each figure over its runs (lost and
+    sent are summed), in first-seen order."""
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.target, row.devices), []).append(row)
+    out = []
+    for (target, devices), group in groups.items():
+        values: dict[str, object] = {"target": target, "devices": devices, "runs": len(group)}
+        for f in fields(Row):
+            if f.name in values:
+                continue
+            column = [getattr(r, f.name) for r in group]
+            values[f.name] = sum(column) if f.name in ("sent", "lost") else (
+                statistics.median(column))
+        out.append(Row(**values))  # type: ignore[arg-type]
+    return out
+
+
+_COLUMNS = (
+    ("target", "target", "{}"), ("N", "devices", "{}"),
+    ("delivered msg/s", "delivered_per_s", "{:.0f}"), ("p50 ms", "p50_ms", "{:.2f}"),
+    ("p99 ms", "p99_ms", "{:.2f}"), ("max ms", "max_ms", "{:.1f}"),
+    ("server CPU %", "server_cpu", "{:.1f}"), ("CPU µs/msg", "cpu_us_per_msg", "{:.0f}"),
+    ("RSS MB", "rss_mb", "{:.1f}"), ("harness CPU %", "harness_cpu", "{:.0f}"),
+    ("other CPU % (peak 1 s)", "other_cpu", "{:.0f}"),
+    ("lost / sent", "lost", "{}"),
+)
+
+
+def _markdown(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
+    head = "| " + " | ".join(header) + " |"
+    rule = "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"
+    return "\n".join([head, rule, *("| " + " | ".join(cells) + " |" for cells in lines)])
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The measured figures, one line per row."""
+    def cells(row: Row) -> list[str]:
+        out = [fmt.format(getattr(row, attr)) for _, attr, fmt in _COLUMNS]
+        out[-2] += f" ({row.other_cpu_peak:.0f})"
+        out[-1] = f"{row.lost} / {row.sent}"
+        return out
+    return _markdown([name for name, _, _ in _COLUMNS], (cells(r) for r in rows))
+
+
+_RATIOS = (("delivered msg/s", "delivered_per_s"), ("p50", "p50_ms"), ("p99", "p99_ms"),
+           ("max", "max_ms"), ("server CPU", "server_cpu"), ("CPU/msg", "cpu_us_per_msg"),
+           ("RSS", "rss_mb"))
+
+
+def ratio_table(rows: Sequence[Row], *, baseline: str = "relay") -> str:
+    """Each non-baseline row divided by the baseline row of the same N (x times)."""
+    base = {r.devices: r for r in rows if r.target == baseline}
+    lines = []
+    for row in rows:
+        ref = base.get(row.devices)
+        if row.target == baseline or ref is None:
+            continue
+        lines.append([f"{row.target} / {baseline}", str(row.devices),
+                      *(_ratio(getattr(row, attr), getattr(ref, attr)) for _, attr in _RATIOS)])
+    if not lines:
+        return f"(no ratios: the run has no {baseline!r} row beside another target)"
+    return _markdown(["ratio", "N", *(name for name, _ in _RATIOS)], lines)
+
+
+def _ratio(value: float, ref: float) -> str:
+    return f"{value / ref:.2f}x" if ref and np.isfinite(ref) and np.isfinite(value) else "-"

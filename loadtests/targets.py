@@ -1,0 +1,160 @@
+"""The servers under load, each in its own process, and what they cost.
+
+A target is a command line with a ``{port}`` to fill in. :func:`running` starts it on
+a free loopback port, waits until the port accepts connections and, on the way out,
+stops it with SIGINT (the clean stop of both servers), then SIGKILL if it lingers.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # no stubs in the project's deps
+import trio
+
+__all__ = ["TARGETS", "Meter", "Target", "TargetError", "Usage", "free_port", "running"]
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+#: Interval between RSS samples while measuring.
+RSS_EVERY_S = 1.0
+
+
+class TargetError(Exception):
+    """The server process did not come up (its log says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A server to measure, and the topic kind its subscribers follow."""
+
+    name: str
+    argv: tuple[str, ...]
+    kind: str = "raw"
+
+    def command(self, port: int) -> list[str]:
+        return [a.format(port=port) for a in self.argv]
+
+
+def _vital_actors() -> tuple[str, ...]:
+    """The ``vital-actors`` script of this interpreter (not a pyenv shim, so that the
+    pid we measure is the server's own)."""
+    script = Path(sys.executable).parent / "vital-actors"
+    return (str(script),) if script.is_file() else (sys.executable, "-m", "vital_actors.cli")
+
+
+_SERVE = (*_vital_actors(), "serve", "--host", HOST, "--port", "{port}")
+RELAY = Target("relay", (sys.executable, "-m", "loadtests.relay", "--host", HOST,
+                         "--port", "{port}", "--max-seconds", "600"))
+TARGETS: dict[str, Target] = {
+    "relay": RELAY,
+    "vital-raw": Target("vital-raw", _SERVE, "raw"),
+    "vital-filtered": Target("vital-filtered", _SERVE, "filtered"),
+}
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_ready(process: trio.Process, port: int, log: Path) -> None:
+    with trio.move_on_after(READY_TIMEOUT_S):
+        while process.poll() is None:
+            try:
+                probe = await trio.open_tcp_stream(HOST, port)
+            except OSError:
+                await trio.sleep(0.1)
+                continue
+            await probe.aclose()
+            return
+    raise TargetError(f"server on port {port} not ready (exit code {process.returncode}); "
+                      f"see {log}")
+
+
+@asynccontextmanager
+async def running(target: Target, log: Path) -> AsyncIterator[tuple[psutil.Process, int]]:
+    """Run *target* on a free port for the block: yields (its process, the port)."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = await trio.lowlevel.open_process(target.command(port), stdout=out,
+                                                   stderr=out)
+        try:
+            await _wait_ready(process, port, log)
+            yield psutil.Process(process.pid), port
+        finally:
+            with trio.CancelScope(shield=True):
+                await _stop(process)
+
+
+async def _stop(process: trio.Process) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            await process.wait()
+    if process.poll() is None:
+        print(f"  pid {process.pid} still running {STOP_TIMEOUT_S} s after SIGINT: killing it",
+              file=sys.stderr)
+        process.kill()
+        await process.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """CPU (% of one core, averaged over the window) and peak RSS of one process."""
+
+    cpu_percent: float
+    rss_mb: float
+
+
+def _cpu_s(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+def _busy_s() -> float:
+    """CPU seconds the whole machine has spent busy, summed over its cores."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+class Meter:
+    """Measures the server's and this process's usage between two trio times, and the
+    whole machine's (``machine``: the other tenants' load shows as the difference)."""
+
+    def __init__(self, server: psutil.Process) -> None:
+        self.processes = {"server": server, "harness": psutil.Process()}
+        self.usage: dict[str, Usage] = {}
+
+    async def measure(self, start: float, stop: float) -> None:
+        """Fill :attr:`usage`: ``server``, ``harness``, ``machine`` (CPU averaged over the
+        window) and ``other_peak`` (the other tenants' CPU in their busiest second)."""
+        await trio.sleep_until(start)
+        cpu0 = {k: _cpu_s(p) for k, p in self.processes.items()}
+        busy0, wall0 = _busy_s(), trio.current_time()
+        peak = dict.fromkeys(self.processes, 0)
+        last, other_peak = (busy0, sum(cpu0.values()), wall0), 0.0
+        for tick in range(int((stop - start) / RSS_EVERY_S) + 1):
+            for k, p in self.processes.items():
+                peak[k] = max(peak[k], p.memory_info().rss)
+            await trio.sleep_until(min(stop, start + (tick + 1) * RSS_EVERY_S))
+            now = (_busy_s(), sum(_cpu_s(p) for p in self.processes.values()),
+                   trio.current_time())
+            if now[2] - last[2] > RSS_EVERY_S / 2:
+                other = (now[0] - last[0]) - (now[1] - last[1])
+                other_peak = max(other_peak, 100 * other / (now[2] - last[2]))
+            last = now
+        wall = trio.current_time() - wall0
+        self.usage = {k: Usage(100 * (_cpu_s(p) - cpu0[k]) / wall, peak[k] / 2**20)
+                      for k, p in self.processes.items()}
+        self.usage["machine"] = Usage(100 * (_busy_s() - busy0) / wall, 0.0)
+        self.usage["other_peak"] = Usage(other_peak, 0.0)
