@@ -32,8 +32,9 @@ from protocol import (
     RemoteProtocolError,
     ServerMessage,
     encode,
-    server_frame,
 )
+
+from .codecs import PLAIN, WireCodec
 
 __all__ = ["ConnectionClosed", "WebSocket", "accept"]
 
@@ -70,6 +71,8 @@ class WebSocket:
         self._send_lock = trio.StrictFIFOLock()
         self.closed: ConnectionClosed | None = None
         self.bytes_in = 0
+        #: How outgoing messages are framed on this connection (set by the handshake).
+        self.codec: WireCodec = PLAIN
 
     async def receive(self) -> bytes:
         """The next whole binary message.
@@ -120,8 +123,8 @@ class WebSocket:
             raise RemoteProtocolError(f"not a valid WebSocket frame: {exc}") from None
 
     async def send(self, message: ServerMessage) -> None:
-        """Encode, frame and send one message."""
-        await self.send_frame(server_frame(encode(message)))
+        """Encode, frame (with this connection's codec) and send one message."""
+        await self.send_frame(self.codec.frame(message, encode(message)))
 
     async def send_frame(self, frame: bytes) -> None:
         """Send bytes already framed by :func:`protocol.server_frame`."""
