@@ -1,7 +1,9 @@
-"""Tests for vital_actors.broadcast: encode once, fan out without waiting, evict the slow."""
+"""Tests for vital_actors.broadcast: encode once, fan out without waiting, evict the
+hopelessly behind."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -14,10 +16,17 @@ from trio.testing import MockClock
 
 from protocol import Event, Hello, Priority, ServerMessage, StreamSamples, decode_server
 from vital_actors.broadcast import Hub, run_broadcast
+from vital_actors.edge.codecs import PLAIN, Outgoing
+from vital_actors.lanes import Lanes
 from vital_actors.messages import Block, Filtered, Item, Publication
-from vital_actors.settings import FilterSettings
+from vital_actors.settings import FilterSettings, LaneSettings
 from vital_actors.stats import Stats
 from vital_actors.streams import StreamRegistry
+
+
+def make_hub(buffer: int = 100) -> Hub:
+    """Lanes of (30, 40, 20, 8, 2) messages for the default buffer of 100."""
+    return Hub(buffer=buffer, settings=LaneSettings(), stats=Stats(), rng=random.Random(7))
 
 
 def unframe(frame: bytes) -> ServerMessage:
@@ -38,12 +47,12 @@ def alert(k: int = 0, topic: str = "alerts") -> Publication:
                               "channel": 0}))
 
 
-def drain(rx: trio.MemoryReceiveChannel[bytes]) -> tuple[list[bytes], bool]:
-    """What *rx* holds now, and whether its channel has ended."""
+def drain(lanes: Lanes) -> tuple[list[Outgoing], bool]:
+    """What *lanes* hold now (most urgent first), and whether they have ended."""
     out = []
     while True:
         try:
-            out.append(rx.receive_nowait())
+            out.append(lanes.take_nowait())
         except trio.WouldBlock:
             return out, False
         except trio.EndOfChannel:
@@ -61,30 +70,31 @@ async def broadcasting(hub: Hub) -> AsyncIterator[trio.MemorySendChannel[Item]]:
                 yield tx
 
 
-async def test_one_frame_object_goes_to_every_subscriber_encoded_once(
+
+async def test_one_message_object_goes_to_every_subscriber_encoded_once(
         autojump_clock: MockClock) -> None:
-    hub = Hub(capacity=8, stats=Stats())
+    hub = make_hub()
     subs = [hub.add() for _ in range(3)]
-    for sub, _ in subs:
+    for sub in subs:
         hub.subscribe(sub, ["alerts"])
-    other, other_rx = hub.add()
+    other = hub.add()
     hub.subscribe(other, ["streams"])
     message = alert()
     async with broadcasting(hub) as inbox:
         await inbox.send(message)
         await trio.testing.wait_all_tasks_blocked()
-        frames = [rx.receive_nowait() for _, rx in subs]
-        assert frames[0] is frames[1] is frames[2]
-        assert unframe(frames[0]) == message.message
-        totals = hub.stats.totals
-        assert totals.encoded == 1
-        assert (totals.messages_out, totals.bytes_out) == (3, 3 * len(frames[0]))
-        assert [sub.sent for sub, _ in subs] == [1, 1, 1]
-        assert drain(other_rx) == ([], False)  # not its topic
+        outs = [sub.lanes.take_nowait() for sub in subs]
+        assert outs[0] is outs[1] is outs[2]
+        assert outs[0].priority is Priority.CRITICAL
+        assert outs[0].frame_for(PLAIN) is outs[1].frame_for(PLAIN)  # framed once
+        assert unframe(outs[0].frame_for(PLAIN)) == message.message
+        assert hub.stats.totals.encoded == 1
+        assert [sub.lanes.counts.queued for sub in subs] == [[1, 0, 0, 0, 0]] * 3
+        assert drain(other.lanes) == ([], False)  # not its topic
 
 
 async def test_topics_without_subscribers_are_not_encoded(autojump_clock: MockClock) -> None:
-    hub = Hub(capacity=8, stats=Stats())
+    hub = make_hub()
     hello = Hello("s1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0, 1024.0))
     info = StreamRegistry(FilterSettings()).attach(hello)
     raw = np.arange(20, dtype=np.int16).reshape(10, 2)
@@ -96,25 +106,25 @@ async def test_topics_without_subscribers_are_not_encoded(autojump_clock: MockCl
         await trio.testing.wait_all_tasks_blocked()
         assert hub.stats.totals.encoded == 0
 
-        sub, rx = hub.add()
+        sub = hub.add()
         hub.subscribe(sub, ["stream/s1/raw"])
         await inbox.send(item)
         await trio.testing.wait_all_tasks_blocked()
         assert hub.stats.totals.encoded == 1  # the raw message only
-        (frame,), _ = drain(rx)
-        message = unframe(frame)
+        (out,), _ = drain(sub.lanes)
+        message = unframe(out.frame_for(PLAIN))
         assert isinstance(message, StreamSamples)
+        assert out.priority is Priority.HIGH
         assert (message.topic, message.seq, message.t0, message.dtype) == (
             "stream/s1/raw", 7, 70, "int16")
         assert message.data == raw.tobytes()
-        assert hub.stats.totals.samples_out == 10
 
         hub.subscribe(sub, ["stream/s1/filtered"])
         await inbox.send(item)
         await trio.testing.wait_all_tasks_blocked()
         assert hub.stats.totals.encoded == 3
-        frames, _ = drain(rx)
-        filtered_message = unframe(frames[1])
+        outs, _ = drain(sub.lanes)
+        filtered_message = unframe(outs[1].frame_for(PLAIN))
         assert isinstance(filtered_message, StreamSamples)
         assert filtered_message.topic == "stream/s1/filtered"
         assert filtered_message.extra == {"filter_version": 3}
@@ -123,56 +133,69 @@ async def test_topics_without_subscribers_are_not_encoded(autojump_clock: MockCl
             filtered.astype(np.float32))
 
 
-async def test_a_full_subscriber_is_evicted_and_the_others_keep_receiving() -> None:
-    hub = Hub(capacity=2, stats=Stats())
-    slow, slow_rx = hub.add()
-    fast, fast_rx = hub.add()
+async def test_a_subscriber_whose_critical_lane_is_full_is_evicted_the_others_keep_all(
+        ) -> None:
+    hub = make_hub(10)  # lanes (3, 4, 2, 1, 1)
+    slow, fast = hub.add(), hub.add()
     hub.subscribe(slow, ["alerts"])
     hub.subscribe(fast, ["alerts"])
     fast_got = []
-    for k in range(4):
-        hub.deliver("alerts", b"frame %d" % k)
-        fast_got += drain(fast_rx)[0]
-    assert fast_got == [b"frame 0", b"frame 1", b"frame 2", b"frame 3"]
+    for k in range(5):
+        hub.publish(alert(k).message)
+        fast_got += [out.message for out in drain(fast.lanes)[0]]
+    assert [m.body["t"] for m in fast_got if isinstance(m, Event)] == [0, 1, 2, 3, 4]
     assert slow.evicted is not None and slow.evicted.startswith("too slow")
     assert fast.evicted is None
     assert hub.stats.totals.evicted_subscribers == 1
-    assert hub.subscribers == {fast}
-    assert hub.stats.subscribers == 1
-    assert (slow.sent, fast.sent) == (2, 4)
-    assert drain(slow_rx) == ([b"frame 0", b"frame 1"], True)  # what it held, then the end
+    assert not slow.topics and hub.subscribers == {slow, fast}  # until its connection ends
+    assert slow.lanes.counts.queued[0] == 3 and slow.lanes.counts.dropped[0] == 0
+    assert drain(slow.lanes) == ([], True)  # stale now: its sender sends the error at once
+    hub.remove(slow)
+    assert hub.subscribers == {fast} and hub.stats.subscribers == 1
+    assert hub.totals().queued[0] == 3 + 5  # the departed one's counters are kept
+
+
+async def test_a_full_high_lane_drops_high_messages_without_evicting() -> None:
+    hub = make_hub(10)
+    sub = hub.add()
+    hub.subscribe(sub, ["stream/s1/raw"])
+    samples = StreamSamples("stream/s1/raw", "s1", 0, 0, 360.0, ("MLII",), "int16",
+                            (200.0,), (0.0,), b"\0\0")
+    for _ in range(6):
+        hub.publish(samples)
+    assert sub.evicted is None
+    assert (sub.lanes.counts.queued[1], sub.lanes.counts.dropped[1]) == (4, 2)
+    assert sub.lanes._rx[1].statistics().current_buffer_used == 4
 
 
 async def test_a_subscriber_that_closed_its_end_does_not_break_the_broadcast(
         autojump_clock: MockClock) -> None:
-    # Its connection closes its buffer first and leaves the hub a moment later.
-    hub = Hub(capacity=8, stats=Stats())
-    gone, gone_rx = hub.add()
-    live, live_rx = hub.add()
+    # Its connection stops receiving first and leaves the hub a moment later.
+    hub = make_hub()
+    gone, live = hub.add(), hub.add()
     hub.subscribe(gone, ["alerts"])
     hub.subscribe(live, ["alerts"])
-    gone_rx.close()
+    gone.lanes.close_receiving()
     message = alert()
     async with broadcasting(hub) as inbox:
         await inbox.send(message)
         await trio.testing.wait_all_tasks_blocked()
-        (frame,), _ = drain(live_rx)
-        assert unframe(frame) == message.message
-        assert gone.evicted is None and hub.stats.totals.messages_out == 1
+        (out,), _ = drain(live.lanes)
+        assert out.message == message.message
+        assert gone.evicted is None and hub.stats.totals.evicted_subscribers == 0
 
 
 async def test_run_broadcast_never_waits_for_a_stalled_subscriber(
         autojump_clock: MockClock) -> None:
-    hub = Hub(capacity=2, stats=Stats())
-    stalled, stalled_rx = hub.add()  # never reads
-    fast, fast_rx = hub.add()
+    hub = make_hub(10)
+    stalled, fast = hub.add(), hub.add()  # stalled never takes
     hub.subscribe(stalled, ["alerts"])
     hub.subscribe(fast, ["alerts"])
     received: list[ServerMessage] = []
 
     async def read_fast() -> None:
-        async for frame in fast_rx:
-            received.append(unframe(frame))
+        while True:
+            received.append((await fast.lanes.take()).message)
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -186,37 +209,33 @@ async def test_run_broadcast_never_waits_for_a_stalled_subscriber(
                     await trio.testing.wait_all_tasks_blocked()
                     # Back waiting for input: not parked on any subscriber.
                     assert inbox_rx.statistics().tasks_waiting_receive == 1
-                    assert stalled.outbox.statistics().tasks_waiting_send == 0
                     assert len(received) == k + 1
                     await trio.sleep(1)
+            nursery.cancel_scope.cancel()
     assert trio.current_time() == pytest.approx(10.0)  # never waited on anyone
     assert [m.body["t"] for m in received if isinstance(m, Event)] == list(range(10))
-    frames, ended = drain(stalled_rx)
-    assert len(frames) == 2 and ended  # it got messages until it fell behind
+    assert stalled.lanes.counts.queued[0] == 3  # it got messages until it fell behind
     assert stalled.evicted is not None
 
 
-async def test_closing_the_inbox_ends_every_subscriber_after_its_buffer(
+async def test_closing_the_inbox_ends_every_subscriber_after_its_lanes(
         autojump_clock: MockClock) -> None:
-    hub = Hub(capacity=8, stats=Stats())
+    hub = make_hub()
     subs = [hub.add() for _ in range(2)]
-    hub.subscribe(subs[0][0], ["alerts"])
+    hub.subscribe(subs[0], ["alerts"])
     async with broadcasting(hub) as inbox:
         await inbox.send(alert())
         await trio.testing.wait_all_tasks_blocked()
-        assert hub.subscribers == {sub for sub, _ in subs}
         inbox.close()  # run_broadcast returns, so the nursery can exit
-    frames, ended = drain(subs[0][1])
-    assert len(frames) == 1 and ended
-    assert drain(subs[1][1]) == ([], True)
-    assert hub.subscribers == set() and hub.stats.subscribers == 0
-    assert all(sub.evicted is None for sub, _ in subs)
+    outs, ended = drain(subs[0].lanes)
+    assert len(outs) == 1 and ended
+    assert drain(subs[1].lanes) == ([], True)
+    assert all(sub.evicted is None for sub in subs)
 
 
 async def test_unsubscribing_the_last_member_forgets_the_topic() -> None:
-    hub = Hub(capacity=8, stats=Stats())
-    a, _ = hub.add()
-    b, _ = hub.add()
+    hub = make_hub()
+    a, b = hub.add(), hub.add()
     hub.subscribe(a, ["alerts", "streams"])
     hub.subscribe(b, ["alerts"])
     hub.unsubscribe(a, ["alerts"])

@@ -1,14 +1,17 @@
-"""Topic fan-out: each message is encoded and framed once, then handed to every
-subscriber of its topic without ever waiting for one.
+"""Topic fan-out: each message is encoded once, then offered to every subscriber of its
+topic without ever waiting for one.
 
-A subscriber's connection drains its own bounded buffer. If that buffer is full the
-subscriber is hopelessly behind: it is evicted (told why, closed with 1013 so it
-reconnects) rather than silently losing messages or slowing anyone else down.
+Each subscriber has five priority lanes (:mod:`vital_actors.lanes`); the lanes' policy
+decides per message whether it is queued or dropped, or whether the subscriber is
+hopelessly behind (a CRITICAL message found its lane full): then it is evicted (told
+why, closed with 1013 so it reconnects) rather than losing an alert silently or slowing
+anyone else down.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,12 +20,15 @@ from typing import cast
 import numpy as np
 import trio
 
-from protocol import Dtype, Event, StreamSamples, encode, server_frame
+from protocol import Dtype, Event, StreamSamples
 
+from .edge.codecs import Outgoing
+from .lanes import LaneCounts, Lanes, State, Verdict
 from .messages import Filtered, Item, Publication
+from .settings import LaneSettings
 from .stats import Stats
 
-__all__ = ["Hub", "Subscriber", "run_broadcast", "sample_messages"]
+__all__ = ["Hub", "Subscriber", "run_broadcast", "run_hub_rates", "sample_messages"]
 
 _ids = itertools.count(1)
 
@@ -31,37 +37,60 @@ _ids = itertools.count(1)
 class Subscriber:
     """One subscriber connection's place in the hub."""
 
-    outbox: trio.MemorySendChannel[bytes]
+    lanes: Lanes
+    remote: str = ""
     id: int = field(default_factory=lambda: next(_ids))
     topics: set[str] = field(default_factory=set)
-    sent: int = 0
-    evicted: str | None = None  # why the hub let go of it
+    since: float = 0.0  # trio.current_time() when it joined
+    rate: float = 0.0  # messages/s written to its socket, over the last interval
+    _last_sent: int = 0
+
+    @property
+    def evicted(self) -> str | None:
+        """Why the hub let go of it, once it has."""
+        return self.lanes.evicted
 
 
 class Hub:
-    """Who listens to which topic. Single-threaded (trio): no locks."""
+    """Who listens to which topic, and each subscriber's lanes. Single-threaded (trio).
 
-    def __init__(self, *, capacity: int, stats: Stats) -> None:
-        self.capacity = capacity
+    Args:
+        buffer: messages one subscriber's lanes hold together (``buffers.subscriber``).
+        settings: quotas, watermarks and the drop draws' seed.
+        rng: the drop draws (seeded from ``settings.seed`` by default).
+    """
+
+    def __init__(self, *, buffer: int, settings: LaneSettings, stats: Stats,
+                 rng: random.Random | None = None) -> None:
+        self.capacities = settings.capacities(buffer)
+        self.settings = settings
         self.stats = stats
+        self.rng = rng if rng is not None else random.Random(settings.seed)
         self._topics: dict[str, set[Subscriber]] = defaultdict(set)
         self.subscribers: set[Subscriber] = set()
+        self.departed = LaneCounts.zero()  # the counters of subscribers that have left
 
-    def add(self) -> tuple[Subscriber, trio.MemoryReceiveChannel[bytes]]:
-        """A new subscriber and the receive end of its buffer (the caller owns it)."""
-        tx, rx = trio.open_memory_channel[bytes](self.capacity)
-        sub = Subscriber(tx)
+    def add(self, remote: str = "") -> Subscriber:
+        """A new subscriber; its connection's sender drains ``sub.lanes``."""
+        lanes = Lanes(self.capacities, self.settings, draw=self.rng.random)
+        sub = Subscriber(lanes, remote, since=trio.current_time())
         self.subscribers.add(sub)
         self.stats.subscribers = len(self.subscribers)
-        return sub, rx
+        return sub
 
     def remove(self, sub: Subscriber) -> None:
+        """Forget *sub* once its connection is done sending (idempotent)."""
         self.unsubscribe(sub, list(sub.topics))
-        self.subscribers.discard(sub)
-        self.stats.subscribers = len(self.subscribers)
-        sub.outbox.close()
+        sub.lanes.close()
+        sub.lanes.close_receiving()
+        if sub in self.subscribers:
+            self.subscribers.discard(sub)
+            self.departed.add(sub.lanes.snapshot())
+            self.stats.subscribers = len(self.subscribers)
 
     def subscribe(self, sub: Subscriber, topics: Iterable[str]) -> None:
+        if sub.evicted is not None:
+            return
         for topic in topics:
             sub.topics.add(topic)
             self._topics[topic].add(sub)
@@ -78,34 +107,62 @@ class Hub:
     def has_subscribers(self, topic: str) -> bool:
         return topic in self._topics
 
-    def deliver(self, topic: str, frame: bytes, *, samples: int = 0) -> None:
-        """Give the framed message to every subscriber of *topic*, never blocking."""
+    def publish(self, message: StreamSamples | Event) -> Outgoing | None:
+        """Encode *message* once and offer it to its topic's subscribers (if any)."""
+        if message.topic not in self._topics:
+            return None
+        out = Outgoing.of(message, message.priority)
+        self.stats.totals.encoded += 1
+        self.deliver(message.topic, out)
+        return out
+
+    def deliver(self, topic: str, out: Outgoing) -> None:
+        """Offer *out* to every subscriber of *topic*, never blocking."""
         members = self._topics.get(topic)
         if not members:
             return
-        totals = self.stats.totals
-        for sub in list(members):
+        behind: list[Subscriber] | None = None
+        for sub in members:
             try:
-                sub.outbox.send_nowait(frame)
-            except trio.WouldBlock:
-                self.evict(sub, f"too slow: {self.capacity} messages waiting")
-                continue
+                verdict = sub.lanes.offer(out)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
-                # Its connection is going away: it closed its end before leaving the hub.
-                continue
-            sub.sent += 1
-            totals.messages_out += 1
-            totals.samples_out += samples
-            totals.bytes_out += len(frame)
+                continue  # its connection is going away
+            if verdict is Verdict.EVICT:
+                behind = [*(behind or ()), sub]
+        for sub in behind or ():
+            self.evict(sub, f"too slow: {self.capacities[0]} critical messages waiting")
 
     def evict(self, sub: Subscriber, reason: str) -> None:
-        sub.evicted = reason
+        """Stop offering to *sub* and tell its sender to close it with 1013."""
+        self.unsubscribe(sub, list(sub.topics))
+        sub.lanes.evict(reason)
         self.stats.totals.evicted_subscribers += 1
-        self.remove(sub)
 
     def close_all(self) -> None:
-        for sub in list(self.subscribers):
-            self.remove(sub)
+        """Shutdown: every sender flushes what its lanes hold, then closes (1001)."""
+        for sub in self.subscribers:
+            sub.lanes.close()
+
+    def totals(self) -> LaneCounts:
+        """Counters over every subscriber, present and past."""
+        out = LaneCounts.zero()
+        out.add(self.departed)
+        for sub in self.subscribers:
+            out.add(sub.lanes.snapshot())
+        return out
+
+    def states(self) -> dict[State, int]:
+        """How many subscribers are in each state now."""
+        out = dict.fromkeys(State, 0)
+        for sub in self.subscribers:
+            out[sub.lanes.state] += 1
+        return out
+
+    def tick(self, dt: float) -> None:
+        """Update each subscriber's messages/s over the last *dt* seconds."""
+        for sub in self.subscribers:
+            sent = sum(sub.lanes.counts.sent)
+            sub.rate, sub._last_sent = (sent - sub._last_sent) / max(dt, 1e-9), sent
 
 
 def sample_messages(item: Filtered, hub: Hub, *, filtered_dtype: str) -> Iterator[StreamSamples]:
@@ -132,22 +189,26 @@ async def run_broadcast(
     filtered_dtype: str,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Fan out everything from *inbox*. When it ends, close every subscriber's buffer,
+    """Fan out everything from *inbox*. When it ends, close every subscriber's lanes,
     so their connections flush what they hold and close: shutdown flows downstream."""
     with inbox:
         task_status.started()
         async for item in inbox:
             if isinstance(item, Filtered):
                 for message in sample_messages(item, hub, filtered_dtype=filtered_dtype):
-                    _publish(hub, message, samples=item.block.n)
+                    hub.publish(message)
             elif isinstance(item, Publication):
-                _publish(hub, item.message)
+                hub.publish(item.message)
     hub.close_all()
 
 
-def _publish(hub: Hub, message: StreamSamples | Event, *, samples: int = 0) -> None:
-    if not hub.has_subscribers(message.topic):
-        return
-    frame = server_frame(encode(message))  # once, for every subscriber
-    hub.stats.totals.encoded += 1
-    hub.deliver(message.topic, frame, samples=samples)
+async def run_hub_rates(hub: Hub, *, interval: float,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Every *interval* seconds, update each subscriber's messages/s."""
+    task_status.started()
+    last = trio.current_time()
+    while True:
+        await trio.sleep(interval)
+        now = trio.current_time()
+        hub.tick(now - last)
+        last = now

@@ -27,7 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from protocol import INGEST_PATH, SUBPROTOCOL, SUBSCRIBE_PATH, CloseCode
 
 from .api.app import create_app
-from .broadcast import Hub, run_broadcast
+from .broadcast import Hub, run_broadcast, run_hub_rates
 from .edge.door import Route, serve_door
 from .edge.websocket import WebSocket
 from .filtering import FilterBank, run_filter
@@ -49,7 +49,8 @@ class Server:
         self.settings = settings
         self.stats = Stats()
         self.registry = StreamRegistry(settings.filter)
-        self.hub = Hub(capacity=settings.buffers.subscriber, stats=self.stats)
+        self.hub = Hub(buffer=settings.buffers.subscriber, settings=settings.lanes,
+                       stats=self.stats)
         self.filter_bank = FilterBank()
         self.port: int | None = None
         self.stopping = trio.Event()  # set when shutdown begins
@@ -124,6 +125,8 @@ class Server:
         with scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(partial(run_rates, self.stats,
+                                           interval=self.settings.stats_interval_s))
+                nursery.start_soon(partial(run_hub_rates, self.hub,
                                            interval=self.settings.stats_interval_s))
                 await hypercorn_serve(create_app(self), config,
                                       shutdown_trigger=api_stop.wait)

@@ -22,11 +22,14 @@ from pydantic_settings import (
 __all__ = [
     "BufferSettings",
     "FilterSettings",
+    "LaneQuotas",
+    "LaneSettings",
     "LimitSettings",
     "ScreenSettings",
     "ServerSettings",
     "Settings",
     "SettingsError",
+    "Watermarks",
     "load_settings",
 ]
 
@@ -58,8 +61,58 @@ class BufferSettings(_Section):
     ingest: int = Field(256, ge=1, description="ingest connections -> filter (shared)")
     filtered: int = Field(256, ge=1, description="filter -> screen")
     screened: int = Field(1024, ge=1, description="screen -> broadcast")
-    subscriber: int = Field(10_000, ge=1, description="broadcast -> one subscriber's sender")
+    subscriber: int = Field(10_000, ge=5, description="broadcast -> one subscriber's sender, "
+                            "all five priority lanes together (split by lanes.quotas)")
     max_batch: int = Field(512, ge=1, description="blocks the filter takes per batch")
+
+
+class LaneQuotas(_Section):
+    """Shares of a subscriber's buffer (``buffers.subscriber``) per priority lane."""
+
+    critical: float = Field(0.30, gt=0, le=1)
+    high: float = Field(0.40, gt=0, le=1)
+    normal: float = Field(0.20, gt=0, le=1)
+    low: float = Field(0.08, gt=0, le=1)
+    bulk: float = Field(0.02, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Self:
+        total = self.critical + self.high + self.normal + self.low + self.bulk
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"quotas must sum to 1, they sum to {total:g}")
+        return self
+
+
+class Watermarks(_Section):
+    """Occupancy of a subscriber's whole buffer (0..1) where its state changes."""
+
+    low: float = Field(0.20, ge=0, lt=1, description="backpressure ends at or below this")
+    high: float = Field(0.80, gt=0, lt=1, description="backpressure starts at or above this")
+    critical: float = Field(0.95, gt=0, le=1,
+                            description="emergency (only CRITICAL and HIGH enter) from here")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.low < self.high < self.critical:
+            raise ValueError(f"watermarks must be ordered low < high < critical, got "
+                             f"{self.low} / {self.high} / {self.critical}")
+        return self
+
+
+class LaneSettings(_Section):
+    """Each subscriber's outgoing buffer, split into five priority lanes by quota."""
+
+    quotas: LaneQuotas = LaneQuotas()
+    watermarks: Watermarks = Watermarks()
+    evict_grace_s: float = Field(5.0, gt=0, description="how long an evicted subscriber's "
+                                 "stuck write may take before its connection is aborted")
+    seed: int | None = Field(None, description="seed of the drop draws; null: from the OS")
+
+    def capacities(self, buffer: int) -> tuple[int, ...]:
+        """Lane capacities for a buffer of *buffer* messages, CRITICAL first (each >= 1)."""
+        q = self.quotas
+        return tuple(max(1, round(buffer * share))
+                     for share in (q.critical, q.high, q.normal, q.low, q.bulk))
 
 
 class FilterSettings(_Section):
@@ -113,6 +166,7 @@ class Settings(BaseSettings):
     filter: FilterSettings = FilterSettings()
     filtered_dtype: Literal["float32", "float64"] = "float32"
     screen: ScreenSettings = ScreenSettings()
+    lanes: LaneSettings = LaneSettings()
     stats_interval_s: float = Field(1.0, gt=0)
 
     @classmethod

@@ -1,11 +1,15 @@
 """The subscriber actor: one per subscriber connection.
 
-Reads control messages (subscribe, unsubscribe, ping) and drains the connection's
-buffer in the hub onto the socket. The buffer ends when the hub lets go: on shutdown
-(close 1001) or because the subscriber fell too far behind (error, close 1013).
+Reads control messages (subscribe, unsubscribe, ping) and drains the connection's lanes
+in the hub onto the socket, most urgent first, each message framed with the
+connection's codec. The lanes end when the hub lets go: on shutdown (flush what waits,
+close 1001) or because the subscriber fell hopelessly behind (evicted: what waits is
+stale, so send an ``error`` and close with 1013 at once).
 """
 
 from __future__ import annotations
+
+import enum
 
 import trio
 
@@ -16,6 +20,8 @@ from protocol import (
     Pong,
     Priority,
     RemoteProtocolError,
+    ServerMessage,
+    StreamSamples,
     Subscribe,
     Unsubscribe,
     decode_subscriber,
@@ -23,10 +29,22 @@ from protocol import (
 
 from .broadcast import Hub, Subscriber
 from .edge.websocket import ConnectionClosed, WebSocket
+from .lanes import Lanes
 from .stats import Stats
 from .streams import StreamRegistry
 
-__all__ = ["run_subscriber"]
+__all__ = ["Ending", "run_sender", "run_subscriber"]
+
+_ITEMSIZE = {"int16": 2, "float32": 4, "float64": 8}
+
+
+class Ending(enum.Enum):
+    """How a connection's sender stopped."""
+
+    DRAINED = "drained"  # the lanes closed (shutdown) and all they held was sent
+    EVICTED = "evicted"  # the hub evicted the subscriber; what waited is dropped
+    CLOSED = "closed"  # the connection closed under it
+    ABORTED = "aborted"  # evicted while a write stayed stuck past the grace period
 
 
 async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
@@ -36,28 +54,66 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
     Subscribing to ``streams`` first replays a ``connected`` status for every stream
     connected now, so a dashboard that joins late learns of them.
     """
-    sub, frames = hub.add()
-    drained = False
+    sub = hub.add(ws.remote)
+    ending = Ending.CLOSED
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_control, ws, hub, sub, stats, registry,
                                nursery.cancel_scope)
-            with frames:
-                try:
-                    async for frame in frames:
-                        await ws.send_frame(frame)
-                    drained = True
-                except ConnectionClosed:
-                    pass
+            ending = await run_sender(ws, sub.lanes, stats,
+                                      grace_s=hub.settings.evict_grace_s)
             nursery.cancel_scope.cancel()
     finally:
         hub.remove(sub)
-    if not drained or ws.closed is not None:
+    if ws.closed is not None:
         return
-    if sub.evicted is not None:
-        await ws.fail(CloseCode.TRY_AGAIN_LATER, "too-slow", sub.evicted)
-    else:
+    if ending is Ending.EVICTED:
+        await ws.fail(CloseCode.TRY_AGAIN_LATER, "too-slow", sub.evicted or "too slow")
+    elif ending is Ending.ABORTED:
+        # A write was cancelled halfway through a frame: the stream cannot carry another.
+        with trio.CancelScope(shield=True):
+            await ws.stream.aclose()
+    elif ending is Ending.DRAINED:
         await ws.close(CloseCode.GOING_AWAY, "server shutting down")
+
+
+async def run_sender(ws: WebSocket, lanes: Lanes, stats: Stats, *, grace_s: float) -> Ending:
+    """Write what *lanes* hold onto *ws*, most urgent first, until they end.
+
+    An evicted subscriber's pending write gets *grace_s* seconds to finish, so that the
+    ``error`` can follow it; then it is cancelled (:attr:`Ending.ABORTED`).
+    """
+    totals = stats.totals
+    ending = Ending.ABORTED
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_abort_when_stuck, lanes, grace_s, nursery.cancel_scope)
+        try:
+            while True:
+                out = await lanes.take()
+                frame = out.frame_for(ws.codec)
+                await ws.send_frame(frame)
+                lanes.mark_sent(out)
+                totals.messages_out += 1
+                totals.bytes_out += len(frame)
+                totals.samples_out += _samples(out.message)
+        except trio.EndOfChannel:
+            ending = Ending.DRAINED if lanes.evicted is None else Ending.EVICTED
+        except ConnectionClosed:
+            ending = Ending.CLOSED
+        nursery.cancel_scope.cancel()
+    return ending
+
+
+async def _abort_when_stuck(lanes: Lanes, grace_s: float, scope: trio.CancelScope) -> None:
+    await lanes.evicted_event.wait()
+    await trio.sleep(grace_s)
+    scope.cancel()
+
+
+def _samples(message: ServerMessage) -> int:
+    if isinstance(message, StreamSamples):
+        return len(message.data) // (len(message.channels) * _ITEMSIZE[message.dtype])
+    return 0
 
 
 async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
