@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -54,12 +56,22 @@ async def serve(settings: Settings, *, devices: list[tuple[str, Recording]] | No
     server = Server(settings)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
+        _freeze_heap()
         nursery.start_soon(_until_signal, server)
         if banner:
             print(f"vital-actors serving on {server.url}  (ws: {_ws_url(server.url)}/v1/ingest, "
                   "/v1/subscribe)", flush=True)
         if devices:
             nursery.start_soon(_simulate_until_stop, server, devices)
+
+
+def _freeze_heap() -> None:
+    """Move everything alive after start-up (modules, numpy, scipy, the app) out of the
+    collector's reach. A full collection then scans only what the running server made:
+    with 200 devices and 200 subscribers, gen-2 pauses went from 25-43 ms to 10-21 ms
+    (measured with gc.callbacks in the server under ``python -m loadtests.run``)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _simulate_until_stop(server: Server, devices: list[tuple[str, Recording]]) -> None:
@@ -139,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         trio.run(partial(run_devices, args.url, devices, frame_s=args.frame_ms / 1000,
                          stagger_s=args.stagger_ms / 1000, on_error=_device_error))
     elif args.command == "subscribe":
-        trio.run(partial(run_summary, args.url, streams=args.stream, show=_show))
+        # Ctrl-C or a closed pipe (`| head`) ends a watch; neither is an error.
+        with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+            trio.run(partial(run_summary, args.url, streams=args.stream, show=_show))
 
 
 if __name__ == "__main__":
