@@ -32,6 +32,7 @@ from .edge.door import Route, serve_door
 from .edge.websocket import WebSocket
 from .filtering import FilterBank, run_filter
 from .ingest import run_ingest
+from .lag import LoopLag, run_lag_probe
 from .messages import Item
 from .screening import run_screen
 from .settings import Settings
@@ -52,6 +53,7 @@ class Server:
         self.hub = Hub(buffer=settings.buffers.subscriber, settings=settings.lanes,
                        stats=self.stats)
         self.filter_bank = FilterBank()
+        self.loop_lag = LoopLag()
         self.port: int | None = None
         self.stopping = trio.Event()  # set when shutdown begins
         self._devices: set[trio.CancelScope] = set()
@@ -124,6 +126,7 @@ class Server:
         config.errorlog = None
         with scope:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(run_lag_probe, self.loop_lag))
                 nursery.start_soon(partial(run_rates, self.stats,
                                            interval=self.settings.stats_interval_s))
                 nursery.start_soon(partial(run_hub_rates, self.hub,

@@ -6,6 +6,7 @@ route definitions and their pydantic models.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,13 @@ class ChannelDepth(BaseModel):
     capacity: int
 
 
+class LagOut(BaseModel):
+    samples: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
 class StatsOut(BaseModel):
     devices: int
     subscribers: int
@@ -94,6 +102,7 @@ class StatsOut(BaseModel):
     rejected: dict[str, int]
     channels: dict[str, ChannelDepth]
     filter_calls: int
+    loop_lag: LagOut = Field(description="event-loop lag over the last minute (50 ms probe)")
 
 
 def _stream(info: StreamInfo) -> StreamOut:
@@ -176,6 +185,7 @@ def create_app(server: Server) -> QuartTrio:
             channels={k: ChannelDepth(depth=d, capacity=c)
                       for k, (d, c) in server.channel_depths().items()},
             filter_calls=server.filter_bank.calls,
+            loop_lag=LagOut(**asdict(server.loop_lag.summary())),
         )
 
     @app.get("/api/v1/streams")

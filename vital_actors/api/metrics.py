@@ -43,6 +43,12 @@ class _ServerCollector(Collector):
             capacity.add_metric([name], cap)
         yield depth
         yield capacity
+        lag = self.server.loop_lag.summary()
+        loop = GaugeMetricFamily("vital_loop_lag_ms", "Event-loop lag over the last minute",
+                                 labels=["stat"])
+        for stat in ("p50_ms", "p99_ms", "max_ms"):
+            loop.add_metric([stat.removesuffix("_ms")], getattr(lag, stat))
+        yield loop
 
 
 def render(server: Server) -> bytes:
