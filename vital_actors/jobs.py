@@ -1,0 +1,228 @@
+"""Batch jobs: a priority queue of processing jobs, a bounded number running at once.
+
+Each job lives in ``<store>/jobs/<id>/`` (``job.json`` plus its checkpoint and its
+unfinished result), so a restarted server finds every unfinished job and resumes it
+from its last checkpoint. A running job does one chunk at a time in a worker thread
+(numpy releases the GIL; the event loop keeps serving), checks for cancellation
+between chunks, and publishes ``progress`` events on topic ``job/<id>``.
+
+Progress goes to the broadcaster's inbox with ``send_nowait``: a full pipeline skips a
+progress update (the next one supersedes it) rather than stall the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+import trio
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol import Event, Priority
+
+from .filtering import FilterSettingsError
+from .messages import Item, Publication
+from .processing import Processing
+from .settings import FilterSettings, JobSettings, ScreenSettings
+from .store import RecordingStore
+from .store.store import new_id
+
+__all__ = ["Job", "JobRunner", "JobSpec", "QueueFullError", "rank"]
+
+PriorityName = Literal["low", "normal", "high", "urgent"]
+_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
+_seq = itertools.count()
+
+
+class QueueFullError(Exception):
+    pass
+
+
+class JobSpec(BaseModel):
+    """The body of POST /api/v1/jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["process"] = "process"
+    recording: str
+    filter: FilterSettings = Field(default_factory=FilterSettings)
+    priority: PriorityName = "normal"
+
+
+class Job(BaseModel):
+    """A job's public state (GET /api/v1/jobs/{id}); also its ``job.json``."""
+
+    id: str
+    spec: JobSpec
+    state: Literal["queued", "running", "done", "failed", "cancelled"] = "queued"
+    progress: float = 0.0
+    frames_done: int = 0
+    frames_total: int = 0
+    rate: float | None = Field(None, description="frames per second while running")
+    eta_s: float | None = None
+    created: float = Field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    resumed_from: int | None = Field(None, description="frame of the checkpoint resumed")
+    result: str | None = Field(None, description="id of the result recording")
+    events: int = 0
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+
+def rank(job: Job) -> int:
+    return _RANK[job.spec.priority]
+
+
+@dataclass(order=True, slots=True)
+class _Entry:
+    rank: int
+    seq: int
+    job: Job = field(compare=False)
+
+
+class JobRunner:
+    """Owns the job queue; :meth:`run` serves it with ``max_concurrent`` workers."""
+
+    def __init__(self, store: RecordingStore, settings: JobSettings,
+                 screen: ScreenSettings) -> None:
+        self.store, self.settings, self.screen = store, settings, screen
+        self.jobs: dict[str, Job] = {}
+        self._queue: list[_Entry] = []
+        self._wakeup = trio.Event()
+        self._cancel: set[str] = set()
+        self.outbox: trio.MemorySendChannel[Item] | None = None
+        for path in sorted(store.jobs.glob("*/job.json")):
+            job = Job.model_validate_json(path.read_text())
+            if job.active:  # the last server stopped (or died) before it finished
+                job.state = "queued"
+                self._push(job)
+            self.jobs[job.id] = job
+
+    def submit(self, spec: JobSpec) -> Job:
+        """Queue a job.
+
+        Raises:
+            RecordingNotFoundError, FilterSettingsError (not at the recording's rate),
+            QueueFullError.
+        """
+        meta = self.store.meta(spec.recording)
+        problems = spec.filter.problems_at(meta.fs)
+        if problems:
+            raise FilterSettingsError(problems)
+        if sum(j.state == "queued" for j in self.jobs.values()) >= self.settings.max_queued:
+            raise QueueFullError(f"{self.settings.max_queued} jobs are waiting")
+        job = Job(id=new_id("job"), spec=spec, frames_total=meta.frames)
+        (self.store.jobs / job.id).mkdir()
+        self.jobs[job.id] = job
+        self._save(job)
+        self._push(job)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask a job to stop: a queued one at once, a running one after its chunk."""
+        job = self.jobs[job_id]
+        if job.state == "queued":
+            self._finish(job, "cancelled")
+        elif job.state == "running":
+            self._cancel.add(job_id)
+        return job
+
+    def _push(self, job: Job) -> None:
+        heapq.heappush(self._queue, _Entry(rank(job), next(_seq), job))
+        self._wakeup.set()
+
+    def _save(self, job: Job) -> None:
+        path = self.store.jobs / job.id / "job.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(job.model_dump_json())
+        tmp.replace(path)
+
+    async def run(self, outbox: trio.MemorySendChannel[Item] | None = None, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the queue until cancelled. Owns *outbox* (progress events)."""
+        self.outbox = outbox
+        with outbox if outbox is not None else contextlib.nullcontext():
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.settings.max_concurrent):
+                    nursery.start_soon(self._worker)
+                task_status.started()
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            job = heapq.heappop(self._queue).job
+            if job.state == "queued":
+                await self._run_job(job)
+
+    async def _run_job(self, job: Job) -> None:
+        jobdir = self.store.jobs / job.id
+        try:
+            reader = self.store.reader(job.spec.recording)
+            work = await trio.to_thread.run_sync(partial(
+                Processing, jobdir, reader, job_id=job.id, filter_settings=job.spec.filter,
+                screen_settings=self.screen, chunk_frames=self.settings.chunk_frames))
+        except Exception as exc:  # the recording was deleted, or the settings do not fit
+            self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
+            return
+        job.state, job.started = "running", time.time()
+        job.resumed_from = work.next_frame or None
+        self._save(job)
+        try:
+            await self._chunks(job, work)
+        except BaseException:
+            work.close()  # cancelled (shutdown): the checkpoint stays for the next start
+            raise
+        if job.id in self._cancel:
+            work.close()
+            self._finish(job, "cancelled")
+            return
+        meta = await trio.to_thread.run_sync(work.commit, self.store, new_id())
+        job.result, job.events = meta.id, work.events
+        self._finish(job, "done")
+
+    async def _chunks(self, job: Job, work: Processing) -> None:
+        t_start, f_start = time.monotonic(), work.next_frame
+        while not work.done and job.id not in self._cancel:
+            await trio.to_thread.run_sync(work.step)
+            elapsed = time.monotonic() - t_start
+            job.frames_done = work.next_frame
+            job.progress = work.next_frame / max(1, work.total)
+            job.rate = (work.next_frame - f_start) / elapsed if elapsed > 0 else None
+            left = work.total - work.next_frame
+            job.eta_s = left / job.rate if job.rate else None
+            self._save(job)
+            self._publish(job)
+
+    def _finish(self, job: Job, state: Any, error: str | None = None) -> None:
+        job.state, job.error, job.finished = state, error, time.time()
+        job.rate = job.eta_s = None
+        if state != "done":
+            shutil.rmtree(self.store.jobs / job.id / "out", ignore_errors=True)
+            (self.store.jobs / job.id / "checkpoint.pkl").unlink(missing_ok=True)
+        self._cancel.discard(job.id)
+        self._save(job)
+        self._publish(job)
+
+    def _publish(self, job: Job) -> None:
+        if self.outbox is None:
+            return
+        body = json.loads(job.model_dump_json(include={
+            "id", "state", "progress", "frames_done", "frames_total", "rate", "eta_s",
+            "result", "error"}))
+        # A full pipeline skips this update: the next one supersedes it.
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError,
+                                 trio.BrokenResourceError):
+            self.outbox.send_nowait(Publication(Event("progress", f"job/{job.id}",
+                                                      Priority.BULK, body)))

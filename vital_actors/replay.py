@@ -1,0 +1,142 @@
+"""Replay: a recording played into the live pipeline as if a device were sending it.
+
+A replay claims a stream in the registry (like a device's hello), sends ``status``
+events as ingest does, and puts :class:`Block` frames into its own clone of the
+ingest inlet, so filter, screen, broadcast and subscribers cannot tell it from a
+device. ``speed`` 1.0 paces frames in real time; 0 sends as fast as backpressure
+allows (``outbox.send`` parks while the pipeline is full), so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from protocol import Event, Hello, Priority
+
+from .loader import ChunkLoader
+from .messages import Block, Item, Publication
+from .stats import Stats
+from .streams import StreamInfo, StreamRegistry
+
+__all__ = ["Replay", "Replays", "frame_frames"]
+
+_FAST_FRAME = 4096  # frames per block at speed 0 (a device frame holds at most 8192)
+
+
+def frame_frames(fs: float, speed: float, frame_s: float) -> int:
+    """Frames per block: *frame_s* of signal, or a big block at speed 0."""
+    return _FAST_FRAME if speed == 0 else max(1, min(_FAST_FRAME, round(fs * frame_s)))
+
+
+@dataclass(eq=False, slots=True)
+class Replay:
+    stream: str
+    recording: str
+    speed: float
+    loop: bool
+    frames_sent: int = 0
+    laps: int = 0
+    state: str = "starting"
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def public(self) -> dict[str, Any]:
+        return {"stream": self.stream, "recording": self.recording, "speed": self.speed,
+                "loop": self.loop, "frames_sent": self.frames_sent, "laps": self.laps,
+                "state": self.state}
+
+
+class Replays:
+    """The running replays. :meth:`run` owns the inlet clone they are cloned from."""
+
+    def __init__(self, loader: ChunkLoader, registry: StreamRegistry, stats: Stats, *,
+                 frame_s: float = 0.1) -> None:
+        self.loader, self.registry, self.stats = loader, registry, stats
+        self.frame_s = frame_s
+        self.replays: dict[str, Replay] = {}
+        self._nursery: trio.Nursery | None = None
+        self._inlet: trio.MemorySendChannel[Item] | None = None
+
+    async def run(self, inlet: trio.MemorySendChannel[Item], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host replays until cancelled (the server's shutdown does that)."""
+        with inlet:
+            self._inlet = inlet
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+
+    def start(self, recording: str, *, speed: float, loop: bool,
+              stream: str | None = None) -> Replay:
+        """Begin replaying *recording* on *stream* (default ``replay-<recording>``).
+
+        Raises:
+            RecordingNotFoundError, StreamBusyError, RuntimeError (not running).
+        """
+        if self._nursery is None or self._inlet is None:
+            raise RuntimeError("replays are not running")
+        meta = self.loader.store.meta(recording)
+        hello = Hello(stream or f"replay-{recording}", meta.fs, tuple(meta.channels),
+                      meta.dtype, tuple(meta.gain), tuple(meta.baseline),  # type: ignore[arg-type]
+                      device=f"replay:{recording}")
+        info = self.registry.attach(hello)  # raises StreamBusyError
+        replay = Replay(info.id, recording, speed, loop)
+        self.replays[info.id] = replay
+        self._nursery.start_soon(self._serve, replay, info, self._inlet.clone())
+        return replay
+
+    def stop(self, stream: str) -> Replay:
+        replay = self.replays[stream]
+        replay.scope.cancel()
+        return replay
+
+    async def _serve(self, replay: Replay, info: StreamInfo,
+                     outbox: trio.MemorySendChannel[Item]) -> None:
+        with outbox, replay.scope:
+            try:
+                replay.state = "playing"
+                await _status(outbox, info, "connected", fs=info.fs, run=info.run,
+                              channels=list(info.channels), next_seq=info.next_seq,
+                              device=info.hello.device)
+                await self._play(replay, info, outbox)
+                replay.state = "finished"
+            finally:
+                self.registry.detach(info)
+                if replay.state != "finished":
+                    replay.state = "stopped"
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await _status(outbox, info, "disconnected", next_seq=info.next_seq)
+
+    async def _play(self, replay: Replay, info: StreamInfo,
+                    outbox: trio.MemorySendChannel[Item]) -> None:
+        reader = self.loader.store.reader(replay.recording)
+        size = frame_frames(info.fs, replay.speed, self.frame_s)
+        clock0, t_first = trio.current_time(), info.t0
+        while True:
+            for start in range(0, reader.frames, size):
+                if replay.speed > 0:  # the block is due when its first sample would be
+                    due = (info.t0 - t_first) / info.fs / replay.speed
+                    await trio.sleep_until(clock0 + due)
+                frames = self.loader.read(replay.recording, start, start + size, cache=False)
+                await outbox.send(Block(info, info.run, info.next_seq, info.t0, frames,
+                                        trio.current_time()))
+                n = len(frames)
+                info.next_seq += 1
+                info.t0 += n
+                info.frames += 1
+                info.samples += n
+                replay.frames_sent += n
+                self.stats.totals.samples_in += n
+            replay.laps += 1
+            if not replay.loop:
+                return
+
+
+async def _status(outbox: trio.MemorySendChannel[Item], info: StreamInfo, state: str,
+                  **fields: Any) -> None:
+    body = {"stream": info.id, "state": state, **fields}
+    for topic in ("streams", f"stream/{info.id}/raw"):
+        await outbox.send(Publication(Event("status", topic, Priority.NORMAL, body)))

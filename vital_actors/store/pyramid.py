@@ -1,0 +1,140 @@
+"""A multi-resolution min/max pyramid, built incrementally while a recording is written.
+
+Level ``k`` holds, per bucket of ``BASE * FACTOR**k`` frames, each channel's minimum and
+maximum: shape (buckets, channels, 2), in the recording's sample dtype. Level 0 is made
+from the samples, each higher level from the one below, so feeding costs one reduction
+per level and the levels are a few percent of the samples on disk. Any window of any
+recording is then answered from at most ``points * FACTOR`` entries of one level.
+
+Everything here is pure numpy (no trio, no files): :class:`PyramidBuilder` turns frames
+into level entries, and :func:`envelope` / :func:`lttb` reduce arrays for a view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["BASE", "FACTOR", "LEVELS", "PyramidBuilder", "bucket", "envelope", "lttb",
+           "pick_level"]
+
+BASE = 64  # frames per level-0 bucket
+FACTOR = 8  # buckets of level k per bucket of level k+1
+LEVELS = 8  # level 7 buckets hold 64 * 8**7 = 134M frames: enough for any 2 GB file
+
+Array = npt.NDArray[Any]
+
+
+def bucket(level: int) -> int:
+    """Frames per bucket at *level*."""
+    return int(BASE * FACTOR**level)
+
+
+def _reduce(entries: Array, group: int) -> Array:
+    """Min/max over each run of *group* entries (n, ch, 2); n a multiple of *group*."""
+    g = entries.reshape(-1, group, *entries.shape[1:])
+    return np.stack([g[..., 0].min(axis=1), g[..., 1].max(axis=1)], axis=-1)
+
+
+def _minmax(frames: Array, group: int) -> Array:
+    """Min/max over each run of *group* frames (n, ch); n a multiple of *group*."""
+    g = frames.reshape(-1, group, frames.shape[1])
+    return np.stack([g.min(axis=1), g.max(axis=1)], axis=-1)
+
+
+class PyramidBuilder:
+    """Feeds frames in; hands out the new complete entries of each level.
+
+    Its whole state is ``pending`` (the frames or entries not yet filling a bucket,
+    a few KB), so a writer can checkpoint and restore it exactly.
+    """
+
+    def __init__(self, channels: int, dtype: np.dtype[Any],
+                 pending: list[Array] | None = None) -> None:
+        self.channels, self.dtype = channels, dtype
+        empty = [np.empty((0, channels), dtype)] + [np.empty((0, channels, 2), dtype)
+                                                      for _ in range(1, LEVELS)]
+        self.pending: list[Array] = pending if pending is not None else empty
+
+    def feed(self, frames: Array) -> list[Array]:
+        """Take frames (n, channels); return the newly complete entries per level."""
+        out: list[Array] = []
+        data = np.concatenate([self.pending[0], frames]) if len(self.pending[0]) else frames
+        whole = len(data) // BASE * BASE
+        new = _minmax(data[:whole], BASE) if whole else np.empty((0, self.channels, 2),
+                                                                   self.dtype)
+        self.pending[0] = data[whole:].copy()
+        out.append(new)
+        for k in range(1, LEVELS):
+            data = np.concatenate([self.pending[k], new]) if len(self.pending[k]) else new
+            whole = len(data) // FACTOR * FACTOR
+            new = _reduce(data[:whole], FACTOR) if whole else data[:0]
+            self.pending[k] = data[whole:].copy()
+            out.append(new)
+        return out
+
+    def finish(self) -> list[Array]:
+        """The last, partial bucket of each level (empty where a level has none)."""
+        out: list[Array] = []
+        tail = self.pending[0]
+        new = _minmax(tail, len(tail)) if len(tail) else np.empty((0, self.channels, 2),
+                                                                    self.dtype)
+        out.append(new)
+        for k in range(1, LEVELS):
+            data = np.concatenate([self.pending[k], new])
+            new = _reduce(data, len(data)) if len(data) else data
+            out.append(new)
+        return out
+
+
+def pick_level(n: int, points: int) -> int | None:
+    """The coarsest useful level for *n* frames shown as *points*: the finest whose
+    window spans at most ``points * FACTOR`` entries; None when the raw samples
+    (fewer than one level-0 bucket per point) serve better."""
+    if n < points * BASE:
+        return None
+    for k in range(LEVELS):
+        if n / bucket(k) <= points * FACTOR:
+            return k
+    return LEVELS - 1
+
+
+def envelope(entries: Array, points: int) -> tuple[Array, Array, Array]:
+    """Group *entries* (m, 2) min/max or (m,) values into at most *points* groups.
+
+    Returns (first entry index of each group, minima, maxima).
+    """
+    m = len(entries)
+    groups = min(points, m)
+    starts = np.unique(np.linspace(0, m, groups, endpoint=False).astype(np.int64))
+    if entries.ndim == 1:
+        lo, hi = entries, entries
+    else:
+        lo, hi = entries[:, 0], entries[:, 1]
+    return starts, np.minimum.reduceat(lo, starts), np.maximum.reduceat(hi, starts)
+
+
+def lttb(y: Array, points: int) -> Array:
+    """Largest-triangle-three-buckets: the indices of *points* samples of *y* that keep
+    its visual shape (Steinarsson 2013). First and last samples are always kept."""
+    n = len(y)
+    if points >= n or points < 3:
+        return np.arange(n) if points >= n else np.array([0, n - 1])[:points]
+    y = np.asarray(y, dtype=np.float64)
+    edges = np.linspace(1, n - 1, points - 1).astype(np.int64)  # points-2 inner buckets
+    # Each bucket's neighbour on the right is represented by its mean point.
+    means_y = np.add.reduceat(y[:n - 1], edges[:-1]) / np.diff(edges)
+    means_x = (edges[:-1] + edges[1:] - 1) / 2.0
+    out = np.empty(points, dtype=np.int64)
+    out[0], out[-1] = 0, n - 1
+    a = 0
+    for i in range(points - 2):
+        lo, hi = edges[i], edges[i + 1]
+        cx, cy = (means_x[i + 1], means_y[i + 1]) if i + 1 < points - 2 else (n - 1, y[-1])
+        xs = np.arange(lo, hi)
+        area = np.abs((a - cx) * (y[lo:hi] - y[a]) - (a - xs) * (cy - y[a]))
+        a = lo + int(area.argmax())
+        out[i + 1] = a
+    return out
