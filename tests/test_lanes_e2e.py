@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from httpclient import get_json, request
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import protocol as P
@@ -98,3 +99,45 @@ async def test_a_stalled_subscriber_loses_high_then_is_evicted_the_other_gets_ev
             assert len(server.hub.subscribers) == 1
             await publish_and_follow(alert(99))
             assert isinstance(fast_got[-1], P.Event) and fast_got[-1].body["t"] == 99
+
+
+async def test_lane_metrics_in_stats_subscribers_and_prometheus(server: Server) -> None:
+    url = f"ws://127.0.0.1:{server.port}"
+    assert server.port is not None
+    with trio.fail_after(20):
+        async with connect(url, P.SUBSCRIBE_PATH) as ws:
+            await subscribe(ws)
+            sub = next(iter(server.hub.subscribers))
+            for seq in range(3):
+                server.hub.publish(samples(seq))
+                await receive(ws)
+            server.hub.publish(alert(0))
+            await receive(ws)
+            sub.lanes.counts.dropped[4] += 2  # as if two BULK messages had been refused
+
+            (one,) = (await get_json(server.port, "/api/v1/subscribers"))["subscribers"]
+            assert (one["id"], one["codec"], one["topics"]) == (sub.id, "plain", sorted(TOPICS))
+            assert one["state"] == "normal" and one["evicted"] is None
+            assert (one["capacity"], one["depth"], one["sent"], one["dropped"]) == (100, 0, 4, 2)
+            assert one["drop_rate"] == pytest.approx(2 / 6)
+            assert one["lanes"]["critical"] == {"depth": 0, "capacity": 30, "utilization": 0.0,
+                                                "queued": 1, "sent": 1, "dropped": 0}
+            assert one["lanes"]["high"]["sent"] == 3 and one["lanes"]["bulk"]["capacity"] == 2
+            assert set(one["seconds_in"]) == {"normal", "backpressure", "emergency"}
+
+            lanes = (await get_json(server.port, "/api/v1/stats"))["lanes"]
+            assert lanes["states"] == {"normal": 1, "backpressure": 0, "emergency": 0}
+            assert lanes["sent"] == {"critical": 1, "high": 3, "normal": 0, "low": 0, "bulk": 0}
+            assert lanes["dropped"]["bulk"] == 2
+
+            status, body, _ = await request(server.port, "GET", "/metrics")
+            text = body.decode()
+            assert status == 200
+            assert 'vital_lane_sent_total{priority="high"} 3.0' in text
+            assert 'vital_lane_dropped_total{priority="bulk"} 2.0' in text
+            assert f'vital_subscriber_lane_depth{{priority="critical",subscriber="{sub.id}"}}' \
+                   in text
+            assert f'vital_subscriber_state{{state="normal",subscriber="{sub.id}"}} 1.0' in text
+
+            schema = await get_json(server.port, "/openapi.json")
+            assert "/api/v1/subscribers" in schema["paths"]

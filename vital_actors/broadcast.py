@@ -39,6 +39,7 @@ class Subscriber:
 
     lanes: Lanes
     remote: str = ""
+    codec: str = "plain"  # the key of its connection's wire codec
     id: int = field(default_factory=lambda: next(_ids))
     topics: set[str] = field(default_factory=set)
     since: float = 0.0  # trio.current_time() when it joined
@@ -70,10 +71,10 @@ class Hub:
         self.subscribers: set[Subscriber] = set()
         self.departed = LaneCounts.zero()  # the counters of subscribers that have left
 
-    def add(self, remote: str = "") -> Subscriber:
+    def add(self, remote: str = "", codec: str = "plain") -> Subscriber:
         """A new subscriber; its connection's sender drains ``sub.lanes``."""
         lanes = Lanes(self.capacities, self.settings, draw=self.rng.random)
-        sub = Subscriber(lanes, remote, since=trio.current_time())
+        sub = Subscriber(lanes, remote, codec, since=trio.current_time())
         self.subscribers.add(sub)
         self.stats.subscribers = len(self.subscribers)
         return sub

@@ -54,7 +54,7 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
     Subscribing to ``streams`` first replays a ``connected`` status for every stream
     connected now, so a dashboard that joins late learns of them.
     """
-    sub = hub.add(ws.remote)
+    sub = hub.add(ws.remote, str(ws.codec.key))
     ending = Ending.CLOSED
     try:
         async with trio.open_nursery() as nursery:

@@ -23,6 +23,7 @@ from quart_trio import QuartTrio
 from ..filtering import FilterSettingsError, design
 from ..settings import FilterSettings
 from ..streams import StreamInfo
+from .lanes import LaneTotalsOut, SubscriberList, subscriber_out, totals_out
 from .metrics import render
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class StatsOut(BaseModel):
     rejected: dict[str, int]
     channels: dict[str, ChannelDepth]
     filter_calls: int
+    lanes: LaneTotalsOut = Field(description="every subscriber's priority lanes together")
     loop_lag: LagOut = Field(description="event-loop lag over the last minute (50 ms probe)")
 
 
@@ -185,8 +187,17 @@ def create_app(server: Server) -> QuartTrio:
             channels={k: ChannelDepth(depth=d, capacity=c)
                       for k, (d, c) in server.channel_depths().items()},
             filter_calls=server.filter_bank.calls,
+            lanes=totals_out(server.hub, s.rates["messages_out"]),
             loop_lag=LagOut(**asdict(server.loop_lag.summary())),
         )
+
+    @app.get("/api/v1/subscribers")
+    @validate_response(SubscriberList)
+    async def subscribers() -> SubscriberList:
+        """Each subscriber connection: its priority lanes' depths, sent and dropped by
+        priority, state (normal / backpressure / emergency) and time in each, msg/s."""
+        return SubscriberList(subscribers=[subscriber_out(sub) for sub in
+                                           sorted(server.hub.subscribers, key=lambda x: x.id)])
 
     @app.get("/api/v1/streams")
     @validate_response(StreamList)
