@@ -32,11 +32,15 @@ from .edge.door import Route, serve_door
 from .edge.websocket import WebSocket
 from .filtering import FilterBank, run_filter
 from .ingest import run_ingest
+from .jobs import JobRunner
 from .lag import LoopLag, run_lag_probe
+from .loader import ChunkLoader
 from .messages import Item
+from .replay import Replays
 from .screening import run_screen
 from .settings import Settings
 from .stats import Stats, run_rates
+from .store import RecordingStore
 from .streams import StreamRegistry
 from .subscribers import run_subscriber
 
@@ -45,6 +49,13 @@ __all__ = ["Server"]
 
 class Server:
     """The whole server. ``await nursery.start(server.run)`` returns the bound port."""
+
+    # Recordings (issue 5): these exist while run() runs, in settings.store.dir or a
+    # temporary directory.
+    store: RecordingStore
+    loader: ChunkLoader
+    jobs: JobRunner
+    replays: Replays
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -85,7 +96,11 @@ class Server:
         api_stop = trio.Event()
         with tempfile.TemporaryDirectory(prefix="vital-") as tmp:
             api_socket = str(Path(tmp) / "api.sock")
+            self._open_store(Path(tmp) / "store")
+            recordings = trio.CancelScope()
+            replay_tx, progress_tx = ingest_tx.clone(), screened_tx.clone()
             async with trio.open_nursery() as root:
+                await root.start(self._recordings, recordings, replay_tx, progress_tx)
                 await root.start(partial(run_filter, ingest_rx, filtered_tx,
                                          max_batch=s.buffers.max_batch, bank=self.filter_bank))
                 await root.start(partial(run_screen, filtered_rx, screened_tx,
@@ -115,8 +130,28 @@ class Server:
                     api_stop.set()  # hypercorn closes its connections: the splices end
                     for scope in list(self._devices):
                         scope.cancel()
+                    recordings.cancel()  # replays end; jobs stop at a chunk's checkpoint
                     ingest_tx.close()  # the pipeline ends once every device clone closes
                 services.cancel()
+
+    def _open_store(self, fallback: Path) -> None:
+        s = self.settings
+        self.store = RecordingStore(s.store.dir or fallback)
+        self.loader = ChunkLoader(self.store, cache_bytes=s.store.cache_bytes,
+                                  chunk_bytes=s.store.chunk_bytes)
+        self.jobs = JobRunner(self.store, s.jobs, s.screen)
+        self.replays = Replays(self.loader, self.registry, self.stats)
+
+    async def _recordings(self, scope: trio.CancelScope, inlet: trio.MemorySendChannel[Item],
+                          progress: trio.MemorySendChannel[Item], *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Replays (into a clone of the ingest inlet) and the job runner (progress into a
+        clone of the broadcaster's inbox), until *scope* is cancelled."""
+        with inlet, progress, scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.replays.run, inlet)
+                await nursery.start(self.jobs.run, progress)
+                task_status.started()
 
     async def _services(self, scope: trio.CancelScope, api_socket: str,
                         api_stop: trio.Event) -> None:

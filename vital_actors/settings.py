@@ -22,6 +22,7 @@ from pydantic_settings import (
 __all__ = [
     "BufferSettings",
     "FilterSettings",
+    "JobSettings",
     "LaneQuotas",
     "LaneSettings",
     "LimitSettings",
@@ -29,6 +30,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "SettingsError",
+    "StoreSettings",
     "Watermarks",
     "load_settings",
 ]
@@ -153,6 +155,27 @@ class ScreenSettings(_Section):
     off_windows: int = Field(2, ge=1, description="good windows in a row before it ends")
 
 
+class StoreSettings(_Section):
+    """Recordings on disk (issue 5): uploads, job results, the chunk cache."""
+
+    dir: Path | None = Field(None, description="store directory; null: a temporary one that "
+                             "is deleted when the server stops")
+    max_upload_bytes: int = Field(2 * 1024**3 + 2**20, ge=1024, description="request body cap")
+    write_chunk_bytes: int = Field(1 << 20, ge=4096,
+                                   description="body bytes gathered before one decode+write")
+    cache_bytes: int = Field(64 << 20, ge=1 << 16, description="LRU chunk cache bound")
+    chunk_bytes: int = Field(1 << 20, ge=4096, description="target size of one cached chunk")
+    max_data_frames: int = Field(1 << 22, ge=1, description="most frames one /data returns")
+
+
+class JobSettings(_Section):
+    """Batch processing of recordings (issue 5)."""
+
+    max_concurrent: int = Field(1, ge=1, description="jobs running at once (2 cores)")
+    chunk_frames: int = Field(1 << 18, ge=256, description="frames per processing chunk")
+    max_queued: int = Field(1000, ge=1, description="jobs waiting before POST is refused")
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings`."""
 
@@ -168,6 +191,8 @@ class Settings(BaseSettings):
     screen: ScreenSettings = ScreenSettings()
     lanes: LaneSettings = LaneSettings()
     stats_interval_s: float = Field(1.0, gt=0)
+    store: StoreSettings = StoreSettings()
+    jobs: JobSettings = JobSettings()
 
     @classmethod
     def settings_customise_sources(

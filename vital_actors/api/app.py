@@ -25,6 +25,7 @@ from ..settings import FilterSettings
 from ..streams import StreamInfo
 from .lanes import LaneTotalsOut, SubscriberList, subscriber_out, totals_out
 from .metrics import render
+from .recordings import register as register_recordings
 
 if TYPE_CHECKING:
     from ..graph import Server
@@ -234,4 +235,5 @@ def create_app(server: Server) -> QuartTrio:
             return _problem(422, "invalid filter settings", exc.problems)
         return _stream(info)
 
+    register_recordings(app, server)
     return app
