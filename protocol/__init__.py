@@ -11,6 +11,11 @@ from ._codec import decode_device as decode_device
 from ._codec import decode_server as decode_server
 from ._codec import decode_subscriber as decode_subscriber
 from ._codec import encode as encode
+from ._deflate import PERMESSAGE_DEFLATE as PERMESSAGE_DEFLATE
+from ._deflate import DeflateParams as DeflateParams
+from ._deflate import Deflater as Deflater
+from ._deflate import Inflater as Inflater
+from ._deflate import negotiate_deflate as negotiate_deflate
 from ._errors import CloseCode as CloseCode
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
@@ -42,6 +47,14 @@ from ._session import Gap as Gap
 from ._session import PingReceived as PingReceived
 from ._session import SessionEvent as SessionEvent
 from ._session import Started as Started
+from ._zstd import ECG_DICTIONARY_ID as ECG_DICTIONARY_ID
+from ._zstd import ZSTD_SUBPROTOCOL as ZSTD_SUBPROTOCOL
+from ._zstd import ZstdCodec as ZstdCodec
+from ._zstd import ZstdDictionary as ZstdDictionary
+from ._zstd import delta_decode as delta_decode
+from ._zstd import delta_encode as delta_encode
+from ._zstd import ecg_dictionary as ecg_dictionary
+from ._zstd import undelta as undelta
 
 #: WebSocket subprotocol of protocol v1 with plain msgpack messages.
 SUBPROTOCOL = "vital.v1.msgpack"

@@ -85,7 +85,10 @@ def _to_map(m: Message) -> dict[str, Any]:
         case Pong():
             return {"type": "pong"} if m.t is None else {"type": "pong", "t": m.t}
         case Welcome():
-            return {"type": "welcome", "stream": m.stream, "next_seq": m.next_seq}
+            d = {"type": "welcome", "stream": m.stream, "next_seq": m.next_seq}
+            if m.zstd_dict is not None:
+                d["zstd_dict"] = m.zstd_dict
+            return d
         case Ack():
             return {"type": "ack", "seq": m.seq}
         case Error():
@@ -257,7 +260,8 @@ _SUBSCRIBER: dict[str, Decoder] = {
     "ping": _ping,
 }
 _SERVER: dict[str, Decoder] = {
-    "welcome": lambda d: Welcome(_req(d, "stream", str, "a stream id"), _seq(d, "next_seq")),
+    "welcome": lambda d: Welcome(_req(d, "stream", str, "a stream id"), _seq(d, "next_seq"),
+                                 _opt(d, "zstd_dict", int, "a zstd dictionary id")),
     "ack": lambda d: Ack(_seq(d, "seq")),
     "pong": lambda d: Pong(_opt(d, "t", (int, float), "a number")),
     "error": lambda d: Error(_req(d, "code", str, "a string"), _req(d, "message", str, "text")),

@@ -92,6 +92,9 @@ class Ping:
 class Welcome:
     stream: str
     next_seq: int
+    #: Under ``vital.v1.msgpack+zstd``: the id of the dictionary the server compresses
+    #: with on this connection (None: none). Set by the connection's codec.
+    zstd_dict: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,204 @@
+"""Wire size and cost of the compression codecs on MIT-BIH DS1, as the server sends it.
+
+    python -m loadtests.bench_compression run            # all 22 DS1 records, 30 min each
+    python -m loadtests.bench_compression train          # rewrite the shipped dictionary
+
+Every record is cut into 100 ms frames (36 samples x 2 leads at 360 Hz) and each frame
+becomes the int16 ``samples`` message the server publishes on ``stream/<id>/raw``.
+Bits per sample = bytes on the wire (WebSocket frame header included) x 8 / samples.
+The dictionary is evaluated honestly with two folds: trained on 11 records, measured on
+the other 11, and the other way round; the shipped dictionary is trained on all 22.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+from protocol import (
+    ECG_DICTIONARY_ID,
+    Priority,
+    StreamSamples,
+    ZstdCodec,
+    ZstdDictionary,
+    delta_encode,
+    encode,
+    server_frame,
+)
+from protocol._deflate import Deflater, Inflater
+from protocol._zstd import undelta
+from vital_actors.sources import Recording, data_dir, load_record
+
+__all__ = ["main", "messages", "train"]
+
+DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124",
+       "201", "203", "205", "207", "208", "209", "215", "220", "223", "230")
+DICT_PATH = Path(__file__).resolve().parent.parent / "protocol/data/ecg-dict-v1.zstd-dict"
+DICT_BYTES = 4096
+FRAME_S = 0.1
+
+
+def messages(rec: Recording, stream: str, *, delta: bool = False,
+             stride: int = 1) -> Iterator[StreamSamples]:
+    """The raw ``samples`` messages of *rec* streamed as *stream* in 100 ms frames."""
+    n = round(FRAME_S * rec.fs)
+    gain, baseline = tuple(rec.gain), tuple(float(b) for b in rec.baseline)
+    for seq, start in enumerate(range(0, len(rec.samples) - n + 1, n)):
+        if seq % stride:
+            continue
+        data = np.ascontiguousarray(rec.samples[start:start + n], dtype="<i2").tobytes()
+        extra = {}
+        if delta:
+            data, extra = delta_encode(data, len(rec.channels)), {"enc": "delta"}
+        yield StreamSamples(f"stream/{stream}/raw", stream, seq, start, rec.fs, rec.channels,
+                            "int16", gain, baseline, data, Priority.HIGH, extra)
+
+
+def train(recs: Sequence[Recording], *, dict_id: int = ECG_DICTIONARY_ID) -> ZstdDictionary:
+    """A zstd dictionary from every 10th frame of *recs*, plain and delta-encoded."""
+    samples: list[bytes | bytearray | memoryview] = [
+        encode(m) for r in recs for delta in (False, True)
+        for m in messages(r, f"bed-{r.name}", delta=delta, stride=10)]
+    zdict = zstandard.train_dictionary(DICT_BYTES, samples, dict_id=dict_id, level=3)
+    return ZstdDictionary(zdict.dict_id(), zdict.as_bytes())
+
+
+def _json_mv(m: StreamSamples) -> bytes:
+    """The original design's baseline: the samples in mV as JSON numbers (3 decimals)."""
+    x = np.frombuffer(m.data, dtype="<i2").reshape(-1, len(m.channels))
+    mv = (x - np.asarray(m.baseline)) / np.asarray(m.gain)
+    body = {"type": "samples", "topic": m.topic, "stream": m.stream, "seq": m.seq,
+            "t0": m.t0, "fs": m.fs, "channels": list(m.channels),
+            "data": [[round(v, 3) for v in ch] for ch in mv.T.tolist()]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+Codec = Callable[[StreamSamples, bytes], bytes]
+
+
+def _deflate(level: int, takeover: bool = False) -> Codec:
+    d = Deflater(level=level, window_bits=12, mem_level=5, context_takeover=takeover)
+    return lambda m, p: server_frame(d.compress(p), rsv1=True)
+
+
+def _zstd(codec: ZstdCodec) -> Codec:
+    return lambda m, p: server_frame(codec.compress_message(m, p))
+
+
+def codecs(dictionary: ZstdDictionary | None) -> dict[str, Codec]:
+    out: dict[str, Codec] = {
+        "json mV (original design)": lambda m, p: server_frame(_json_mv(m)),
+        "msgpack, plain": lambda m, p: server_frame(p),
+        "deflate level 1": _deflate(1),
+        "deflate level 6": _deflate(6),
+        "deflate level 9": _deflate(9),
+        "deflate level 6, context takeover (per connection)": _deflate(6, True),
+        "zstd": _zstd(ZstdCodec(delta=False)),
+        "zstd + delta": _zstd(ZstdCodec(delta=True)),
+    }
+    if dictionary is not None:
+        out["zstd + delta + dictionary"] = _zstd(ZstdCodec(dictionary=dictionary))
+    return out
+
+
+def _sizes(recs: Sequence[Recording], dictionary: ZstdDictionary | None,
+           totals: dict[str, int]) -> int:
+    samples = 0
+    table = codecs(dictionary)
+    for r in recs:
+        for m in messages(r, f"ward-{r.name}"):  # ids unlike the training ids
+            payload = encode(m)
+            samples += len(m.data) // 2
+            for name, codec in table.items():
+                totals[name] = totals.get(name, 0) + len(codec(m, payload))
+    return samples
+
+
+def _timing(recs: Sequence[Recording], dictionary: ZstdDictionary,
+            per_record: int) -> dict[str, tuple[float, float]]:
+    """µs per message to compress + frame, and to decompress (+ decode for zstd)."""
+    msgs = [m for r in recs for m in messages(r, f"ward-{r.name}", stride=50)][:per_record]
+    payloads = [encode(m) for m in msgs]
+    out: dict[str, tuple[float, float]] = {}
+    for name, codec in codecs(dictionary).items():
+        if name.startswith("json"):
+            continue
+        t = time.perf_counter()
+        frames = [codec(m, p) for m, p in zip(msgs, payloads, strict=True)]
+        comp = (time.perf_counter() - t) / len(msgs) * 1e6
+        bodies = [f[4:] if f[1] == 126 else f[2:] for f in frames]
+        if name.startswith("zstd"):
+            z = ZstdCodec(dictionary=dictionary)
+            t = time.perf_counter()
+            for b in bodies:
+                undelta(z.decode_server(b))
+        elif name.startswith("deflate"):
+            inf = Inflater(max_size=1 << 20, context_takeover="takeover" in name)
+            t = time.perf_counter()
+            for b in bodies:
+                inf.feed(b)
+                inf.end()
+        else:
+            t = time.perf_counter()
+        out[name] = (comp, (time.perf_counter() - t) / len(msgs) * 1e6)
+    return out
+
+
+def _load(names: Sequence[str], minutes: float) -> list[Recording]:
+    root = data_dir()
+    if root is None:
+        raise SystemExit("MIT-BIH data not found (set VITAL_DATA_DIR)")
+    stop = None if minutes <= 0 else round(minutes * 60 * 360)
+    return [load_record(root / "mitdb" / n, stop=stop) for n in names]
+
+
+def run(args: argparse.Namespace) -> None:
+    recs = _load(DS1, args.minutes)
+    half = len(recs) // 2
+    folds = [(recs[:half], recs[half:]), (recs[half:], recs[:half])]
+    totals: dict[str, int] = {}
+    samples = 0
+    for train_on, test_on in folds:
+        samples += _sizes(test_on, train(train_on, dict_id=ECG_DICTIONARY_ID + 1), totals)
+    print(f"{len(recs)} DS1 records, {samples:,} samples, "
+          f"{samples // (2 * 36):,} messages of 100 ms (2 x 36 int16)\n")
+    raw16 = 16.0
+    json_bits = totals["json mV (original design)"] * 8 / samples
+    print("| Encoding | bits/sample | vs 16-bit raw | saving vs JSON mV |")
+    print("|---|---:|---:|---:|")
+    for name, size in totals.items():
+        bits = size * 8 / samples
+        print(f"| {name} | {bits:.2f} | {bits / raw16:.2f}x | "
+              f"{(1 - bits / json_bits) * 100:.1f} % |")
+    timing = _timing(recs, train(recs[:half], dict_id=ECG_DICTIONARY_ID + 1), args.timing)
+    print("\n| Encoding | compress + frame µs/msg | decompress µs/msg |")
+    print("|---|---:|---:|")
+    for name, (comp, dec) in timing.items():
+        print(f"| {name} | {comp:.1f} | {dec:.1f} |")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench_compression",
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("run", "train"))
+    p.add_argument("--minutes", type=float, default=0, help="per record; 0 for all 30")
+    p.add_argument("--timing", type=int, default=20000, help="messages timed per codec")
+    args = p.parse_args(argv)
+    if args.command == "train":
+        d = train(_load(DS1, args.minutes))
+        DICT_PATH.parent.mkdir(exist_ok=True)
+        DICT_PATH.write_bytes(d.data)
+        print(f"wrote {DICT_PATH} ({len(d.data)} bytes, id {d.id})")
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
