@@ -13,7 +13,9 @@ extracted there, and ``wfdb`` reads the record back in chunks.
 
 from __future__ import annotations
 
+import contextlib
 import tarfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy.typing as npt
 
 from .formats import FormatError, SourceInfo, UploadParams
 
-__all__ = ["EdfDecoder", "WfdbDecoder"]
+__all__ = ["EdfDecoder", "WfdbDecoder", "import_wfdb"]
 
 Array = npt.NDArray[Any]
 _UNITS = {"uv": 1000.0, "µv": 1000.0, "mv": 1.0, "v": 0.001}  # units per mV
@@ -140,10 +142,10 @@ class WfdbDecoder:
         finally:
             self._spool_path.unlink()
         record = _one_record(folder)
-        import wfdb  # slow to import; only WFDB uploads need it
-
+        wfdb = import_wfdb()
         try:
-            header = wfdb.rdheader(str(record))
+            with _quiet():
+                header = wfdb.rdheader(str(record))
         except Exception as exc:  # wfdb raises bare ValueError/IndexError on bad headers
             raise FormatError(422, f"bad WFDB header {record.name}.hea: {exc}") from None
         if getattr(header, "seg_len", None) is not None or not header.sig_len:
@@ -157,14 +159,30 @@ class WfdbDecoder:
         for start in range(0, length, _WFDB_CHUNK):
             end = min(length, start + _WFDB_CHUNK)
             try:
-                rec = wfdb.rdrecord(str(record), sampfrom=start, sampto=end, physical=False,
-                                    return_res=16)
+                with _quiet():
+                    rec = wfdb.rdrecord(str(record), sampfrom=start, sampto=end,
+                                        physical=False, return_res=16)
             except Exception as exc:
                 raise FormatError(422, f"cannot read WFDB signals at {start}: {exc}") from None
             d = np.asarray(rec.d_signal)
             if d.shape[0] != end - start or d.min() < -32768 or d.max() > 32767:
                 raise FormatError(422, f"truncated or non-16-bit WFDB signal at {start}")
             yield d.astype("<i2")
+
+
+def import_wfdb() -> Any:
+    """wfdb, imported on first use (slow; only WFDB uploads need it)."""
+    with _quiet():
+        import wfdb
+    return wfdb
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """wfdb trips pandas deprecation warnings; they are not ours to fix."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _extract(archive: Path, folder: Path) -> None:

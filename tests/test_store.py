@@ -1,0 +1,241 @@
+"""The recording store: formats round-trip, bad uploads leave nothing, pyramid, LRU."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import warnings
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyedflib
+import pytest
+
+from vital_actors.loader import ChunkCache, ChunkLoader
+from vital_actors.store import FormatError, RecordingStore, UploadParams, receive_upload
+from vital_actors.store.archives import import_wfdb
+from vital_actors.store.pyramid import BASE, FACTOR, PyramidBuilder, bucket, envelope, lttb
+from vital_actors.store.recording import Writer
+
+Array = np.ndarray[Any, Any]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RecordingStore:
+    return RecordingStore(tmp_path / "store")
+
+
+async def _chunks(data: bytes, size: int = 7777) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+async def upload(store: RecordingStore, data: bytes, declared: str | None = None,
+                 **params: Any) -> Any:
+    return await receive_upload(store, _chunks(data), declared=declared,
+                                params=UploadParams(**params), chunk_bytes=50_000,
+                                max_bytes=1 << 30)
+
+
+def _npy(x: Array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return buf.getvalue()
+
+
+def _signal(n: int = 20_000, channels: int = 2, seed: int = 0) -> Array:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, channels)) * 300).astype(np.int16)
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float32", "float64"])
+async def test_npy_round_trips_to_equal_values(store: RecordingStore, dtype: str) -> None:
+    x = _signal().astype(dtype)
+    meta = await upload(store, _npy(x), "npy", fs=250.0, channels=["a", "b"], gain=200.0)
+    got = store.reader(meta.id).read(0, meta.frames)
+    assert got.dtype == np.dtype(dtype) and np.array_equal(got, x)
+    assert (meta.fs, meta.channels, meta.gain, meta.source_format) == (250.0, ["a", "b"],
+                                                                      [200.0, 200.0], "npy")
+
+
+async def test_csv_with_header_and_time_column(store: RecordingStore) -> None:
+    x = (_signal(3000) / 200).astype(np.float32)
+    t = np.arange(len(x)) / 360.0
+    text = "time,MLII,V5\n" + "".join(f"{ti!r},{a!r},{b!r}\n" for ti, (a, b) in
+                                       zip(t.tolist(), x.tolist(), strict=True))
+    meta = await upload(store, text.encode())
+    assert meta.channels == ["MLII", "V5"] and meta.fs == pytest.approx(360.0)
+    assert np.array_equal(store.reader(meta.id).read(0, meta.frames), x)
+
+
+async def test_csv_without_header_detects_the_time_column_by_its_steps(
+        store: RecordingStore) -> None:
+    x = (_signal(500, 1) / 100).astype(np.float32)
+    rows = "".join(f"{i * 4};{v!r}\n" for i, v in enumerate(x[:, 0].tolist()))  # ms steps
+    meta = await upload(store, rows.encode(), "csv", fs=250.0)
+    assert meta.channels == ["ch1"]
+    assert np.array_equal(store.reader(meta.id).read(0, meta.frames), x)
+
+
+def _edf(path: Path, x: Array, fs: int = 250) -> bytes:
+    with pyedflib.EdfWriter(str(path), x.shape[1], file_type=pyedflib.FILETYPE_EDFPLUS) as w:
+        w.setSignalHeaders([{"label": f"L{i}", "dimension": "uV", "sample_frequency": fs,
+                             "physical_max": 3276.7, "physical_min": -3276.8,
+                             "digital_max": 32767, "digital_min": -32768}
+                            for i in range(x.shape[1])])
+        w.writeSamples([np.ascontiguousarray(x[:, i]) for i in range(x.shape[1])],
+                       digital=True)
+    return path.read_bytes()
+
+
+async def test_edf_plus_round_trips_digital_values_and_scale(store: RecordingStore,
+                                                           tmp_path: Path) -> None:
+    x = _signal(250 * 12)  # 12 one-second records
+    meta = await upload(store, _edf(tmp_path / "a.edf", x))
+    assert meta.source_format == "edf" and meta.fs == 250.0 and meta.channels == ["L0", "L1"]
+    assert np.array_equal(store.reader(meta.id).read(0, meta.frames), x)
+    # 0.1 uV per unit: 10000 units per mV
+    assert meta.gain == pytest.approx([10000.0, 10000.0], rel=1e-4)
+
+
+def _wfdb_record(folder: Path, x: Array) -> list[Path]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # wfdb trips pandas deprecations
+        _wrsamp(folder, x)
+    return [folder / "rec.hea", folder / "rec.dat"]
+
+
+def _wrsamp(folder: Path, x: Array) -> None:
+    import_wfdb().wrsamp("rec", fs=360, units=["mV", "mV"], sig_name=["MLII", "V1"], d_signal=x,
+                fmt=["212", "212"], adc_gain=[200.0, 200.0], baseline=[1024, 1024],
+                write_dir=str(folder))
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+async def test_wfdb_archive_round_trips(store: RecordingStore, tmp_path: Path,
+                                        kind: str) -> None:
+    x = (_signal(5000) % 2000 + 24).astype(np.int64)  # 212 holds 12 bits
+    files = _wfdb_record(tmp_path, x)
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w") as z:
+            for f in files:
+                z.write(f, f"100/{f.name}")
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for f in files:
+                t.add(f, f.name)
+    meta = await upload(store, buf.getvalue())
+    assert (meta.fs, meta.channels, meta.gain, meta.baseline) == (
+        360.0, ["MLII", "V1"], [200.0, 200.0], [1024.0, 1024.0])
+    assert np.array_equal(store.reader(meta.id).read(0, meta.frames), x)
+
+
+def _truncated_edf(tmp_path: Path) -> bytes:
+    return _edf(tmp_path / "t.edf", _signal(2500))[:-1000]
+
+
+@pytest.mark.parametrize(("name", "make", "declared", "status"), [
+    ("truncated npy", lambda p: _npy(_signal())[:-100], None, 422),
+    ("npy longer than its header", lambda p: _npy(_signal()) + b"\0" * 4, None, 422),
+    ("mislabelled", lambda p: _npy(_signal()), "csv", 415),
+    ("unknown format", lambda p: bytes(range(256)) * 4, None, 415),
+    ("truncated edf", _truncated_edf, None, 422),
+    ("corrupt zip", lambda p: b"PK\x03\x04" + b"\x00" * 2000, None, 422),
+    ("csv with a bad row", lambda p: b"a,b\n" + b"1,2\n" * 100 + b"3,x\n", None, 422),
+    ("empty", lambda p: b"", None, 422),
+])
+async def test_bad_uploads_are_refused_and_leave_nothing(
+        store: RecordingStore, tmp_path: Path, name: str, make: Any, declared: str | None,
+        status: int) -> None:
+    with pytest.raises(FormatError) as caught:
+        await upload(store, make(tmp_path), declared, fs=100.0)
+    assert caught.value.status == status, caught.value.message
+    assert list(store) == [] and list(store.partial.iterdir()) == []
+
+
+async def test_upload_over_the_limit_is_413(store: RecordingStore) -> None:
+    with pytest.raises(FormatError) as caught:
+        await receive_upload(store, _chunks(_npy(_signal())), declared=None,
+                             params=UploadParams(100.0), chunk_bytes=4096, max_bytes=10_000)
+    assert caught.value.status == 413
+    assert list(store.partial.iterdir()) == []
+
+
+def test_pyramid_is_independent_of_how_frames_are_fed() -> None:
+    x = _signal(BASE * FACTOR * 5 + 37, 3)
+    whole, split = PyramidBuilder(3, x.dtype), PyramidBuilder(3, x.dtype)
+    a = [np.concatenate(z) for z in zip(whole.feed(x), whole.finish(), strict=True)]
+    parts: list[list[Array]] = [[] for _ in a]
+    rng = np.random.default_rng(1)
+    cuts = np.sort(rng.integers(0, len(x), 20))
+    for chunk in np.split(x, cuts):
+        for k, entries in enumerate(split.feed(chunk)):
+            parts[k].append(entries)
+    for k, entries in enumerate(split.finish()):
+        parts[k].append(entries)
+    for k in range(3):
+        b = np.concatenate(parts[k])
+        assert np.array_equal(a[k], b)
+        size = bucket(k)
+        ref_min = [x[i:i + size].min(axis=0) for i in range(0, len(x), size)]
+        assert np.array_equal(b[:, :, 0], np.array(ref_min))
+
+
+def test_envelope_and_lttb_keep_extremes() -> None:
+    y = np.sin(np.linspace(0, 20, 10_000))
+    y[1234] = 5.0
+    first, lo, hi = envelope(y, 100)
+    assert len(first) == 100 and hi.max() == 5.0 and lo.min() == pytest.approx(-1, abs=1e-3)
+    keep = lttb(y, 300)
+    assert len(keep) == 300 and keep[0] == 0 and keep[-1] == len(y) - 1
+    assert 1234 in keep and np.all(np.diff(keep) > 0)
+
+
+def test_writer_resumes_exactly_from_its_state(tmp_path: Path) -> None:
+    x = _signal(10_000)
+    one = Writer(tmp_path / "one", fs=1.0, channels=["a", "b"], dtype="int16",
+                 gain=[1.0, 1.0], baseline=[0.0, 0.0])
+    one.append(x)
+    one.commit(tmp_path / "done-one", id="one", source_format="npy")
+    two = Writer(tmp_path / "two", fs=1.0, channels=["a", "b"], dtype="int16",
+                 gain=[1.0, 1.0], baseline=[0.0, 0.0])
+    two.append(x[:3333])
+    two.flush()
+    state = two.state.model_copy(deep=True)
+    pending = [p.copy() for p in two.pyramid.pending]
+    two.append(x[3333:5000])  # written, then "killed" before its checkpoint
+    two.close()
+    again = Writer(tmp_path / "two", fs=1.0, channels=["a", "b"], dtype="int16",
+                   gain=[1.0, 1.0], baseline=[0.0, 0.0], state=state, pending=pending)
+    again.append(x[3333:])
+    again.commit(tmp_path / "done-two", id="two", source_format="npy")
+    for name in ["samples.bin"] + [f"pyr{k}.bin" for k in range(3)]:
+        assert (tmp_path / "done-one" / name).read_bytes() == \
+            (tmp_path / "done-two" / name).read_bytes()
+
+
+async def test_lru_cache_stays_within_its_byte_bound(store: RecordingStore) -> None:
+    x = _signal(200_000)
+    meta = await upload(store, _npy(x), fs=100.0)
+    loader = ChunkLoader(store, cache_bytes=100_000, chunk_bytes=10_000)
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        a = int(rng.integers(0, len(x)))
+        b = a + int(rng.integers(1, 20_000))
+        assert np.array_equal(loader.read(meta.id, a, b), x[a:b])
+        assert loader.cache.bytes <= 100_000
+    assert loader.cache.hits > 0 and len(loader.cache) >= 2
+
+
+def test_cache_evicts_least_recently_used() -> None:
+    cache = ChunkCache(300)
+    for i in range(3):
+        cache.put(("r", i), np.zeros(100, np.uint8))
+    cache.get(("r", 0))
+    cache.put(("r", 3), np.zeros(100, np.uint8))
+    assert cache.get(("r", 1)) is None and cache.get(("r", 0)) is not None
+    assert cache.bytes == 300
