@@ -1,0 +1,274 @@
+"""Isolation: do 99 subscribers notice that a 100th has stopped reading?
+
+    timeout -s INT 900 python -m loadtests.bench_isolation --devices 4 --subscribers 100 \\
+        --repeat 2 --seconds 15
+
+D devices replay MIT-BIH in 100 ms frames into a real ``vital-actors serve`` process;
+S - 1 *reading* subscribers each follow every device's raw topic. In the ``stalled``
+runs one more subscriber follows them too but never reads, on a socket with a 4 KiB
+receive buffer, so its lanes fill (the server's ``buffers.subscriber`` is lowered with
+``--buffer`` so that they fill within the warm-up; see the lanes' state it prints). The
+``alone`` and ``stalled`` runs alternate, each on a fresh server, and the readers'
+latency (device send to subscriber receive, one ``perf_counter`` clock) is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import h11
+import msgpack
+import numpy as np
+import trio
+from trio_websocket import ConnectionClosed, wrap_client_stream
+
+from protocol import INGEST_PATH, SUBPROTOCOL, SUBSCRIBE_PATH, Hello, Samples, Subscribe, encode
+from vital_actors.sources import Recording, data_dir, list_records, load_record
+
+from .targets import HOST, TARGETS, Meter, running
+
+__all__ = ["main"]
+
+STALLED_RCVBUF = 4096
+FRAME_S = 0.1
+
+
+@dataclass(slots=True)
+class Plan:
+    """The devices' encoded messages, and their send stamps ``sent[device, seq]``."""
+
+    streams: list[str]
+    hellos: list[bytes]
+    frames: list[list[bytes]]
+    sent: np.ndarray[Any, Any]
+    go: trio.Event
+    t0: float = 0.0  # trio clock: the first frame
+    t0_perf: float = 0.0  # the same instant on perf_counter
+    deadline: float = 0.0
+
+    @property
+    def per_device(self) -> int:
+        return len(self.frames[0])
+
+    def start(self, run_s: float) -> None:
+        self.t0, self.t0_perf = trio.current_time() + 0.5, time.perf_counter() + 0.5
+        self.deadline = self.t0 + run_s
+        self.go.set()
+
+
+def _plan(devices: int, seconds: float) -> Plan:
+    """Device *i* replays MIT-BIH record ``i % 8`` in 100 ms frames for *seconds*."""
+    folder = (data_dir() or Path("/nonexistent")) / "mitdb"
+    paths = list_records(folder)[:8]
+    if not paths:
+        raise SystemExit(f"MIT-BIH records not found in {folder}")
+    count = round(seconds / FRAME_S)
+    recs: list[Recording] = [load_record(p, stop=count * 36 + 1) for p in paths]
+    streams, hellos, frames = [], [], []
+    for i in range(devices):
+        rec = recs[i % len(recs)]
+        streams.append(f"{rec.name}-{i:03d}")
+        hellos.append(encode(Hello(streams[-1], rec.fs, rec.channels, "int16", rec.gain,
+                                   tuple(float(b) for b in rec.baseline))))
+        data = np.ascontiguousarray(rec.samples[:count * 36], "<i2").reshape(count, 36, -1)
+        frames.append([encode(Samples(k, 36, data[k].tobytes())) for k in range(count)])
+    return Plan(streams, hellos, frames, np.full((devices, count), np.nan), trio.Event())
+
+
+async def _device(port: int, plan: Plan, i: int, *,
+                  task_status: trio.TaskStatus[None]) -> None:
+    """Say hello, then send each frame on its absolute time (staggered by device)."""
+    stream = await _open(port)
+    async with stream, trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, stream, HOST, INGEST_PATH,
+                                      subprotocols=[SUBPROTOCOL])
+        await ws.send_message(plan.hellos[i])
+        await ws.get_message()  # welcome
+        nursery.start_soon(_discard_acks, ws)
+        task_status.started()
+        await plan.go.wait()
+        start = plan.t0 + i * FRAME_S / len(plan.streams)
+        for k, frame in enumerate(plan.frames[i]):
+            await trio.sleep_until(start + k * FRAME_S)
+            plan.sent[i, k] = time.perf_counter()
+            await ws.send_message(frame)
+        await trio.sleep_until(plan.deadline)
+        nursery.cancel_scope.cancel()
+
+
+async def _discard_acks(ws: Any) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await ws.get_message()
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    mode: str
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    delivered_per_s: float
+    lost: int
+    server_cpu: float
+    other_cpu: float
+    stalled: dict[str, Any] | None  # the stalled subscriber's row in /api/v1/subscribers
+
+
+async def _open(port: int, *, rcvbuf: int | None = None) -> trio.SocketStream:
+    sock = trio.socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    await sock.connect((HOST, port))
+    return trio.SocketStream(sock)
+
+
+async def _subscriber(port: int, plan: Plan, out: np.ndarray[Any, Any], *,
+                      stalled: bool, task_status: trio.TaskStatus[None]) -> None:
+    """Follow every stream; stamp each samples message into *out* (device, seq), or, if
+    *stalled*, never read after the confirmation."""
+    stream = await _open(port, rcvbuf=STALLED_RCVBUF if stalled else None)
+    topics = tuple(f"stream/{s}/raw" for s in plan.streams)
+    async with stream, trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, stream, HOST, SUBSCRIBE_PATH,
+                                      subprotocols=[SUBPROTOCOL])
+        index = {s: i for i, s in enumerate(plan.streams)}
+        await ws.send_message(encode(Subscribe(topics)))
+        while msgpack.unpackb(await ws.get_message()).get("topic") != "subscriptions":
+            pass
+        task_status.started()
+        await plan.go.wait()
+        with trio.move_on_at(plan.deadline):
+            if stalled:
+                await trio.sleep_forever()
+            try:
+                while True:
+                    payload = await ws.get_message()
+                    now = time.perf_counter()
+                    m = msgpack.unpackb(payload)
+                    if m.get("type") == "samples":
+                        out[index[m["stream"]], m["seq"]] = now
+            except ConnectionClosed:
+                pass
+        nursery.cancel_scope.cancel()
+
+
+async def _get_json(port: int, path: str) -> Any:
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        await stream.send_all(conn.send(h11.Request(method="GET", target=path,
+                                                    headers=[("Host", HOST)])))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return json.loads(body)
+
+
+async def _run(mode: str, args: argparse.Namespace, log: Path) -> Result:
+    os.environ["VITAL_BUFFERS__SUBSCRIBER"] = str(args.buffer)
+    sending_s = args.warmup + args.seconds + 1
+    plan = _plan(args.devices, sending_s)
+    async with running(TARGETS["vital-raw"], log) as (server, port):
+        readers = args.subscribers - 1
+        received = np.full((readers, args.devices, plan.per_device), np.nan)
+        meter = Meter(server)
+        stalled_row = None
+        with trio.fail_after(sending_s + 90):
+            async with trio.open_nursery() as nursery:
+                for r in range(readers):
+                    await nursery.start(partial(_subscriber, port, plan, received[r],
+                                                stalled=False))
+                if mode == "stalled":
+                    await nursery.start(partial(_subscriber, port, plan, received[0].copy(),
+                                                stalled=True))  # stamps nothing
+                for i in range(args.devices):
+                    await nursery.start(partial(_device, port, plan, i))
+                plan.start(run_s=sending_s + 2)
+                start = plan.t0 + args.warmup
+                await meter.measure(start, start + args.seconds)
+                if mode == "stalled":
+                    rows = (await _get_json(port, "/api/v1/subscribers"))["subscribers"]
+                    stalled_row = max(rows, key=lambda r: r["depth"])
+    t0 = plan.t0_perf + args.warmup
+    sent = np.broadcast_to(plan.sent, received.shape)
+    in_window = (sent >= t0) & (sent < t0 + args.seconds)
+    ok = in_window & ~np.isnan(received)
+    latency = (received[ok] - sent[ok]) * 1e3
+    p50, p99, top = np.percentile(latency, [50, 99, 100])
+    usage = meter.usage
+    return Result(mode, float(p50), float(p99), float(top),
+                  float(np.count_nonzero(ok)) / args.seconds,
+                  int(np.count_nonzero(in_window & np.isnan(received))),
+                  usage["server"].cpu_percent,
+                  max(0.0, usage["machine"].cpu_percent - usage["server"].cpu_percent
+                      - usage["harness"].cpu_percent), stalled_row)
+
+
+def _describe(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    lanes = row["lanes"]
+    return (f"{row['state']}, depth {row['depth']}/{row['capacity']}, HIGH "
+            f"{lanes['high']['depth']}/{lanes['high']['capacity']}, sent {row['sent']}, "
+            f"dropped {row['dropped']}")
+
+
+async def _main(args: argparse.Namespace) -> list[Result]:
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for rep in range(args.repeat):
+        for mode in ("alone", "stalled"):
+            r = await _run(mode, args, args.out / f"server-{mode}-{rep}.log")
+            print(f"  {mode}: p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} max {r.max_ms:.1f} ms, "
+                  f"{r.delivered_per_s:.0f} msg/s, lost {r.lost}, server CPU "
+                  f"{r.server_cpu:.0f} %, other {r.other_cpu:.0f} %; stalled: "
+                  f"{_describe(r.stalled)}", flush=True)
+            results.append(r)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench_isolation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", type=int, default=4)
+    p.add_argument("--subscribers", type=int, default=100, help="including the stalled one")
+    p.add_argument("--buffer", type=int, default=1000, help="buffers.subscriber of the server")
+    p.add_argument("--seconds", type=float, default=15.0, help="measuring window (s)")
+    p.add_argument("--warmup", type=float, default=10.0, help="excluded from the figures (s)")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("loadtests/out/isolation"))
+    args = p.parse_args(argv)
+    results = trio.run(_main, args)
+    print("\n| run | mode | readers' p50 ms | p99 ms | max ms | msg/s | lost | server CPU % "
+          "| other CPU % | the stalled subscriber at the window's end |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for k, r in enumerate(results):
+        print(f"| {k // 2 + 1} | {r.mode} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} | "
+              f"{r.delivered_per_s:.0f} | {r.lost} | {r.server_cpu:.0f} | {r.other_cpu:.0f} | "
+              f"{_describe(r.stalled)} |")
+    for k in range(0, len(results), 2):
+        alone, stalled = results[k], results[k + 1]
+        print(f"run {k // 2 + 1}: p99 stalled / alone = {stalled.p99_ms / alone.p99_ms:.2f}x, "
+              f"p50 {stalled.p50_ms / alone.p50_ms:.2f}x", file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
