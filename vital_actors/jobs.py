@@ -18,6 +18,7 @@ import itertools
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -100,6 +101,7 @@ class JobRunner:
         self._queue: list[_Entry] = []
         self._wakeup = trio.Event()
         self._cancel: set[str] = set()
+        self._changed = trio.Event()  # set (and replaced) whenever a job changes
         self.outbox: trio.MemorySendChannel[Item] | None = None
         for path in sorted(store.jobs.glob("*/job.json")):
             job = Job.model_validate_json(path.read_text())
@@ -141,7 +143,16 @@ class JobRunner:
         heapq.heappush(self._queue, _Entry(rank(job), next(_seq), job))
         self._wakeup.set()
 
+    async def wait(self, job_id: str, until: Callable[[Job], bool]) -> Job:
+        """Return job *job_id* once ``until(job)`` holds (checked after each change)."""
+        job = self.jobs[job_id]
+        while not until(job):
+            await self._changed.wait()
+        return job
+
     def _save(self, job: Job) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
         path = self.store.jobs / job.id / "job.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(job.model_dump_json())
