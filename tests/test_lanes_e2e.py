@@ -24,7 +24,7 @@ TOPICS = ("alerts", "stream/big/raw")
 async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
     # Lanes of (30, 40, 20, 8, 2) messages.
     srv = Server(load_settings(server={"port": 0}, buffers={"subscriber": 100},
-                               lanes={"evict_grace_s": 30.0}))
+                               lanes={"flush_grace_s": 30.0}))
     await nursery.start(srv.run)
     yield srv
     srv.shutdown()
@@ -141,3 +141,36 @@ async def test_lane_metrics_in_stats_subscribers_and_prometheus(server: Server) 
 
             schema = await get_json(server.port, "/openapi.json")
             assert "/api/v1/subscribers" in schema["paths"]
+
+
+
+async def test_a_stalled_subscriber_cannot_hold_up_the_shutdown() -> None:
+    srv = Server(load_settings(server={"port": 0}, buffers={"subscriber": 100},
+                               lanes={"flush_grace_s": 1.0}))
+    subscribed = trio.Event()
+
+    async def stalled_client() -> None:
+        async with connect(f"ws://127.0.0.1:{srv.port}", P.SUBSCRIBE_PATH) as ws:
+            await subscribe(ws)
+            subscribed.set()
+            await trio.sleep_forever()  # never reads again
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as serving:
+                await serving.start(srv.run)
+                outer.start_soon(stalled_client)
+                await subscribed.wait()
+                (sub,) = srv.hub.subscribers
+                seq = 0
+                while sub.lanes.depth < 10:  # its sockets are full: its sender waits
+                    srv.hub.publish(samples(seq))
+                    seq += 1
+                    await trio.lowlevel.checkpoint()
+                    assert seq < 3000
+                stopping_at = trio.current_time()
+                srv.shutdown()
+            # Server.run has returned: the flush was given up after the 1 s grace.
+            assert 1.0 <= trio.current_time() - stopping_at < 5.0
+            assert not srv.hub.subscribers
+            outer.cancel_scope.cancel()

@@ -160,7 +160,7 @@ class Lanes:
         self.counts = LaneCounts.zero()
         self.closed = False
         self.evicted: str | None = None  # why, once evicted
-        self.evicted_event = trio.Event()
+        self.ended = trio.Event()  # set by close (shutdown or eviction)
         self._draw = draw
         self._clock = clock
         self._since = clock()
@@ -226,6 +226,7 @@ class Lanes:
     def close(self) -> None:
         """No more offers; :meth:`take` returns what waits, then ends."""
         self.closed = True
+        self.ended.set()
         for tx in self._tx:
             tx.close()
         self._waiting.unpark_all()
@@ -233,7 +234,6 @@ class Lanes:
     def evict(self, reason: str) -> None:
         """Close, and end :meth:`take` at once: the subscriber is hopelessly behind."""
         self.evicted = reason
-        self.evicted_event.set()
         self.close()
 
     def close_receiving(self) -> None:

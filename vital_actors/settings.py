@@ -106,8 +106,9 @@ class LaneSettings(_Section):
 
     quotas: LaneQuotas = LaneQuotas()
     watermarks: Watermarks = Watermarks()
-    evict_grace_s: float = Field(5.0, gt=0, description="how long an evicted subscriber's "
-                                 "stuck write may take before its connection is aborted")
+    flush_grace_s: float = Field(5.0, gt=0, description="once a subscriber's lanes end "
+                                 "(eviction, shutdown), how long its pending writes may "
+                                 "take before its connection is aborted")
     seed: int | None = Field(None, description="seed of the drop draws; null: from the OS")
 
     def capacities(self, buffer: int) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from protocol import (
     decode_subscriber,
 )
 
+from .auth import GRANT, authorize_topics
 from .broadcast import Hub, Subscriber
 from .edge.websocket import ConnectionClosed, WebSocket
 from .lanes import Lanes
@@ -44,7 +45,7 @@ class Ending(enum.Enum):
     DRAINED = "drained"  # the lanes closed (shutdown) and all they held was sent
     EVICTED = "evicted"  # the hub evicted the subscriber; what waited is dropped
     CLOSED = "closed"  # the connection closed under it
-    ABORTED = "aborted"  # evicted while a write stayed stuck past the grace period
+    ABORTED = "aborted"  # the lanes ended, and a write stayed stuck past the grace period
 
 
 async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
@@ -61,7 +62,7 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
             nursery.start_soon(_read_control, ws, hub, sub, stats, registry,
                                nursery.cancel_scope)
             ending = await run_sender(ws, sub.lanes, stats,
-                                      grace_s=hub.settings.evict_grace_s)
+                                      grace_s=hub.settings.flush_grace_s)
             nursery.cancel_scope.cancel()
     finally:
         hub.remove(sub)
@@ -80,8 +81,10 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
 async def run_sender(ws: WebSocket, lanes: Lanes, stats: Stats, *, grace_s: float) -> Ending:
     """Write what *lanes* hold onto *ws*, most urgent first, until they end.
 
-    An evicted subscriber's pending write gets *grace_s* seconds to finish, so that the
-    ``error`` can follow it; then it is cancelled (:attr:`Ending.ABORTED`).
+    Once the lanes end (eviction or shutdown), the writes still to do get *grace_s*
+    seconds: enough for a reading client, so that the ``error`` or the close follows,
+    while a client that stopped reading cannot hold the connection (or the server's
+    shutdown) forever: then the write is cancelled (:attr:`Ending.ABORTED`).
     """
     totals = stats.totals
     ending = Ending.ABORTED
@@ -105,7 +108,7 @@ async def run_sender(ws: WebSocket, lanes: Lanes, stats: Stats, *, grace_s: floa
 
 
 async def _abort_when_stuck(lanes: Lanes, grace_s: float, scope: trio.CancelScope) -> None:
-    await lanes.evicted_event.wait()
+    await lanes.ended.wait()
     await trio.sleep(grace_s)
     scope.cancel()
 
@@ -124,6 +127,7 @@ async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
             stats.totals.messages_in += 1
             match message:
                 case Subscribe(topics):
+                    authorize_topics(GRANT.get(), topics)  # issue 6: 1008 outside the token
                     new_to_streams = "streams" in topics and "streams" not in sub.topics
                     hub.subscribe(sub, topics)
                     if new_to_streams:
