@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -88,7 +87,7 @@ class UploadApp:
                                   f"{s.max_upload_bytes} bytes")
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             meta = await receive_upload(
-                self.server.store, _body(receive), params=_params(query),
+                self.server.store, _Body(receive), params=_params(query),
                 declared=declared_format(query.get("format", [None])[-1],
                                          headers.get("content-type")),
                 chunk_bytes=s.write_chunk_bytes, max_bytes=s.max_upload_bytes)
@@ -106,14 +105,24 @@ class _Disconnected(Exception):
     pass
 
 
-async def _body(receive: Any) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
+class _Body:
+    """The request body as an async iterator over the ASGI ``receive`` messages."""
+
+    def __init__(self, receive: Any) -> None:
+        self.receive, self.done = receive, False
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.done:
+            raise StopAsyncIteration
+        message = await self.receive()
         if message["type"] == "http.disconnect":
-            raise _Disconnected
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
+            raise _Disconnected  # the client went away mid-upload: a truncated body
+        self.done = not message.get("more_body", False)
+        data: bytes = message.get("body", b"")
+        return data
 
 
 async def _respond(send: Any, status: int, body: dict[str, Any], *,

@@ -95,6 +95,9 @@ async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
             store.commit, rec_id, up.writer, source_format=up.fmt, source_name=params.name,
             source_sha256=up.sha.hexdigest()))
     finally:
+        aclose = getattr(body, "aclose", None)  # an async generator left half-read
+        if aclose is not None:
+            await aclose()
         # After a commit the recording has moved out of workdir; anything left is debris.
         if up is not None and up.writer is not None:
             up.writer.close()
