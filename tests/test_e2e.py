@@ -184,7 +184,9 @@ async def test_gap_and_duplicate_are_reported(server: Server) -> None:
         for seq in (0, 1, 4, 4, 5):
             await dev.send_message(P.encode(P.Samples(seq, 10, frame)))
         assert [await receive(dev) for _ in range(5)] == [P.Ack(s) for s in (0, 1, 4, 4, 5)]
-        got = await collect(sub, lambda g: len(samples_of(g, "stream/g/raw")) == 4)
+        # Statuses (NORMAL) and samples (HIGH) travel in different lanes: wait for both.
+        got = await collect(sub, lambda g: len(samples_of(g, "stream/g/raw")) == 4 and any(
+            isinstance(m, P.Event) and m.body.get("state") == "duplicate" for m in g))
     states = [(m.body["state"], m.body.get("missing")) for m in got
               if isinstance(m, P.Event) and m.type == "status"]
     assert ("gap", 2) in states and ("duplicate", None) in states

@@ -27,6 +27,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from protocol import INGEST_PATH, SUBPROTOCOL, SUBSCRIBE_PATH, CloseCode
 
 from .api.app import create_app
+from .archive import ArchiveItem, run_archive, scan
+from .auth import Gate, check_startup
 from .broadcast import Hub, run_broadcast, run_hub_rates
 from .edge.door import Route, serve_door
 from .edge.websocket import WebSocket
@@ -58,8 +60,10 @@ class Server:
     replays: Replays
 
     def __init__(self, settings: Settings) -> None:
+        check_startup(settings)  # refuses a public address without auth (AuthConfigError)
         self.settings = settings
         self.stats = Stats()
+        self.gate = Gate(settings, self.stats)
         self.registry = StreamRegistry(settings.filter)
         self.hub = Hub(buffer=settings.buffers.subscriber, settings=settings.lanes,
                        stats=self.stats)
@@ -69,6 +73,7 @@ class Server:
         self.stopping = trio.Event()  # set when shutdown begins
         self._devices: set[trio.CancelScope] = set()
         self._channels: dict[str, trio.MemorySendChannel[Item]] = {}
+        self._archive: trio.MemorySendChannel[ArchiveItem] | None = None
 
     @property
     def url(self) -> str:
@@ -97,10 +102,15 @@ class Server:
         with tempfile.TemporaryDirectory(prefix="vital-") as tmp:
             api_socket = str(Path(tmp) / "api.sock")
             self._open_store(Path(tmp) / "store")
+            archive_rx = self._open_archive(Path(tmp) / "live")
             recordings = trio.CancelScope()
             replay_tx, progress_tx = ingest_tx.clone(), screened_tx.clone()
             async with trio.open_nursery() as root:
                 await root.start(self._recordings, recordings, replay_tx, progress_tx)
+                if archive_rx is not None:
+                    await root.start(partial(
+                        run_archive, archive_rx, root=self.archive_root, fsync=s.archive.fsync,
+                        interval_s=s.archive.fsync_interval_s, max_batch=s.buffers.max_batch))
                 await root.start(partial(run_filter, ingest_rx, filtered_tx,
                                          max_batch=s.buffers.max_batch, bank=self.filter_bank))
                 await root.start(partial(run_screen, filtered_rx, screened_tx,
@@ -122,7 +132,7 @@ class Server:
                         port=s.server.port, routes=routes, subprotocols=(SUBPROTOCOL,),
                         upstream_path=api_socket, head_limit=s.limits.max_head_bytes,
                         handshake_timeout=s.server.handshake_timeout_s,
-                        max_message_bytes=s.limits.max_message_bytes,
+                        max_message_bytes=s.limits.max_message_bytes, gate=self.gate,
                         handler_nursery=connections))
                     task_status.started(self.port)
                     await self.stopping.wait()
@@ -132,7 +142,21 @@ class Server:
                         scope.cancel()
                     recordings.cancel()  # replays end; jobs stop at a chunk's checkpoint
                     ingest_tx.close()  # the pipeline ends once every device clone closes
+                    if self._archive is not None:
+                        self._archive.close()  # the archive syncs and ends after them too
                 services.cancel()
+
+    def _open_archive(self, fallback: Path) -> trio.MemoryReceiveChannel[ArchiveItem] | None:
+        """Restore the streams the live archive holds; its channel (None when disabled)."""
+        s = self.settings
+        self.archive_root = s.archive.dir or (s.store.dir / "live" if s.store.dir else fallback)
+        if not s.archive.enabled:
+            return None
+        for stored in scan(self.archive_root):
+            self.registry.restore(stored.hello, run=stored.run, next_seq=stored.next_seq,
+                                  t0=stored.t0)
+        self._archive, archive_rx = trio.open_memory_channel[ArchiveItem](s.buffers.archive)
+        return archive_rx
 
     def _open_store(self, fallback: Path) -> None:
         s = self.settings
@@ -173,6 +197,7 @@ class Server:
     async def _device(self, inlet: trio.MemorySendChannel[Item], ws: WebSocket) -> None:
         try:
             outbox = inlet.clone()
+            archive = self._archive.clone() if self._archive is not None else None
         except trio.ClosedResourceError:  # accepted just as the server began to stop
             await ws.close(CloseCode.GOING_AWAY, "server shutting down")
             return
@@ -180,7 +205,8 @@ class Server:
             self._devices.add(scope)
             try:
                 await run_ingest(ws, outbox, registry=self.registry, stats=self.stats,
-                                 max_samples=self.settings.limits.max_samples_per_frame)
+                                 limits=self.settings.limits, archive=archive,
+                                 patience=self.settings.server.close_timeout_s)
             finally:
                 self._devices.discard(scope)
         if scope.cancelled_caught:

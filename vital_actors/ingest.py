@@ -4,10 +4,17 @@ Decodes and validates each message (:class:`protocol.DeviceSession`), checks the
 sequence (gaps and duplicates are reported, never hidden) and forwards frames into the
 pipeline. Backpressure is lossless: while the pipeline is full, ``outbox.send`` parks
 and this actor stops reading its socket, so TCP pushes back on the device.
+
+With an archive, each frame also goes to the archive writer first, and its ``ack`` waits
+until the writer reports it durable (:class:`archive.Durable`); a second task sends the
+acks, in order. The connection's token must cover the stream (:mod:`auth`), and the
+limits of :mod:`limits` apply: message rate, silence, channels and fs, streams known.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections import deque
 from typing import Any
 
 import trio
@@ -30,8 +37,12 @@ from protocol import (
     decode_device,
 )
 
+from .archive import Append, ArchiveItem, Close, Durable
+from .auth import GRANT, authorize_stream
 from .edge.websocket import ConnectionClosed, WebSocket
+from .limits import TokenBucket, check_hello, idle_error, stream_cap_error
 from .messages import Block, Item, Publication
+from .settings import LimitSettings
 from .stats import Stats
 from .streams import StreamBusyError, StreamInfo, StreamRegistry
 
@@ -40,19 +51,44 @@ __all__ = ["run_ingest"]
 
 class _Ingest:
     def __init__(self, ws: WebSocket, outbox: trio.MemorySendChannel[Item],
-                 registry: StreamRegistry, stats: Stats, max_samples: int) -> None:
+                 registry: StreamRegistry, stats: Stats, limits: LimitSettings,
+                 archive: trio.MemorySendChannel[ArchiveItem] | None) -> None:
         self.ws, self.outbox, self.registry, self.stats = ws, outbox, registry, stats
-        self.session = DeviceSession(max_samples=max_samples)
+        self.limits, self.archive = limits, archive
+        self.session = DeviceSession(max_samples=limits.max_samples_per_frame)
+        self.bucket = TokenBucket(limits.messages_per_s, limits.message_burst)
         self.info: StreamInfo | None = None
+        self.durable = Durable()
+        self.pending: deque[int] = deque()  # seqs archived, waiting to be acked
+        self.pending_added = trio.Event()
 
     async def serve(self) -> None:
         totals = self.stats.totals
+        idle = self.limits.idle_timeout_s
         while True:
-            payload = await self.ws.receive()
+            with trio.move_on_after(idle) as waited:
+                payload = await self.ws.receive()
+            if waited.cancelled_caught:
+                raise idle_error(idle)
+            self.bucket.check(trio.current_time())
             totals.messages_in += 1
             totals.bytes_in += len(payload)
             for event in self.session.receive(decode_device(payload)):
                 await self._on(event)
+
+    async def send_acks(self) -> None:
+        """Ack archived frames, in order, as the archive makes them durable."""
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_acks()
+
+    async def _send_acks(self) -> None:
+        while True:
+            while not self.pending:
+                await self.pending_added.wait()
+                self.pending_added = trio.Event()
+            await self.durable.wait_beyond(self.pending[0] - 1)
+            while self.pending and self.pending[0] <= self.durable.seq:
+                await self.ws.send(Ack(self.pending.popleft()))
 
     async def _on(self, event: SessionEvent) -> None:
         match event:
@@ -68,14 +104,21 @@ class _Ingest:
                 await self.ws.send(Pong(event.t))
 
     async def _start(self, event: Started) -> None:
+        hello = event.hello
+        authorize_stream(GRANT.get(), hello.stream)
+        check_hello(hello, self.limits)
+        if self.registry.get(hello.stream) is None and len(self.registry) >= \
+                self.limits.max_streams:
+            raise stream_cap_error(self.limits.max_streams)
         try:
-            info = self.registry.attach(event.hello)
+            info = self.registry.attach(hello)
         except StreamBusyError as exc:
             raise RemoteProtocolError(str(exc), code=CloseCode.POLICY_VIOLATION,
                                       reason="stream-busy") from None
         self.info = info
         self.stats.devices += 1
         self.session.next_seq, self.session.t0 = info.next_seq, info.t0
+        self.durable = Durable(info.next_seq - 1)  # what came before is on disk already
         await self.ws.send(Welcome(info.id, info.next_seq))
         await self._status("connected", fs=info.fs, channels=list(info.channels),
                            run=info.run, next_seq=info.next_seq, device=info.hello.device)
@@ -84,13 +127,23 @@ class _Ingest:
         info = self.info
         assert info is not None
         n = int(frame.samples.shape[0])
+        if self.archive is not None:  # first to disk: parks while the writer is behind
+            await self.archive.send(Append(info.id, info.run, info.hello, frame.seq, frame.t0,
+                                           n, frame.samples.tobytes(), self.durable))
         await self.outbox.send(Block(info, info.run, frame.seq, frame.t0, frame.samples,
                                      trio.current_time()))  # parks while the pipeline is full
         info.next_seq, info.t0 = self.session.next_seq, self.session.t0
         info.frames += 1
         info.samples += n
         self.stats.totals.samples_in += n
-        await self.ws.send(Ack(frame.seq))
+        await self._ack(frame.seq)
+
+    async def _ack(self, seq: int) -> None:
+        if self.archive is None:
+            await self.ws.send(Ack(seq))
+        else:
+            self.pending.append(seq)
+            self.pending_added.set()
 
     async def _gap(self, gap: Gap) -> None:
         assert self.info is not None
@@ -104,7 +157,7 @@ class _Ingest:
         self.info.duplicates += 1
         self.stats.totals.duplicates += 1
         await self._status("duplicate", seq=dup.seq)
-        await self.ws.send(Ack(dup.seq))  # it is safely here already
+        await self._ack(dup.seq)  # it is here already (durable once those before it are)
 
     async def _status(self, state: str, **fields: Any) -> None:
         """A ``status`` event, in order with the stream's data: on ``streams`` and on the
@@ -114,13 +167,21 @@ class _Ingest:
         for topic in ("streams", f"stream/{self.info.id}/raw"):
             await self.outbox.send(Publication(Event("status", topic, Priority.NORMAL, body)))
 
-    async def finish(self) -> None:
+    async def finish(self, *, patience: float) -> None:
         if self.info is None:
             return
-        self.registry.detach(self.info)
+        info = self.info
+        self.registry.detach(info)
         self.stats.devices -= 1
+        with trio.CancelScope(shield=True), trio.move_on_after(patience):
+            if self.ws.closed is None and self.pending:  # e.g. shutdown: flush, then ack
+                await self.durable.wait_beyond(self.pending[-1] - 1)
+                while self.pending:
+                    await self.ws.send(Ack(self.pending.popleft()))
         with trio.CancelScope(shield=True), trio.move_on_after(1):
-            await self._status("disconnected", next_seq=self.info.next_seq)
+            if self.archive is not None:
+                await self.archive.send(Close(info.id, info.run))
+            await self._status("disconnected", next_seq=info.next_seq)
 
 
 async def run_ingest(
@@ -129,22 +190,35 @@ async def run_ingest(
     *,
     registry: StreamRegistry,
     stats: Stats,
-    max_samples: int,
+    max_samples: int | None = None,
+    limits: LimitSettings | None = None,
+    archive: trio.MemorySendChannel[ArchiveItem] | None = None,
+    patience: float = 2.0,
 ) -> None:
     """Serve one device connection until it closes or sends something invalid.
 
-    Owns *outbox* (its own clone of the pipeline's inlet) and closes it on return.
-    Invalid input gets an ``error`` message and the fitting close code; it touches
-    nothing beyond this connection.
+    Owns *outbox* (its own clone of the pipeline's inlet) and *archive* (its own clone
+    of the archive writer's inbox; None: ack once a frame is in the pipeline), closing
+    both on return. Invalid input gets an ``error`` message and the fitting close code;
+    it touches nothing beyond this connection. When cancelled (shutdown), frames already
+    archived are acked first, for up to *patience* seconds.
     """
-    ingest = _Ingest(ws, outbox, registry, stats, max_samples)
-    with outbox:
+    limits = limits or LimitSettings()
+    if max_samples is not None:
+        limits = limits.model_copy(update={"max_samples_per_frame": max_samples})
+    ingest = _Ingest(ws, outbox, registry, stats, limits, archive)
+    with outbox, archive or contextlib.nullcontext():
         try:
-            await ingest.serve()
-        except RemoteProtocolError as exc:
-            stats.reject(exc.reason)
-            await ws.fail(exc.code, exc.reason, exc.message)
-        except ConnectionClosed:
-            pass
+            async with trio.open_nursery() as nursery:
+                if archive is not None:
+                    nursery.start_soon(ingest.send_acks)
+                try:
+                    await ingest.serve()
+                except RemoteProtocolError as exc:
+                    stats.reject(exc.reason)
+                    await ws.fail(exc.code, exc.reason, exc.message)
+                except ConnectionClosed:
+                    pass
+                nursery.cancel_scope.cancel()
         finally:
-            await ingest.finish()
+            await ingest.finish(patience=patience)

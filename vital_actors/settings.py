@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,8 @@ from pydantic_settings import (
 )
 
 __all__ = [
+    "ArchiveSettings",
+    "AuthSettings",
     "BufferSettings",
     "FilterSettings",
     "JobSettings",
@@ -55,6 +57,43 @@ class LimitSettings(_Section):
     max_message_bytes: int = Field(1 << 20, ge=1024)
     max_samples_per_frame: int = Field(8192, ge=1)
     max_head_bytes: int = Field(16384, ge=1024)
+    max_streams: int = Field(1000, ge=1, description="streams the server keeps (1008)")
+    max_connections_per_ip: int = Field(256, ge=1, description="open connections from one "
+                                        "address; more get HTTP 429")
+    messages_per_s: float = Field(1000.0, gt=0, description="per-connection message rate "
+                                  "(token bucket refill); over it: 1008 rate-limited")
+    message_burst: int = Field(2000, ge=1, description="token bucket size")
+    idle_timeout_s: float = Field(60.0, gt=0, description="a device that sends nothing for "
+                                  "this long is closed (1008 idle-timeout)")
+    max_channels: int = Field(16, ge=1, le=16, description="channels per stream at hello")
+    min_fs: float = Field(1.0, gt=0, description="lowest sampling rate accepted at hello")
+    max_fs: float = Field(20_000.0, gt=0, description="highest sampling rate at hello")
+
+
+class AuthSettings(_Section):
+    """Tokens (HS256 JWTs, ``vital-actors token``), Origins and CORS."""
+
+    secret: SecretStr | None = Field(None, description="HMAC key, >= 32 bytes")
+    required: bool | None = Field(None, description="null: required unless the server "
+                                  "binds a loopback address; it cannot be off otherwise")
+    allowed_origins: tuple[str, ...] = Field((), description="browser Origins allowed on "
+                                             "WebSockets; empty: same host only; '*': any")
+    cors_origins: tuple[str, ...] = Field((), description="Origins the HTTP API answers "
+                                          "with CORS headers ('*': any)")
+    leeway_s: float = Field(5.0, ge=0, description="clock skew tolerated on exp")
+
+
+class ArchiveSettings(_Section):
+    """The live archive: every device frame on disk before it is acked."""
+
+    enabled: bool = True
+    dir: Path | None = Field(None, description="null: <store.dir>/live, or a temporary "
+                             "directory when store.dir is null too")
+    fsync: Literal["always", "interval", "never"] = Field(
+        "interval", description="always: fsync every batch; interval: at most "
+        "fsync_interval_s behind; never: the OS decides (survives a crash of the server, "
+        "not of the machine)")
+    fsync_interval_s: float = Field(1.0, gt=0, le=60)
 
 
 class BufferSettings(_Section):
@@ -66,6 +105,7 @@ class BufferSettings(_Section):
     subscriber: int = Field(10_000, ge=5, description="broadcast -> one subscriber's sender, "
                             "all five priority lanes together (split by lanes.quotas)")
     max_batch: int = Field(512, ge=1, description="blocks the filter takes per batch")
+    archive: int = Field(1024, ge=1, description="ingest connections -> archive writer")
 
 
 class LaneQuotas(_Section):
@@ -194,6 +234,8 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(1.0, gt=0)
     store: StoreSettings = StoreSettings()
     jobs: JobSettings = JobSettings()
+    auth: AuthSettings = AuthSettings()
+    archive: ArchiveSettings = ArchiveSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -113,5 +113,13 @@ class StreamRegistry:
         info.connected = True
         return info
 
+    def restore(self, hello: Hello, *, run: int, next_seq: int, t0: int) -> StreamInfo:
+        """Know a stream from the live archive (after a restart), so its device resumes."""
+        info = StreamInfo(hello.stream, hello, design(self.default_filter, hello.fs,
+                                                      fallback=self.default_filter), run=run)
+        info.next_seq, info.t0 = next_seq, t0
+        self._streams[hello.stream] = info
+        return info
+
     def detach(self, info: StreamInfo) -> None:
         info.connected = False

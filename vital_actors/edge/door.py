@@ -14,6 +14,7 @@ from functools import partial
 import h11
 import trio
 
+from ..auth import ANONYMOUS, GRANT, Gate, Refusal
 from .websocket import WebSocket, accept
 
 __all__ = ["Route", "read_head", "serve_door", "splice"]
@@ -40,15 +41,22 @@ async def read_head(stream: trio.abc.Stream, *, limit: int) -> bytes:
 
 def _websocket_target(head: bytes) -> str | None:
     """The path of a WebSocket upgrade request; None for any other request."""
+    return _path(_upgrade_request(head))
+
+
+def _path(request: h11.Request | None) -> str | None:
+    return None if request is None else request.target.decode("ascii", "replace").split("?")[0]
+
+
+def _upgrade_request(head: bytes) -> h11.Request | None:
+    """The WebSocket upgrade request in *head*; None for any other request."""
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(head)
     event = conn.next_event()
     if not isinstance(event, h11.Request):
         raise _BadHead("not an HTTP/1.1 request")
     upgrade = {v.lower() for k, v in event.headers if k == b"upgrade"}
-    if b"websocket" not in upgrade:
-        return None
-    return event.target.decode("ascii", "replace").split("?", 1)[0]
+    return event if b"websocket" in upgrade else None
 
 
 async def splice(client: trio.abc.Stream, head: bytes, upstream_path: str) -> None:
@@ -74,17 +82,27 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelSc
 
 async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                   subprotocols: tuple[str, ...], upstream_path: str, head_limit: int,
-                  handshake_timeout: float, max_message_bytes: int) -> None:
+                  handshake_timeout: float, max_message_bytes: int,
+                  gate: Gate | None = None) -> None:
     remote = "{}:{}".format(*stream.socket.getpeername()[:2])
     ws: WebSocket | None = None
+    grant = ANONYMOUS
     try:
         with trio.fail_after(handshake_timeout):
             head = await read_head(stream, limit=head_limit)
-            target = _websocket_target(head)
-            if target is None or target not in routes:
+            request = _upgrade_request(head)
+            target = _path(request)
+            if request is None or target is None or target not in routes:
                 route = None
             else:
                 route = routes[target]
+                if gate is not None:
+                    admitted = gate.admit(target, request.target.decode("ascii", "replace"),
+                                          request.headers)
+                    if isinstance(admitted, Refusal):
+                        await _refuse(stream, admitted.status, admitted.message)
+                        return
+                    grant = admitted
                 ws = await accept(stream, head, subprotocols=subprotocols, remote=remote,
                                   max_message_bytes=max_message_bytes)
     except (_BadHead, h11.RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError):
@@ -93,14 +111,35 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
     if route is None:
         await splice(stream, head, upstream_path)
     elif ws is not None:
+        GRANT.set(grant)  # this task (and those it starts) serve the connection
         await route(ws)
 
 
-async def _refuse(stream: trio.abc.Stream) -> None:
+async def _gated(gate: Gate, handle: Callable[[trio.SocketStream], Awaitable[None]],
+                 stream: trio.SocketStream) -> None:
+    """Count the connection against its address's cap while *handle* serves it."""
+    address = str(stream.socket.getpeername()[0])
+    refused = gate.enter(address)
+    if refused is not None:
+        await _refuse(stream, refused.status, refused.message)
+        return
+    try:
+        await handle(stream)
+    finally:
+        gate.leave(address)
+
+
+_STATUS = {400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
+           429: b"Too Many Requests"}
+
+
+async def _refuse(stream: trio.abc.Stream, status: int = 400, message: str = "") -> None:
+    body = (message + "\n").encode() if message else b""
     with trio.move_on_after(1):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n"
-                                  b"content-length: 0\r\n\r\n")
+            await stream.send_all(b"HTTP/1.1 %d %s\r\nconnection: close\r\n"
+                                  b"content-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
+                                  % (status, _STATUS.get(status, b"Refused"), len(body), body))
     await stream.aclose()
 
 
@@ -115,12 +154,21 @@ async def serve_door(
     handshake_timeout: float,
     max_message_bytes: int,
     handler_nursery: trio.Nursery,
+    gate: Gate | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept connections on *host*:*port*; started with the port actually bound."""
+    """Accept connections on *host*:*port*; started with the port actually bound.
+
+    With a *gate*, each connection first passes its per-address cap, and each WebSocket
+    upgrade its Origin and token check (refused with HTTP 429 / 403 / 401 before any
+    upgrade); the route then runs with the token's grant in ``auth.GRANT``.
+    """
     handler = partial(_handle, routes=routes, subprotocols=subprotocols,
                       upstream_path=upstream_path, head_limit=head_limit,
-                      handshake_timeout=handshake_timeout, max_message_bytes=max_message_bytes)
+                      handshake_timeout=handshake_timeout, max_message_bytes=max_message_bytes,
+                      gate=gate)
+    if gate is not None:
+        handler = partial(_gated, gate, handler)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:

@@ -1,0 +1,307 @@
+"""The live archive: every accepted device frame on disk before the device gets its ack.
+
+Layout, one directory per stream run (beside the recording store's ``recordings/``)::
+
+    <dir>/<stream>/run-<run>/meta.json    the hello (fs, channels, dtype, gain, baseline)
+    <dir>/<stream>/run-<run>/samples.bin  interleaved little-endian frames, as a recording's
+    <dir>/<stream>/run-<run>/frames.bin   one record per device frame: seq, t0, n (<QQI)
+
+``samples.bin`` and ``meta.json`` follow the recording layout (store/recording.py), so a
+finished run can be read like a recording. Appends go samples first, index second; a
+record in ``frames.bin`` is only trusted when its samples are all there, so a server
+killed mid-write restarts from the last whole frame (:func:`scan`).
+
+:func:`run_archive` is the writer actor. Ingest connections send it :class:`Append` and
+:class:`Close` over one bounded channel (``buffers.archive``, a clone per connection);
+it writes each batch in a worker thread and, per the fsync policy, advances each run's
+:class:`Durable` mark, on which the connection sends its acks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import trio
+
+from protocol import Hello
+
+__all__ = ["RECORD", "Append", "ArchiveItem", "Close", "Durable", "RunFiles", "Stored",
+           "run_archive", "run_dir", "scan"]
+
+RECORD = struct.Struct("<QQI")  # seq, t0 (first sample's index in the run), n
+_ITEMSIZE = {"int16": 2, "float32": 4}
+Fsync = Literal["always", "interval", "never"]
+
+
+class Durable:
+    """How far one stream run is safely on disk: frames up to :attr:`seq` (-1: none)."""
+
+    def __init__(self, seq: int = -1) -> None:
+        self.seq = seq
+        self._changed = trio.Event()
+
+    def advance(self, seq: int) -> None:
+        if seq > self.seq:
+            self.seq = seq
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once :attr:`seq` is greater than *seq*."""
+        while self.seq <= seq:
+            await self._changed.wait()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Append:
+    """Frame *seq* of *stream*'s run *run*: ``data`` holds its samples as received."""
+
+    stream: str
+    run: int
+    hello: Hello
+    seq: int
+    t0: int
+    n: int
+    data: bytes
+    durable: Durable
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Close:
+    """The device left: sync and close the run's files."""
+
+    stream: str
+    run: int
+
+
+ArchiveItem = Append | Close
+
+
+def run_dir(root: Path, stream: str, run: int) -> Path:
+    return root / stream / f"run-{run:06d}"
+
+
+@dataclass(slots=True)
+class RunFiles:
+    """The open files of one run; plain blocking I/O, used from a worker thread."""
+
+    path: Path
+    hello: Hello
+    samples: int = field(init=False)
+    frames: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta = self.path / "meta.json"
+        if not meta.exists():
+            _write_meta(meta, self.hello)
+        self.samples = os.open(self.path / "samples.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.frames = os.open(self.path / "frames.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def write(self, items: list[Append]) -> None:
+        os.write(self.samples, b"".join(i.data for i in items))
+        os.write(self.frames, b"".join(RECORD.pack(i.seq, i.t0, i.n) for i in items))
+
+    def sync(self) -> None:
+        os.fsync(self.samples)
+        os.fsync(self.frames)
+
+    def close(self) -> None:
+        os.close(self.samples)
+        os.close(self.frames)
+
+
+def _write_meta(path: Path, hello: Hello) -> None:
+    meta = {"stream": hello.stream, "fs": hello.fs, "channels": list(hello.channels),
+            "dtype": hello.dtype, "gain": list(hello.gain), "baseline": list(hello.baseline),
+            "device": hello.device, "source_format": "live"}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, path)
+
+
+class _Writer:
+    """What the actor does with a batch, in a worker thread: group by run, write, sync."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.open: dict[tuple[str, int], RunFiles] = {}
+        self.dirty: set[tuple[str, int]] = set()
+
+    def write(self, batch: list[ArchiveItem]) -> None:
+        groups: dict[tuple[str, int], list[Append]] = {}
+        for item in batch:
+            key = (item.stream, item.run)
+            if isinstance(item, Close):
+                self._flush_group(key, groups.pop(key, []))
+                self._close(key)
+            else:
+                groups.setdefault(key, []).append(item)
+        for key, items in groups.items():
+            self._flush_group(key, items)
+
+    def _flush_group(self, key: tuple[str, int], items: list[Append]) -> None:
+        if not items:
+            return
+        files = self.open.get(key)
+        if files is None:
+            files = self.open[key] = RunFiles(run_dir(self.root, *key), items[0].hello)
+        files.write(items)
+        self.dirty.add(key)
+
+    def _close(self, key: tuple[str, int]) -> None:
+        files = self.open.pop(key, None)
+        if files is not None:
+            files.sync()
+            files.close()
+            self.dirty.discard(key)
+
+    def sync(self) -> None:
+        for key in self.dirty:
+            if key in self.open:
+                self.open[key].sync()
+        self.dirty.clear()
+
+    def close_all(self) -> None:
+        self.sync()
+        for files in self.open.values():
+            files.close()
+        self.open.clear()
+
+
+async def run_archive(
+    inbox: trio.MemoryReceiveChannel[ArchiveItem],
+    *,
+    root: Path,
+    fsync: Fsync = "interval",
+    interval_s: float = 1.0,
+    max_batch: int = 512,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Write what *inbox* brings under *root*; mark frames durable per the *fsync* policy.
+
+    ``always``: fsync each batch before its frames count as durable. ``interval`` (group
+    commit): fsync once the inbox is empty, and under a steady inflow at most
+    *interval_s* after the first unsynced write, so acks wait that long at most while
+    frames that arrive during an fsync share the next one. ``never``: durable once
+    written to the OS (survives a killed server, not a lost machine). Returns, after a
+    last fsync, when every sender has closed *inbox*.
+    """
+    writer = _Writer(root)
+    unsynced: list[Append] = []
+    deadline = math.inf
+    with inbox:
+        task_status.started()
+        try:
+            while True:
+                batch: list[ArchiveItem] = []
+                with trio.move_on_at(deadline):
+                    try:
+                        batch.append(await inbox.receive())
+                    except trio.EndOfChannel:
+                        break
+                    while len(batch) < max_batch:
+                        try:
+                            batch.append(inbox.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                if batch:
+                    await trio.to_thread.run_sync(writer.write, batch)
+                    unsynced += [i for i in batch if isinstance(i, Append)]
+                idle = inbox.statistics().current_buffer_used == 0
+                if unsynced and (fsync != "interval" or idle):
+                    deadline = trio.current_time()  # sync (or not) right now
+                elif unsynced and deadline == math.inf:
+                    deadline = trio.current_time() + interval_s
+                if unsynced and trio.current_time() >= deadline:
+                    if fsync != "never":
+                        await trio.to_thread.run_sync(writer.sync)
+                    _mark(unsynced)
+                    unsynced, deadline = [], math.inf
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(writer.close_all)
+            _mark(unsynced)
+
+
+def _mark(items: list[Append]) -> None:
+    for item in items:
+        item.durable.advance(item.seq)
+
+
+# --- reading back -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The last run of a stream as found on disk: where a resuming device continues."""
+
+    hello: Hello
+    run: int
+    next_seq: int
+    t0: int
+    frames: int
+
+
+def _hello(meta: dict[str, object]) -> Hello:
+    return Hello(stream=str(meta["stream"]), fs=float(meta["fs"]),  # type: ignore[arg-type]
+                 channels=tuple(meta["channels"]),  # type: ignore[arg-type]
+                 dtype=meta["dtype"],  # type: ignore[arg-type]
+                 gain=tuple(meta["gain"]),  # type: ignore[arg-type]
+                 baseline=tuple(meta["baseline"]),  # type: ignore[arg-type]
+                 device=meta.get("device"))  # type: ignore[arg-type]
+
+
+def repair(path: Path, hello: Hello) -> tuple[int, int, int]:
+    """Trim a run cut short by a crash to its last whole frame: (next_seq, t0, frames)."""
+    frame_bytes = len(hello.channels) * _ITEMSIZE[hello.dtype]
+    index = path / "frames.bin"
+    samples = path / "samples.bin"
+    raw = index.read_bytes() if index.exists() else b""
+    have = samples.stat().st_size if samples.exists() else 0
+    records = [RECORD.unpack_from(raw, k) for k in range(0, len(raw) - RECORD.size + 1,
+                                                           RECORD.size)]
+    kept, end = 0, 0
+    for _seq, _t0, n in records:
+        if end + n * frame_bytes > have:
+            break
+        end += n * frame_bytes
+        kept += 1
+    with open(index, "ab") as f:
+        f.truncate(kept * RECORD.size)
+    with open(samples, "ab") as f:
+        f.truncate(end)
+    if not kept:
+        return 0, 0, 0
+    seq, t0, n = records[kept - 1]
+    return seq + 1, t0 + n, kept
+
+
+def read_frames(path: Path) -> Iterator[tuple[int, int, int]]:
+    """The (seq, t0, n) records of a run."""
+    raw = (path / "frames.bin").read_bytes()
+    for k in range(0, len(raw) - RECORD.size + 1, RECORD.size):
+        yield RECORD.unpack_from(raw, k)
+
+
+def scan(root: Path) -> list[Stored]:
+    """Each stream's latest run under *root*, repaired; what the registry restores."""
+    out: list[Stored] = []
+    if not root.is_dir():
+        return out
+    for stream_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        runs = sorted(stream_dir.glob("run-*"))
+        if not runs or not (runs[-1] / "meta.json").exists():
+            continue
+        hello = _hello(json.loads((runs[-1] / "meta.json").read_text()))
+        next_seq, t0, frames = repair(runs[-1], hello)
+        out.append(Stored(hello, int(runs[-1].name.removeprefix("run-")), next_seq, t0,
+                          frames))
+    return out
