@@ -23,6 +23,7 @@ __all__ = [
     "ArchiveSettings",
     "AuthSettings",
     "BufferSettings",
+    "DeflateSettings",
     "FilterSettings",
     "JobSettings",
     "LaneQuotas",
@@ -34,6 +35,7 @@ __all__ = [
     "SettingsError",
     "StoreSettings",
     "Watermarks",
+    "ZstdSettings",
     "load_settings",
 ]
 
@@ -158,6 +160,29 @@ class LaneSettings(_Section):
                      for share in (q.critical, q.high, q.normal, q.low, q.bulk))
 
 
+class DeflateSettings(_Section):
+    """permessage-deflate (RFC 7692) on both WebSocket paths, when the client offers it."""
+
+    enabled: bool = True
+    level: int = Field(6, ge=0, le=9, description="zlib level")
+    window_bits: int = Field(12, ge=9, le=15, description="server_max_window_bits")
+    mem_level: int = Field(5, ge=1, le=9, description="zlib memLevel")
+    min_bytes: int = Field(1024, ge=0, description="smaller messages go uncompressed (RSV1 0)")
+    context_takeover: bool = Field(
+        False, description="keep the server's window between messages: smaller, but then "
+        "each connection compresses every message itself (no shared frames)")
+
+
+class ZstdSettings(_Section):
+    """Subprotocol vital.v1.msgpack+zstd (docs/protocol.md section 11)."""
+
+    enabled: bool = True
+    level: int = Field(3, ge=1, le=22)
+    dictionary: bool = Field(True, description="use the shipped ECG dictionary with clients "
+                             "that ask for it (zstd_dict=<id> in the URL query)")
+    delta: bool = Field(True, description="delta-encode int16 samples when that is smaller")
+
+
 class FilterSettings(_Section):
     """A stream's causal filter: Butterworth band-pass and optional mains notch."""
 
@@ -231,6 +256,8 @@ class Settings(BaseSettings):
     filtered_dtype: Literal["float32", "float64"] = "float32"
     screen: ScreenSettings = ScreenSettings()
     lanes: LaneSettings = LaneSettings()
+    deflate: DeflateSettings = DeflateSettings()
+    zstd: ZstdSettings = ZstdSettings()
     stats_interval_s: float = Field(1.0, gt=0)
     store: StoreSettings = StoreSettings()
     jobs: JobSettings = JobSettings()

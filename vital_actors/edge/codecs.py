@@ -9,13 +9,32 @@ with equal keys get the very same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Protocol
 
-from protocol import Priority, ServerMessage, encode, server_frame
+from protocol import (
+    Deflater,
+    Priority,
+    ServerMessage,
+    Welcome,
+    ZstdCodec,
+    ZstdDictionary,
+    encode,
+    server_frame,
+)
 
-__all__ = ["PLAIN", "Outgoing", "PlainCodec", "WireCodec"]
+__all__ = [
+    "PLAIN",
+    "DeflateCodec",
+    "Outgoing",
+    "PlainCodec",
+    "TakeoverDeflateCodec",
+    "WireCodec",
+    "ZstdWireCodec",
+]
 
 
 class WireCodec(Protocol):
@@ -44,6 +63,86 @@ class PlainCodec:
 
 
 PLAIN = PlainCodec()
+
+
+@cache
+def _shared_deflater(level: int, window_bits: int, mem_level: int) -> Deflater:
+    return Deflater(level=level, window_bits=window_bits, mem_level=mem_level,
+                    context_takeover=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeflateCodec:
+    """permessage-deflate without server context takeover: each message compressed on its
+    own, so one compressed frame serves every connection with the same settings.
+
+    Messages shorter than *min_bytes* go out uncompressed (RSV1 = 0; RFC 7692 allows it).
+    """
+
+    level: int
+    window_bits: int
+    mem_level: int
+    min_bytes: int
+
+    @property
+    def key(self) -> Hashable:
+        return ("deflate", self.level, self.window_bits, self.mem_level, self.min_bytes)
+
+    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
+        if len(payload) < self.min_bytes:
+            return server_frame(payload)
+        deflater = _shared_deflater(self.level, self.window_bits, self.mem_level)
+        return server_frame(deflater.compress(payload), rsv1=True)
+
+
+class TakeoverDeflateCodec:
+    """permessage-deflate with server context takeover: one compression stream per
+    connection. Smaller frames, but every connection compresses every message itself, in
+    the order it sends them (frame a message only right before writing it).
+    """
+
+    def __init__(self, *, level: int, window_bits: int, mem_level: int, min_bytes: int) -> None:
+        self.min_bytes = min_bytes
+        self._deflater = Deflater(level=level, window_bits=window_bits, mem_level=mem_level,
+                                  context_takeover=True)
+
+    @property
+    def key(self) -> Hashable:
+        return self  # never shared
+
+    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
+        if len(payload) < self.min_bytes:
+            return server_frame(payload)
+        return server_frame(self._deflater.compress(payload), rsv1=True)
+
+
+@cache
+def _shared_zstd(level: int, dictionary: ZstdDictionary | None, delta: bool) -> ZstdCodec:
+    return ZstdCodec(level=level, dictionary=dictionary, delta=delta)
+
+
+@dataclass(frozen=True, slots=True)
+class ZstdWireCodec:
+    """Subprotocol ``vital.v1.msgpack+zstd``: each message one zstd frame (shared)."""
+
+    level: int
+    dictionary: ZstdDictionary | None
+    delta: bool
+
+    @property
+    def key(self) -> Hashable:
+        return ("zstd", self.level, self.dictionary_id, self.delta)
+
+    @property
+    def dictionary_id(self) -> int | None:
+        return None if self.dictionary is None else self.dictionary.id
+
+    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
+        if isinstance(message, Welcome) and self.dictionary is not None:
+            message = dataclasses.replace(message, zstd_dict=self.dictionary.id)
+            payload = encode(message)
+        codec = _shared_zstd(self.level, self.dictionary, self.delta)
+        return server_frame(codec.compress_message(message, payload))
 
 
 @dataclass(eq=False, slots=True)

@@ -9,6 +9,7 @@ write the same bytes to every subscriber.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -23,6 +24,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension
 from wsproto.utilities import RemoteProtocolError as WsprotoRemoteError
 
 from protocol import (
@@ -35,6 +37,8 @@ from protocol import (
 )
 
 from .codecs import PLAIN, WireCodec
+from .deflate import ServerDeflate
+from .handshake import NO_COMPRESSION, Compression
 
 __all__ = ["ConnectionClosed", "WebSocket", "accept"]
 
@@ -58,11 +62,18 @@ class WebSocket:
         stream: the transport.
         ws: the wsproto connection, past its handshake.
         path: the request path (``/v1/ingest`` or ``/v1/subscribe``).
-        max_message_bytes: larger incoming messages close the connection with 1009.
+        max_message_bytes: larger incoming messages close the connection with 1009
+            (after decompression, when the message was compressed).
+        codec: how outgoing messages are framed (negotiated by the handshake).
+        inbound: what turns a received message into msgpack (zstd decompression), if
+            anything.
+        deflate: the permessage-deflate extension, when it was negotiated.
     """
 
     def __init__(self, stream: trio.abc.Stream, ws: WSConnection, *, path: str,
-                 remote: str, max_message_bytes: int) -> None:
+                 remote: str, max_message_bytes: int, codec: WireCodec = PLAIN,
+                 inbound: Callable[[bytes], bytes] | None = None,
+                 deflate: ServerDeflate | None = None) -> None:
         self.stream = stream
         self.path = path
         self.remote = remote
@@ -72,7 +83,10 @@ class WebSocket:
         self.closed: ConnectionClosed | None = None
         self.bytes_in = 0
         #: How outgoing messages are framed on this connection (set by the handshake).
-        self.codec: WireCodec = PLAIN
+        self.codec: WireCodec = codec
+        self.subprotocol = ""
+        self._inbound = inbound
+        self._deflate = deflate
 
     async def receive(self) -> bytes:
         """The next whole binary message.
@@ -80,7 +94,8 @@ class WebSocket:
         Raises:
             ConnectionClosed: the peer closed or the transport broke.
             protocol.RemoteProtocolError: a text message (1003), one too big (1009), or
-                bytes that are not WebSocket (1002).
+                bytes that are not WebSocket (1002), or compressed data that is invalid
+                (1007) or inflates beyond the limit (1009).
         """
         while True:
             for event in self._ws.events():
@@ -92,19 +107,34 @@ class WebSocket:
     async def _handle(self, event: object) -> bytes | None:
         match event:
             case BytesMessage():
-                return self._assembler.feed(bytes(event.data), final=event.message_finished)
+                payload = self._assembler.feed(bytes(event.data), final=event.message_finished)
+                if payload is not None and self._inbound is not None:
+                    return self._inbound(payload)
+                return payload
             case TextMessage():
                 raise RemoteProtocolError("text messages are not supported: send binary "
                                           "msgpack", code=CloseCode.UNSUPPORTED_DATA,
                                           reason="text-message")
             case Ping():
                 await self._send_raw(self._ws.send(event.response()))
+            case CloseConnection() if self._ws.state is ConnectionState.OPEN:
+                raise self._parse_failed(event)  # wsproto's own verdict on bad input
             case CloseConnection():
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
                     await self._send_raw(self._ws.send(event.response()), quiet=True)
                 self.closed = ConnectionClosed(event.code, event.reason or "")
                 raise self.closed
         return None
+
+    def _parse_failed(self, event: CloseConnection) -> RemoteProtocolError:
+        if self._deflate is not None and self._deflate.error is not None:
+            return self._deflate.error
+        reasons = {CloseCode.MESSAGE_TOO_BIG: "too-big", CloseCode.INVALID_PAYLOAD:
+                   "invalid-payload"}
+        known = {int(c) for c in CloseCode}
+        code = CloseCode(event.code) if event.code in known else CloseCode.PROTOCOL_ERROR
+        return RemoteProtocolError(f"not a valid WebSocket frame: {event.reason}", code=code,
+                                   reason=reasons.get(code, "protocol-error"))
 
     async def _receive_more(self) -> None:
         if self.closed is not None:
@@ -123,17 +153,25 @@ class WebSocket:
             raise RemoteProtocolError(f"not a valid WebSocket frame: {exc}") from None
 
     async def send(self, message: ServerMessage) -> None:
-        """Encode, frame (with this connection's codec) and send one message."""
-        await self.send_frame(self.codec.frame(message, encode(message)))
+        """Encode, frame (with this connection's codec) and send one message.
+
+        The frame is made once the send lock is held, so that a codec with context
+        (deflate with context takeover) compresses in the order frames go out.
+        """
+        payload = encode(message)
+        await self._write(lambda: self.codec.frame(message, payload))
 
     async def send_frame(self, frame: bytes) -> None:
         """Send bytes already framed by :func:`protocol.server_frame`."""
         await self._send_raw(frame)
 
     async def _send_raw(self, data: bytes, *, quiet: bool = False) -> None:
+        await self._write(lambda: data, quiet=quiet)
+
+    async def _write(self, make: Callable[[], bytes], *, quiet: bool = False) -> None:
         try:
             async with self._send_lock:
-                await self.stream.send_all(data)
+                await self.stream.send_all(make())
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             if not quiet:
                 self.closed = self.closed or ConnectionClosed(ABNORMAL, "transport broke")
@@ -165,11 +203,14 @@ class WebSocket:
 
 
 async def accept(stream: trio.abc.Stream, head: bytes, *, subprotocols: tuple[str, ...],
-                 remote: str, max_message_bytes: int) -> WebSocket | None:
+                 remote: str, max_message_bytes: int,
+                 compression: Compression = NO_COMPRESSION) -> WebSocket | None:
     """Complete the server handshake for the request in *head* (and any bytes after it).
 
-    Returns None after refusing the handshake with HTTP 400 when the client offers none
-    of *subprotocols*.
+    The first of the client's subprotocols that is in *subprotocols* wins; *compression*
+    decides the codec for it and whether permessage-deflate is accepted (see
+    :mod:`.handshake`). Returns None after refusing the handshake with HTTP 400 when the
+    client offers none of *subprotocols*.
     """
     ws = WSConnection(ConnectionType.SERVER)
     ws.receive_data(head)
@@ -184,6 +225,12 @@ async def accept(stream: trio.abc.Stream, head: bytes, *, subprotocols: tuple[st
         await stream.send_all(reply)
         await stream.aclose()
         return None
-    await stream.send_all(ws.send(AcceptConnection(subprotocol=chosen)))
-    return WebSocket(stream, ws, path=request.target.split("?")[0], remote=remote,
-                     max_message_bytes=max_message_bytes)
+    agreement = compression.agree(chosen, request.target, max_message_bytes=max_message_bytes)
+    extensions: list[Extension] = [agreement.deflate] if agreement.deflate else []
+    await stream.send_all(ws.send(AcceptConnection(subprotocol=chosen, extensions=extensions)))
+    agreement = agreement.settle()
+    socket = WebSocket(stream, ws, path=request.target.split("?")[0], remote=remote,
+                       max_message_bytes=max_message_bytes, codec=agreement.codec,
+                       inbound=agreement.inbound, deflate=agreement.deflate)
+    socket.subprotocol = chosen
+    return socket
