@@ -54,6 +54,8 @@ class JobSpec(BaseModel):
     recording: str
     filter: FilterSettings = Field(default_factory=FilterSettings)
     priority: PriorityName = "normal"
+    screen: bool = Field(True, description="also run the quality screening (beats, quality, "
+                         "alerts); false: filter only")
 
 
 class Job(BaseModel):
@@ -183,7 +185,8 @@ class JobRunner:
             reader = self.store.reader(job.spec.recording)
             work = await trio.to_thread.run_sync(partial(
                 Processing, jobdir, reader, job_id=job.id, filter_settings=job.spec.filter,
-                screen_settings=self.screen, chunk_frames=self.settings.chunk_frames))
+                screen_settings=self.screen if job.spec.screen else None,
+                chunk_frames=self.settings.chunk_frames))
         except Exception as exc:  # the recording was deleted, or the settings do not fit
             self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
             return

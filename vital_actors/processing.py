@@ -44,16 +44,16 @@ _CHECKPOINT = "checkpoint.pkl"
 class _Screening:
     """What the screening of one job carries from chunk to chunk (pickled)."""
 
-    screener: Screener
+    screener: Screener | None  # None: a filter-only job
     stream: StreamInfo
 
 
-def _new_screening(job_id: str, meta: Meta, settings: ScreenSettings,
+def _new_screening(job_id: str, meta: Meta, settings: ScreenSettings | None,
                    filter_settings: FilterSettings) -> _Screening:
     hello = Hello(f"job/{job_id}", meta.fs, tuple(meta.channels), "float32",
                   tuple(meta.gain), tuple(meta.baseline))
     info = StreamInfo(f"job/{job_id}", hello, design(filter_settings, meta.fs))
-    return _Screening(Screener(settings), info)
+    return _Screening(Screener(settings) if settings is not None else None, info)
 
 
 def screen_chunk(state: _Screening, t0: int, mv: F64, filtered: F64) -> list[Event]:
@@ -61,6 +61,8 @@ def screen_chunk(state: _Screening, t0: int, mv: F64, filtered: F64) -> list[Eve
 
     Today the window checks of :class:`Screener`; issue 4's batch chain plugs in here.
     """
+    if state.screener is None:
+        return []
     block = Block(state.stream, 0, 0, t0, mv, 0.0)
     return list(state.screener.feed(Filtered(block, mv, filtered, 0)))
 
@@ -69,7 +71,8 @@ class Processing:
     """Processes one recording into a result recording inside *jobdir*."""
 
     def __init__(self, jobdir: Path, reader: Reader, *, job_id: str, filter_settings:
-                 FilterSettings, screen_settings: ScreenSettings, chunk_frames: int) -> None:
+                 FilterSettings, screen_settings: ScreenSettings | None,
+                 chunk_frames: int) -> None:
         self.jobdir, self.reader, self.job_id = jobdir, reader, job_id
         self.chunk_frames = chunk_frames
         meta = reader.meta

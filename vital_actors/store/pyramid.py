@@ -40,8 +40,10 @@ def _reduce(entries: Array, group: int) -> Array:
 
 def _minmax(frames: Array, group: int) -> Array:
     """Min/max over each run of *group* frames (n, ch); n a multiple of *group*."""
-    g = frames.reshape(-1, group, frames.shape[1])
-    return np.stack([g.min(axis=1), g.max(axis=1)], axis=-1)
+    # Channel-major copy first: reducing along the contiguous last axis is ~10x faster
+    # than along the middle axis of interleaved frames.
+    g = np.ascontiguousarray(frames.T).reshape(frames.shape[1], -1, group)
+    return np.stack([g.min(axis=2).T, g.max(axis=2).T], axis=-1)
 
 
 class PyramidBuilder:

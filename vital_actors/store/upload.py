@@ -65,31 +65,33 @@ async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
                          max_bytes: int) -> Meta:
     """Decode *body* into a new recording in *store* and commit it.
 
+    Receiving and writing overlap: while a worker thread writes one chunk, the next one
+    is received (a one-slot channel between them, so at most two chunks in memory).
+
     Raises:
         FormatError: with the HTTP status; nothing of the upload is left on disk.
     """
     rec_id = new_id()
     workdir = store.partial / rec_id
     workdir.mkdir()
-    up: _Upload | None = None
+    writer = _ChunkWriter(store, workdir, declared, params)
     try:
-        buf, total = bytearray(), 0
-        async for data in body:
-            total += len(data)
-            if total > max_bytes:
-                raise TooLargeError(max_bytes)
-            buf += data
-            if up is None and len(buf) >= _SNIFF:
-                up = _start(store, workdir, declared, params, bytes(buf[:_SNIFF]))
-            if up is not None and len(buf) >= chunk_bytes:
-                chunk, buf = bytes(buf), bytearray()
-                await trio.to_thread.run_sync(partial(up.write, chunk, final=False))
-        if up is None:
-            if not buf:
-                raise FormatError(422, "empty upload")
-            up = _start(store, workdir, declared, params, bytes(buf[:_SNIFF]))
-        await trio.to_thread.run_sync(partial(up.write, bytes(buf), final=True))
-        if up.writer is None or up.writer.state.frames == 0:
+        failure: Exception | None = None
+        tx, rx = trio.open_memory_channel[tuple[bytes, bool]](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run, rx)
+            with tx:
+                try:
+                    await _feed(body, tx, chunk_bytes=chunk_bytes, max_bytes=max_bytes)
+                except trio.BrokenResourceError:
+                    pass  # the writer failed; its error is below
+                except Exception as exc:  # too large, or the client went away
+                    failure = exc
+                    nursery.cancel_scope.cancel()
+        if failure is not None or writer.error is not None:
+            raise failure or writer.error  # type: ignore[misc]
+        up = writer.up
+        if up is None or up.writer is None or up.writer.state.frames == 0:
             raise FormatError(422, "the upload holds no samples")
         return await trio.to_thread.run_sync(partial(
             store.commit, rec_id, up.writer, source_format=up.fmt, source_name=params.name,
@@ -99,9 +101,56 @@ async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
         if aclose is not None:
             await aclose()
         # After a commit the recording has moved out of workdir; anything left is debris.
-        if up is not None and up.writer is not None:
-            up.writer.close()
+        if writer.up is not None and writer.up.writer is not None:
+            writer.up.writer.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _feed(body: AsyncIterator[bytes], outbox: trio.MemorySendChannel[tuple[bytes, bool]],
+                *, chunk_bytes: int, max_bytes: int) -> None:
+    """Cut *body* into chunks of at least *chunk_bytes* (the last one flagged final)."""
+    buf, total = bytearray(), 0
+    async for data in body:
+        total += len(data)
+        if total > max_bytes:
+            raise TooLargeError(max_bytes)
+        buf += data
+        if len(buf) >= chunk_bytes:
+            chunk, buf = bytes(buf), bytearray()
+            await outbox.send((chunk, False))
+    if not total:
+        raise FormatError(422, "empty upload")
+    await outbox.send((bytes(buf), True))
+
+
+@dataclass(slots=True)
+class _ChunkWriter:
+    """Takes chunks from a channel and writes them in a worker thread, one at a time.
+
+    Never raises: an error is kept in ``error`` and closes the channel, which stops the
+    sender (so the caller sees one plain exception, not an exception group).
+    """
+
+    store: RecordingStore
+    workdir: Path
+    declared: str | None
+    params: UploadParams
+    up: _Upload | None = None
+    error: Exception | None = None
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[tuple[bytes, bool]]) -> None:
+        with inbox:
+            try:
+                async for chunk, final in inbox:
+                    await trio.to_thread.run_sync(self._write, chunk, final)
+            except Exception as exc:
+                self.error = exc
+
+    def _write(self, chunk: bytes, final: bool) -> None:
+        if self.up is None:  # the first chunk is at least the sniffing size, or all there is
+            self.up = _start(self.store, self.workdir, self.declared, self.params,
+                             chunk[:_SNIFF])
+        self.up.write(chunk, final=final)
 
 
 def _start(store: RecordingStore, workdir: Path, declared: str | None, params: UploadParams,
