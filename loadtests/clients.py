@@ -1,9 +1,10 @@
-"""The load's clients: N paced devices and N subscribers, one per stream, in one process.
+"""The load's clients, in one process: paced devices, measured subscribers (M per stream
+and W on every stream), and the disturbances (stalled, slow, churning, idle clients).
 
-Every device frame's send time and its subscriber's receive time go into a
-:class:`Book` indexed by (device, seq), both read from ``time.perf_counter()``, so a
-latency is a difference of two readings of one clock. Messages are encoded before the
-run starts: the hot loops only stamp, send and receive.
+Every device frame's send time and each measured subscriber's receive time go into a
+:class:`Book` indexed by (listener, device, seq), both read from
+``time.perf_counter()``, so a latency is a difference of two readings of one clock.
+Messages are encoded before the run starts: the hot loops only stamp, send and receive.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import numpy.typing as npt
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from protocol import INGEST_PATH, SUBPROTOCOL, SUBSCRIBE_PATH, Hello, Samples, Subscribe, encode
+from protocol import INGEST_PATH, SUBPROTOCOL, SUBSCRIBE_PATH, Hello, Subscribe, encode
 from vital_actors.sources import Recording
 
-__all__ = ["Book", "LoadError", "Plan", "make_plan", "run_load"]
+from .scenario import Load
+
+__all__ = ["Book", "LoadError", "Plan", "connect_idle", "make_plan", "run_load"]
 
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
@@ -42,9 +45,11 @@ class Plan:
     url: str
     streams: tuple[str, ...]
     kind: str  # the topic each subscriber follows: stream/<id>/<kind>
-    frame_s: float
+    load: Load
     hellos: tuple[bytes, ...]
     frames: tuple[tuple[bytes, ...], ...]
+    samples_per_frame: int  # per channel
+    channels: int
 
     @property
     def devices(self) -> int:
@@ -54,34 +59,55 @@ class Plan:
     def per_device(self) -> int:
         return len(self.frames[0])
 
+    def topic(self, i: int) -> str:
+        return f"stream/{self.streams[i]}/{self.kind}"
+
+    def start_offset(self, i: int) -> float:
+        """When device *i* sends its first frame, after the common start: staggered over
+        one frame period, and spread over the ramp."""
+        n = self.devices
+        return i * self.load.frame_s / n + self.load.ramp_s * i / n
+
+
+def _hello(stream: str, rec: Recording) -> bytes:
+    return encode(Hello(stream, rec.fs, rec.channels, "int16", rec.gain,
+                        tuple(float(b) for b in rec.baseline), device="loadtest"))
+
+
+def _frame(stream: str, seq: int, samples: npt.NDArray[np.int16]) -> bytes:
+    """A ``samples`` message with an extra ``stream`` key: our server ignores it (unknown
+    fields are allowed), and the bare relay forwards it, so a wall subscriber of the
+    relay can tell the streams apart too."""
+    return cast(bytes, msgpack.packb({"type": "samples", "seq": seq, "n": len(samples),
+                                      "data": samples.tobytes(), "stream": stream}))
+
 
 def make_plan(url: str, recordings: Sequence[Recording], *, devices: int, kind: str,
-              frame_s: float, seconds: float) -> Plan:
+              load: Load, seconds: float) -> Plan:
     """Device *i* replays ``recordings[i % len]`` from its own offset, in frames of
-    *frame_s* seconds, for *seconds* seconds (looping over the recording if need be)."""
+    ``load.frame_s`` seconds, for *seconds* seconds (looping over the recording)."""
+    frame_s = load.frame_s
     count = round(seconds / frame_s)
     streams, hellos, frames = [], [], []
+    n = round(frame_s * recordings[0].fs)
     for i in range(devices):
         rec = recordings[i % len(recordings)]
-        stream = f"{rec.name}-{i:03d}"
-        n = round(frame_s * rec.fs)
+        stream = f"{rec.name}-{i:04d}"
         offset = (i * 7919 * n) % len(rec.samples)  # a prime stride: different beats
         idx = (offset + np.arange(count * n)) % len(rec.samples)
         data = np.ascontiguousarray(rec.samples[idx], dtype="<i2").reshape(count, n, -1)
         streams.append(stream)
-        hellos.append(encode(Hello(stream, rec.fs, rec.channels, "int16", rec.gain,
-                                   tuple(float(b) for b in rec.baseline), device="loadtest")))
-        frames.append(tuple(encode(Samples(k, n, data[k].tobytes())) for k in range(count)))
-    return Plan(url, tuple(streams), kind, frame_s, tuple(hellos), tuple(frames))
-
-
-def _nan(shape: tuple[int, int]) -> npt.NDArray[np.float64]:
-    return np.full(shape, np.nan)
+        hellos.append(_hello(stream, rec))
+        frames.append(tuple(_frame(stream, k, data[k]) for k in range(count)))
+    return Plan(url, tuple(streams), kind, load, tuple(hellos), tuple(frames), n,
+                len(recordings[0].channels))
 
 
 @dataclass(slots=True)
 class Book:
-    """Send and receive times, (device, seq) -> ``perf_counter()`` seconds (NaN: never).
+    """Send and receive times: ``sent[device, seq]`` and ``received[listener, device,
+    seq]`` in ``perf_counter()`` seconds (NaN: never). Listeners ``0..M-1`` are each
+    device's own subscribers, ``M..M+W-1`` the wall subscribers.
 
     ``t0`` (trio clock) paces the devices; ``t0_perf`` is the same instant on the
     ``perf_counter`` clock of the stamps.
@@ -95,12 +121,16 @@ class Book:
     deadline: float = 0.0
     duplicates: int = 0
     other_messages: int = 0
+    wire_bytes: int = 0  # payload bytes of the samples messages measured listeners got
+    wire_samples: int = 0  # samples (all channels) in those messages
+    churned: int = 0  # short-lived clients that came and went
     errors: list[str] = field(default_factory=list)
 
     @classmethod
     def for_plan(cls, plan: Plan) -> Book:
-        shape = (plan.devices, plan.per_device)
-        return cls(sent=_nan(shape), received=_nan(shape))
+        return cls(sent=np.full((plan.devices, plan.per_device), np.nan),
+                   received=np.full((plan.load.listeners, plan.devices, plan.per_device),
+                                    np.nan))
 
     def start(self, *, delay: float, run_s: float) -> None:
         """Release every device *delay* seconds from now; clients stop at the deadline."""
@@ -119,6 +149,9 @@ def _unpack(payload: bytes | str) -> dict[str, Any]:
 def _connect(url: str) -> Any:
     return open_websocket_url(url, subprotocols=[SUBPROTOCOL], connect_timeout=CONNECT_TIMEOUT_S,
                               disconnect_timeout=CLOSE_TIMEOUT_S)
+
+
+# --- devices ---------------------------------------------------------------------------------
 
 
 async def run_device(plan: Plan, i: int, book: Book, *,
@@ -145,10 +178,11 @@ async def run_device(plan: Plan, i: int, book: Book, *,
 
 
 async def _send_frames(ws: WebSocketConnection, plan: Plan, i: int, book: Book) -> None:
-    start = book.t0 + i * plan.frame_s / plan.devices  # staggered over one frame period
+    start = book.t0 + plan.start_offset(i)
     sent = book.sent[i]
+    frame_s = plan.load.frame_s
     for k, message in enumerate(plan.frames[i]):
-        await trio.sleep_until(start + k * plan.frame_s)
+        await trio.sleep_until(start + k * frame_s)
         sent[k] = time.perf_counter()
         await ws.send_message(message)
 
@@ -165,58 +199,156 @@ async def _read_acks(ws: WebSocketConnection, last: int, done: trio.Event, book:
         done.set()
 
 
-async def run_subscriber(plan: Plan, i: int, book: Book, *,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Subscribe to device *i*'s topic and report started once the server confirms;
-    then stamp every ``samples`` message until all arrived or the deadline, and close."""
-    topic = f"stream/{plan.streams[i]}/{plan.kind}"
-    async with _connect(plan.url + SUBSCRIBE_PATH) as ws:
-        await ws.send_message(encode(Subscribe((topic,))))
+# --- subscribers -----------------------------------------------------------------------------
+
+
+async def _subscribe(ws: WebSocketConnection, topics: tuple[str, ...], book: Book) -> None:
+    """Subscribe in batches and wait for each confirmation."""
+    for k in range(0, len(topics), 256):  # protocol limit per message
+        batch = topics[k:k + 256]
+        await ws.send_message(encode(Subscribe(batch)))
         while (reply := _unpack(await ws.get_message())).get("topic") != "subscriptions":
             book.other_messages += 1
-        if topic not in reply.get("topics", ()):
-            raise LoadError(f"subscriber {i}: subscription not confirmed: {reply}")
+        if not set(batch) <= set(reply.get("topics", ())):
+            raise LoadError(f"subscription to {batch[:2]}... not confirmed: {reply}")
+
+
+async def run_listener(plan: Plan, listener: int, devices: range, book: Book, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A measured subscriber of *devices*' topics: stamp every ``samples`` message until
+    all arrived or the deadline, and close."""
+    topics = tuple(plan.topic(i) for i in devices)
+    index = {plan.streams[i]: i for i in devices}
+    async with _connect(plan.url + SUBSCRIBE_PATH) as ws:
+        await _subscribe(ws, topics, book)
         task_status.started()
         await book.go.wait()
         with trio.move_on_at(book.deadline):
             try:
-                await _receive_frames(ws, plan, i, book)
+                await _receive(ws, plan, listener, index, book)
             except ConnectionClosed as exc:
-                book.errors.append(f"subscriber {topic}: closed: {exc}")
+                book.errors.append(f"subscriber {listener} of {topics[0]}...: closed: {exc}")
 
 
-async def _receive_frames(ws: WebSocketConnection, plan: Plan, i: int, book: Book) -> None:
-    received = book.received[i]
+async def _receive(ws: WebSocketConnection, plan: Plan, listener: int,
+                   index: dict[str, int], book: Book) -> None:
+    received = book.received[listener]
+    expected = plan.per_device * len(index)
+    per_message = plan.samples_per_frame * plan.channels
     count = 0
-    while count < plan.per_device:
+    while count < expected:
         payload = await ws.get_message()
         now = time.perf_counter()
         message = _unpack(payload)
         if message.get("type") != "samples":
             book.other_messages += 1
             continue
-        seq = int(message["seq"])
-        if np.isnan(received[seq]):
-            received[seq] = now
+        row, seq = received[index[message["stream"]]], int(message["seq"])
+        book.wire_bytes += len(payload)
+        book.wire_samples += per_message
+        if np.isnan(row[seq]):
+            row[seq] = now
             count += 1
         else:
             book.duplicates += 1
 
 
+async def run_disturber(plan: Plan, i: int, book: Book, *, rate: float | None,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A subscriber of device *i*'s topic that never reads (*rate* None: stalled) or
+    reads at most *rate* messages/s. Not measured: it is the disturbance."""
+    async with _connect(plan.url + SUBSCRIBE_PATH) as ws:
+        await _subscribe(ws, (plan.topic(i),), book)
+        task_status.started()
+        await book.go.wait()
+        with trio.move_on_at(book.deadline):
+            if rate is None:
+                await trio.sleep_forever()
+            try:
+                while True:
+                    await ws.get_message()
+                    await trio.sleep(1 / rate)
+            except ConnectionClosed:
+                pass  # evicted, as a slow subscriber may be
+
+
+async def run_churn(plan: Plan, book: Book, *, per_s: float, recording: Recording) -> None:
+    """Until the deadline, *per_s* times a second: a device that says hello, sends a few
+    frames and leaves, and a subscriber that subscribes, reads a little and leaves."""
+    frame = plan.frames[0][0]
+    async with trio.open_nursery() as nursery:
+        k = 0
+        while trio.current_time() < book.deadline - 1:
+            nursery.start_soon(_churn_once, plan, book, k, frame, recording)
+            k += 1
+            await trio.sleep(1 / per_s)
+
+
+async def _churn_once(plan: Plan, book: Book, k: int, frame: bytes, rec: Recording) -> None:
+    try:
+        async with _connect(plan.url + INGEST_PATH) as dev:
+            await dev.send_message(_hello(f"churn-{k}", rec))
+            await dev.get_message()
+            for _ in range(3):
+                await dev.send_message(frame)
+        async with _connect(plan.url + SUBSCRIBE_PATH) as sub:
+            await _subscribe(sub, (plan.topic(k % plan.devices),), book)
+            with trio.move_on_after(0.3):
+                await sub.get_message()
+        book.churned += 1
+    except (ConnectionClosed, OSError, LoadError) as exc:
+        book.errors.append(f"churn {k}: {exc}")
+
+
+async def connect_idle(url: str, count: int, *, done: trio.Event,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Hold *count* subscriber connections (subscribed to ``alerts`` only) until *done*."""
+    book = Book(np.empty((0, 0)), np.empty((0, 0, 0)))
+
+    async def one(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with _connect(url + SUBSCRIBE_PATH) as ws:
+            await _subscribe(ws, ("alerts",), book)
+            task_status.started()
+            await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            await nursery.start(one)
+        task_status.started()
+
+
+# --- the whole load --------------------------------------------------------------------------
+
+
 async def run_load(plan: Plan, book: Book, *, grace_s: float,
+                   churn_recording: Recording | None = None,
                    on_start: trio.Event | None = None) -> None:
     """Connect every subscriber, then every device, then release the devices together.
 
     Returns when every client has finished: at the latest ``grace_s`` after the last
     frame's time. Raises :class:`LoadError` (or trio's TooSlowError) if set-up fails.
     """
-    run_s = plan.per_device * plan.frame_s + plan.frame_s + grace_s
+    load, n = plan.load, plan.devices
+    run_s = plan.per_device * load.frame_s + load.frame_s + load.ramp_s + grace_s
+    clients = n * (load.subscribers_per_stream + 1) + load.wall_subscribers
     async with trio.open_nursery() as nursery:
-        with trio.fail_after(CONNECT_TIMEOUT_S + 0.1 * plan.devices):
-            for i in range(plan.devices):
-                await nursery.start(partial(run_subscriber, plan, i, book))
-            for i in range(plan.devices):
+        with trio.fail_after(CONNECT_TIMEOUT_S + 0.1 * clients):
+            for j in range(load.subscribers_per_stream):
+                for i in range(n):
+                    await nursery.start(partial(run_listener, plan, j, range(i, i + 1), book))
+            for w in range(load.wall_subscribers):
+                await nursery.start(partial(run_listener, plan, load.subscribers_per_stream + w,
+                                            range(n), book))
+            for k in range(load.stalled_subscribers):
+                await nursery.start(partial(run_disturber, plan, k % n, book, rate=None))
+            for k in range(load.slow_subscribers):
+                await nursery.start(partial(run_disturber, plan, k % n, book,
+                                            rate=load.slow_rate))
+            for i in range(n):
                 await nursery.start(partial(run_device, plan, i, book))
         book.start(delay=START_DELAY_S, run_s=run_s)
+        if load.churn_per_s > 0 and churn_recording is not None:
+            nursery.start_soon(partial(run_churn, plan, book, per_s=load.churn_per_s,
+                                       recording=churn_recording))
         if on_start is not None:
             on_start.set()

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Row", "median_rows", "ratio_table", "summarize", "table"]
+__all__ = ["Row", "median_rows", "ratio_table", "series", "summarize", "table"]
 
 Stamps = npt.NDArray[np.float64]
 
@@ -24,7 +24,9 @@ class Row:
     target: str
     devices: int
     delivered_per_s: float
+    samples_per_s: float
     p50_ms: float
+    p95_ms: float
     p99_ms: float
     max_ms: float
     server_cpu: float
@@ -35,6 +37,10 @@ class Row:
     other_cpu_peak: float
     sent: int
     lost: int
+    bits_per_sample: float = float("nan")
+    loop_lag_p99_ms: float = float("nan")
+    dropped: int = 0
+    idle_kb_each: float = float("nan")
     runs: int = 1
 
     def as_dict(self) -> dict[str, object]:
@@ -42,34 +48,59 @@ class Row:
 
 
 def summarize(target: str, sent: Stamps, received: Stamps, *, window: tuple[float, float],
-              server_cpu: float, rss_mb: float, harness_cpu: float, machine_cpu: float,
-              other_cpu_peak: float) -> Row:
+              samples_per_message: int, server_cpu: float, rss_mb: float, harness_cpu: float,
+              machine_cpu: float, other_cpu_peak: float, bits_per_sample: float = np.nan,
+              loop_lag_p99_ms: float = np.nan, dropped: int = 0,
+              idle_kb_each: float = np.nan) -> Row:
     """Figures of one run. *window* is (start, stop) on the stamps' clock.
 
-    Latency covers frames sent in the window; delivered counts messages received in
-    it; lost counts frames sent at any time and never received. CPU figures are % of
-    one core over the window; *machine_cpu* is all processes', so the other tenants'
-    load is what the server and the harness do not account for; *other_cpu_peak* is
-    that load in its busiest second.
+    *sent* is (devices, seq); *received* is (listeners, devices, seq): every measured
+    subscriber's copy counts. Latency covers frames sent in the window; delivered counts
+    messages received in it; lost counts copies of frames sent at any time and never
+    received. CPU figures are % of one core over the window; *machine_cpu* is all
+    processes', so the other tenants' load is what the server and the harness do not
+    account for; *other_cpu_peak* is that load in its busiest second.
     """
     start, stop = window
-    in_window = (sent >= start) & (sent < stop) & ~np.isnan(received)
-    latency_ms = (received[in_window] - sent[in_window]) * 1e3
-    p50, p99, top = (np.percentile(latency_ms, [50, 99, 100]) if latency_ms.size
-                     else (np.nan, np.nan, np.nan))
+    sent_b = np.broadcast_to(sent, received.shape)
+    in_window = (sent_b >= start) & (sent_b < stop) & ~np.isnan(received)
+    latency_ms = (received[in_window] - sent_b[in_window]) * 1e3
+    p50, p95, p99, top = (np.percentile(latency_ms, [50, 95, 99, 100]) if latency_ms.size
+                          else (np.nan,) * 4)
     delivered = int(np.count_nonzero((received >= start) & (received < stop)))
     rate = delivered / (stop - start)
-    was_sent = ~np.isnan(sent)
+    was_sent = ~np.isnan(sent_b)
     return Row(
         target=target, devices=sent.shape[0], delivered_per_s=rate,
-        p50_ms=float(p50), p99_ms=float(p99), max_ms=float(top),
+        samples_per_s=rate * samples_per_message,
+        p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99), max_ms=float(top),
         server_cpu=server_cpu, cpu_us_per_msg=server_cpu / 100 / rate * 1e6 if rate else np.nan,
         rss_mb=rss_mb, harness_cpu=harness_cpu,
         other_cpu=max(0.0, machine_cpu - server_cpu - harness_cpu),
         other_cpu_peak=max(0.0, other_cpu_peak),
         sent=int(np.count_nonzero(was_sent)),
         lost=int(np.count_nonzero(was_sent & np.isnan(received))),
+        bits_per_sample=bits_per_sample, loop_lag_p99_ms=loop_lag_p99_ms, dropped=dropped,
+        idle_kb_each=idle_kb_each,
     )
+
+
+def series(sent: Stamps, received: Stamps, *, t0: float, seconds: int) -> dict[str, list[float]]:
+    """Per second since *t0*: latency p50/p99 of frames sent in that second, and
+    messages delivered in it (for the plots and the JSON report)."""
+    sent_b = np.broadcast_to(sent, received.shape)
+    ok = ~np.isnan(received)
+    lat = (received[ok] - sent_b[ok]) * 1e3
+    sec = np.floor(sent_b[ok] - t0).astype(np.int64)
+    got = np.floor(received[ok] - t0).astype(np.int64)
+    out: dict[str, list[float]] = {"t": [], "p50_ms": [], "p99_ms": [], "delivered": []}
+    for t in range(seconds):
+        mine = lat[sec == t]
+        out["t"].append(float(t))
+        out["p50_ms"].append(float(np.percentile(mine, 50)) if mine.size else float("nan"))
+        out["p99_ms"].append(float(np.percentile(mine, 99)) if mine.size else float("nan"))
+        out["delivered"].append(float(np.count_nonzero(got == t)))
+    return out
 
 
 def median_rows(rows: Iterable[Row]) -> list[Row]:
@@ -85,7 +116,7 @@ def median_rows(rows: Iterable[Row]) -> list[Row]:
             if f.name in values:
                 continue
             column = [getattr(r, f.name) for r in group]
-            values[f.name] = sum(column) if f.name in ("sent", "lost") else (
+            values[f.name] = sum(column) if f.name in ("sent", "lost", "dropped") else (
                 statistics.median(column))
         out.append(Row(**values))  # type: ignore[arg-type]
     return out
@@ -93,13 +124,19 @@ def median_rows(rows: Iterable[Row]) -> list[Row]:
 
 _COLUMNS = (
     ("target", "target", "{}"), ("N", "devices", "{}"),
-    ("delivered msg/s", "delivered_per_s", "{:.0f}"), ("p50 ms", "p50_ms", "{:.2f}"),
+    ("delivered msg/s", "delivered_per_s", "{:.0f}"), ("samples/s", "samples_per_s", "{:.0f}"),
+    ("p50 ms", "p50_ms", "{:.2f}"), ("p95 ms", "p95_ms", "{:.2f}"),
     ("p99 ms", "p99_ms", "{:.2f}"), ("max ms", "max_ms", "{:.1f}"),
+    ("bits/sample", "bits_per_sample", "{:.1f}"), ("loop lag p99 ms", "loop_lag_p99_ms", "{:.1f}"),
     ("server CPU %", "server_cpu", "{:.1f}"), ("CPU µs/msg", "cpu_us_per_msg", "{:.0f}"),
     ("RSS MB", "rss_mb", "{:.1f}"), ("harness CPU %", "harness_cpu", "{:.0f}"),
     ("other CPU % (peak 1 s)", "other_cpu", "{:.0f}"),
+    ("dropped", "dropped", "{}"), ("idle KB each", "idle_kb_each", "{:.1f}"),
     ("lost / sent", "lost", "{}"),
 )
+
+
+_OTHER = [attr for _, attr, _ in _COLUMNS].index("other_cpu")
 
 
 def _markdown(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
@@ -112,9 +149,9 @@ def table(rows: Sequence[Row]) -> str:
     """The measured figures, one line per row."""
     def cells(row: Row) -> list[str]:
         out = [fmt.format(getattr(row, attr)) for _, attr, fmt in _COLUMNS]
-        out[-2] += f" ({row.other_cpu_peak:.0f})"
+        out[_OTHER] += f" ({row.other_cpu_peak:.0f})"
         out[-1] = f"{row.lost} / {row.sent}"
-        return out
+        return [c.replace("nan", "-") for c in out]
     return _markdown([name for name, _, _ in _COLUMNS], (cells(r) for r in rows))
 
 

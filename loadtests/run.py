@@ -1,98 +1,146 @@
-"""Live path load test: N devices x 1 subscriber each, our server against a bare relay.
+"""Run a load scenario against our server and the bare relay, side by side.
 
-    timeout -s INT 900 python -m loadtests.run --devices 50 200 --seconds 20 \\
-        --out loadtests/out
+    vital-actors loadtest loadtests/scenarios/live.toml --out loadtests/out
+    python -m loadtests.run loadtests/scenarios/live.toml --devices 50 200 --seconds 20
 
 For each repetition, each N and each target (in that nesting, so that the figures
-compared in a ratio are taken close together), one fresh server process. Prints and
-writes (``results.json``, ``report.md``) the figures and their ratios to the relay.
+compared in a ratio are taken close together), one fresh server process. Prints a
+progress line while each run goes, then the tables; writes ``report.json`` (every
+figure, per-second series, the server's own stats), ``report.md`` and PNG plots.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from .harness import Scenario, load_recordings, run_scenario
+from .harness import Outcome, load_recordings, run_scenario
+from .plots import write_plots
 from .report import Row, median_rows, ratio_table, table
+from .scenario import Scenario, ScenarioError, load_scenario
 from .targets import TARGETS
 
-__all__ = ["main"]
+__all__ = ["REQUIRED_KEYS", "main"]
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+#: Keys every report.json has (the CI smoke test checks them).
+REQUIRED_KEYS = ("environment", "scenario", "runs", "summary", "knee", "plots")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="vital-actors loadtest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--devices", type=int, nargs="+", default=[50, 200], metavar="N",
-                   help="device counts (one subscriber per device); default 50 200")
-    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS),
-                   help="servers to measure (default: all)")
-    p.add_argument("--seconds", type=float, default=20.0, help="measuring window (s)")
-    p.add_argument("--warmup", type=float, default=4.0, help="excluded from the figures (s)")
-    p.add_argument("--tail", type=float, default=1.0,
-                   help="keep sending after the window, so that no device has left (s)")
-    p.add_argument("--grace", type=float, default=5.0,
-                   help="at most this long for late messages after the last frame (s)")
-    p.add_argument("--frame-ms", type=float, default=100.0)
-    p.add_argument("--repeat", type=int, default=1, help="runs of each (target, N)")
-    p.add_argument("--records", type=int, default=8, help="distinct MIT-BIH records to replay")
+    p.add_argument("scenario", nargs="?", default=str(SCENARIOS / "live.toml"),
+                   help="scenario file (TOML) or the name of one in loadtests/scenarios")
+    p.add_argument("--devices", type=int, nargs="+", metavar="N", help="override devices")
+    p.add_argument("--targets", nargs="+", choices=list(TARGETS), help="override targets")
+    p.add_argument("--seconds", type=float, help="override the measuring window (s)")
+    p.add_argument("--repeat", type=int, help="override runs of each (target, N)")
     p.add_argument("--out", type=Path, default=Path("loadtests/out"))
     return p
 
 
-async def _run(args: argparse.Namespace, scenario: Scenario) -> list[Row]:
-    recordings, source = load_recordings(args.records, seconds=scenario.sending_s + 30)
-    print(f"signal: {source}", flush=True)
-    rows: list[Row] = []
-    for rep in range(args.repeat):
-        for n in args.devices:
-            for name in args.targets:
+def _scenario(args: argparse.Namespace) -> Scenario:
+    path = Path(args.scenario)
+    if not path.exists() and (SCENARIOS / f"{args.scenario}.toml").exists():
+        path = SCENARIOS / f"{args.scenario}.toml"
+    scenario = load_scenario(path)
+    changes: dict[str, Any] = {}
+    if args.devices:
+        changes["devices"] = tuple(args.devices)
+    if args.targets:
+        changes["targets"] = tuple(args.targets)
+    if args.repeat:
+        changes["repeat"] = args.repeat
+    if args.seconds:
+        changes["timing"] = replace(scenario.timing, measure_s=args.seconds)
+    unknown = [t for t in changes.get("targets", scenario.targets) if t not in TARGETS]
+    if unknown:
+        raise ScenarioError(f"unknown targets {unknown}; known: {sorted(TARGETS)}")
+    return scenario.with_overrides(**changes)
+
+
+async def _run(scenario: Scenario, out: Path) -> list[Outcome]:
+    load = scenario.load
+    seconds = scenario.timing.sending_s + load.ramp_s + 30
+    recordings, source = load_recordings(load.records, seconds=seconds, source=load.source)
+    print(f"scenario {scenario.name}; signal: {source}", flush=True)
+    outcomes: list[Outcome] = []
+    for rep in range(scenario.repeat):
+        for n in scenario.devices:
+            for name in scenario.targets:
                 target = TARGETS[name]
-                log = args.out / f"{name}-n{n}-r{rep + 1}.log"
-                print(f"run {rep + 1}/{args.repeat}: {name} N={n} ...", flush=True)
-                row = await run_scenario(target, n, recordings, scenario, log=log)
+                log = out / f"{name}-n{n}-r{rep + 1}.log"
+                print(f"run {rep + 1}/{scenario.repeat}: {name} N={n} ...", flush=True)
+                outcome = await run_scenario(target, n, recordings, scenario, log=log)
+                row = outcome.row
                 print(f"  {row.delivered_per_s:.0f} msg/s  p50 {row.p50_ms:.2f} ms  "
                       f"p99 {row.p99_ms:.2f} ms  server CPU {row.server_cpu:.0f}%  "
                       f"lost {row.lost}/{row.sent}", flush=True)
-                rows.append(row)
-    return rows
+                outcomes.append(outcome)
+    return outcomes
 
 
-def _environment(args: argparse.Namespace, scenario: Scenario) -> dict[str, object]:
+def knee(rows: Sequence[Row], goal_ms: float) -> dict[str, int | None]:
+    """Per target: the most devices whose p99 stayed within *goal_ms* (None: none did)."""
+    out: dict[str, int | None] = {}
+    for row in rows:
+        ok = math.isfinite(row.p99_ms) and row.p99_ms <= goal_ms and row.lost == 0
+        best = out.get(row.target)
+        out[row.target] = max(best or 0, row.devices) if ok else best
+    return out
+
+
+def _environment(scenario: Scenario) -> dict[str, object]:
     return {
-        "command": shlex.join(["python", "-m", "loadtests.run", *sys.argv[1:]]),
+        "command": shlex.join(["vital-actors", "loadtest", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "cpus": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "scenario": scenario.__repr__(),
-        "devices": args.devices, "targets": args.targets, "repeat": args.repeat,
+        "platform": platform.platform(),
     }
+
+
+def _write(scenario: Scenario, outcomes: list[Outcome], out: Path) -> str:
+    summary = median_rows([o.row for o in outcomes])
+    knees = knee(summary, scenario.p99_goal_ms)
+    runs = [{"row": o.row.as_dict(), "series": o.series, "server_series": o.server_series,
+             "server_stats": o.server_stats, "errors": o.errors} for o in outcomes]
+    plots = [p.name for p in write_plots(runs, out)]
+    env = _environment(scenario)
+    knee_line = ", ".join(f"{t}: {n if n is not None else 'none'}" for t, n in knees.items())
+    report = (f"{table(summary)}\n\nRatios to the bare relay at the same N:\n\n"
+              f"{ratio_table(summary)}\n\nKnee (most devices with p99 <= "
+              f"{scenario.p99_goal_ms:g} ms and nothing lost): {knee_line}\n")
+    document = {"environment": env, "scenario": asdict(scenario), "runs": runs,
+                "summary": [r.as_dict() for r in summary], "knee": knees, "plots": plots}
+    (out / "report.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
+    (out / "report.md").write_text(f"`{env['command']}`, {env['date']}\n\n{report}")
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    scenario = Scenario(frame_s=args.frame_ms / 1000, warmup_s=args.warmup,
-                        measure_s=args.seconds, tail_s=args.tail, grace_s=args.grace)
+    try:
+        scenario = _scenario(args)
+    except ScenarioError as exc:
+        raise SystemExit(f"loadtest: {exc}") from None
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = trio.run(partial(_run, args, scenario))
-    summary = median_rows(rows)
-    report = (f"{table(summary)}\n\nRatios to the bare relay at the same N:\n\n"
-              f"{ratio_table(summary)}\n")
-    env = _environment(args, scenario)
-    (args.out / "results.json").write_text(json.dumps(
-        {"environment": env, "runs": [r.as_dict() for r in rows],
-         "summary": [r.as_dict() for r in summary]}, indent=2) + "\n")
-    (args.out / "report.md").write_text(f"`{env['command']}`, {env['date']}\n\n{report}")
-    print(f"\n{report}\nwritten: {args.out / 'results.json'}, {args.out / 'report.md'}")
+    outcomes = trio.run(partial(_run, scenario, args.out))
+    report = _write(scenario, outcomes, args.out)
+    print(f"\n{report}\nwritten: {args.out / 'report.json'}, {args.out / 'report.md'}, plots")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ stops it with SIGINT (the clean stop of both servers), then SIGKILL if it linger
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import sys
@@ -14,11 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the project's deps
 import trio
 
-__all__ = ["TARGETS", "Meter", "Target", "TargetError", "Usage", "free_port", "running"]
+__all__ = ["TARGETS", "Meter", "Target", "TargetError", "Usage", "free_port", "get_json",
+           "running"]
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -38,6 +41,7 @@ class Target:
     name: str
     argv: tuple[str, ...]
     kind: str = "raw"
+    has_api: bool = True  # serves GET /api/v1/stats (ours does, the relay does not)
 
     def command(self, port: int) -> list[str]:
         return [a.format(port=port) for a in self.argv]
@@ -52,12 +56,41 @@ def _vital_actors() -> tuple[str, ...]:
 
 _SERVE = (*_vital_actors(), "serve", "--host", HOST, "--port", "{port}")
 RELAY = Target("relay", (sys.executable, "-m", "loadtests.relay", "--host", HOST,
-                         "--port", "{port}", "--max-seconds", "600"))
+                         "--port", "{port}", "--max-seconds", "900"), has_api=False)
 TARGETS: dict[str, Target] = {
     "relay": RELAY,
     "vital-raw": Target("vital-raw", _SERVE, "raw"),
     "vital-filtered": Target("vital-filtered", _SERVE, "filtered"),
 }
+
+
+async def get_json(port: int, path: str) -> Any:
+    """GET *path* from the target's HTTP API on *port* (one HTTP/1.1 request; the body
+    is read by its content-length, since the server may keep the connection open)."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nhost: {HOST}\r\n"
+                              "connection: close\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await _more(stream)
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise TargetError(f"GET {path}: {head.splitlines()[0]!r}")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)
+        if length is None:
+            raise TargetError(f"GET {path}: no content-length")
+        while len(body) < length:
+            body += await _more(stream)
+    return json.loads(body[:length])
+
+
+async def _more(stream: trio.SocketStream) -> bytes:
+    chunk = await stream.receive_some(65536)
+    if not chunk:
+        raise TargetError("the server closed the connection mid-answer")
+    return chunk
 
 
 def free_port() -> int:
@@ -134,6 +167,27 @@ class Meter:
     def __init__(self, server: psutil.Process) -> None:
         self.processes = {"server": server, "harness": psutil.Process()}
         self.usage: dict[str, Usage] = {}
+        self.series: dict[str, list[float]] = {"t": [], "server_cpu": [], "rss_mb": []}
+
+    async def track(self, t0: float, stop: float) -> None:
+        """Every second from *t0* (trio time) until *stop*: the server's CPU % over that
+        second and its RSS, into :attr:`series` (t in seconds since *t0*)."""
+        server = self.processes["server"]
+        await trio.sleep_until(t0)
+        last, last_t = _cpu_s(server), trio.current_time()
+        tick = 0
+        while last_t < stop:
+            tick += 1
+            await trio.sleep_until(t0 + tick * RSS_EVERY_S)
+            try:
+                cpu, rss = _cpu_s(server), server.memory_info().rss / 2**20
+            except psutil.Error:  # the server is gone
+                return
+            now = trio.current_time()
+            self.series["t"].append(now - t0)
+            self.series["server_cpu"].append(100 * (cpu - last) / (now - last_t))
+            self.series["rss_mb"].append(rss)
+            last, last_t = cpu, now
 
     async def measure(self, start: float, stop: float) -> None:
         """Fill :attr:`usage`: ``server``, ``harness``, ``machine`` (CPU averaged over the

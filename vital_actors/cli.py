@@ -115,7 +115,30 @@ def _parser() -> argparse.ArgumentParser:
     subs = sub.add_parser("subscribe", help="live summary per stream")
     subs.add_argument("--url", default="ws://127.0.0.1:8080")
     subs.add_argument("--stream", action="append", default=[], help="only these streams")
+    up = sub.add_parser("upload", help="upload a recording (NPY, CSV, EDF, WFDB zip/tar)")
+    up.add_argument("file", type=Path)
+    up.add_argument("--url", default="http://127.0.0.1:8080")
+    up.add_argument("--format", choices=("npy", "csv", "edf", "wfdb"), help="default: sniffed")
+    up.add_argument("--fs", type=float, help="sampling rate (NPY, CSV without a time column)")
+    up.add_argument("--channels", help="comma-separated channel names")
+    up.add_argument("--gain", type=float, help="units per mV (NPY)")
+    up.add_argument("--baseline", type=float, help="value at 0 mV (NPY)")
     return p
+
+
+def _upload(args: argparse.Namespace) -> None:
+    from .uploader import ProgressBar, upload_file
+
+    query = {k: str(v) for k, v in (("format", args.format), ("fs", args.fs),
+                                    ("channels", args.channels), ("gain", args.gain),
+                                    ("baseline", args.baseline), ("name", args.file.name))
+             if v is not None}
+    status, answer = trio.run(partial(upload_file, args.url, args.file, query=query,
+                                      on_progress=ProgressBar()))
+    if status != 201:
+        raise SystemExit(f"upload refused ({status}): {answer.get('error', answer)}")
+    print(f"{answer['id']}: {answer['frames']} frames x {len(answer['channels'])} channels "
+          f"at {answer['fs']:g} Hz ({answer['duration_s']:.0f} s), {answer['source_format']}")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -150,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         devices = _recordings(args.data, args.devices)
         trio.run(partial(run_devices, args.url, devices, frame_s=args.frame_ms / 1000,
                          stagger_s=args.stagger_ms / 1000, on_error=_device_error))
+    elif args.command == "upload":
+        _upload(args)
     elif args.command == "subscribe":
         # Ctrl-C or a closed pipe (`| head`) ends a watch; neither is an error.
         with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
