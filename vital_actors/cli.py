@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--data", type=Path, help="WFDB folder; synthetic ECG when omitted")
     sim.add_argument("--frame-ms", type=float, default=100.0)
     sim.add_argument("--stagger-ms", type=float, default=500.0)
+    lt = sub.add_parser("loadtest", add_help=False,
+                        help="run a load scenario against the server and a bare relay "
+                             "(loadtest --help; scenarios in loadtests/scenarios)")
+    lt.add_argument("args", nargs=argparse.REMAINDER)
     subs = sub.add_parser("subscribe", help="live summary per stream")
     subs.add_argument("--url", default="ws://127.0.0.1:8080")
     subs.add_argument("--stream", action="append", default=[], help="only these streams")
@@ -175,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                          stagger_s=args.stagger_ms / 1000, on_error=_device_error))
     elif args.command == "upload":
         _upload(args)
+    elif args.command == "loadtest":
+        from loadtests.run import main as loadtest  # matplotlib and friends: only here
+
+        loadtest(args.args)
     elif args.command == "subscribe":
         # Ctrl-C or a closed pipe (`| head`) ends a watch; neither is an error.
         with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
