@@ -24,13 +24,14 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from protocol import INGEST_PATH, SUBPROTOCOL, SUBSCRIBE_PATH, CloseCode
+from protocol import INGEST_PATH, SUBSCRIBE_PATH, CloseCode
 
 from .api.app import create_app
 from .archive import ArchiveItem, run_archive, scan
 from .auth import Gate, check_startup
 from .broadcast import Hub, run_broadcast, run_hub_rates
 from .edge.door import Route, serve_door
+from .edge.handshake import Compression
 from .edge.websocket import WebSocket
 from .filtering import FilterBank, run_filter
 from .ingest import run_ingest
@@ -127,13 +128,14 @@ class Server:
                     # serve_door runs in `connections` once started, so its own scope
                     # (not one around the start call) is what stops the accepting.
                     accepting = trio.CancelScope()
+                    compression = Compression.from_settings(s)
                     self.port = await connections.start(partial(
                         _cancellable, accepting, serve_door, host=s.server.host,
-                        port=s.server.port, routes=routes, subprotocols=(SUBPROTOCOL,),
+                        port=s.server.port, routes=routes, subprotocols=compression.subprotocols,
                         upstream_path=api_socket, head_limit=s.limits.max_head_bytes,
                         handshake_timeout=s.server.handshake_timeout_s,
                         max_message_bytes=s.limits.max_message_bytes, gate=self.gate,
-                        handler_nursery=connections))
+                        handler_nursery=connections, compression=compression))
                     task_status.started(self.port)
                     await self.stopping.wait()
                     accepting.cancel()

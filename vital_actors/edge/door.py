@@ -15,6 +15,7 @@ import h11
 import trio
 
 from ..auth import ANONYMOUS, GRANT, Gate, Refusal
+from .handshake import NO_COMPRESSION, Compression
 from .websocket import WebSocket, accept
 
 __all__ = ["Route", "read_head", "serve_door", "splice"]
@@ -83,7 +84,7 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelSc
 async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                   subprotocols: tuple[str, ...], upstream_path: str, head_limit: int,
                   handshake_timeout: float, max_message_bytes: int,
-                  gate: Gate | None = None) -> None:
+                  compression: Compression, gate: Gate | None = None) -> None:
     remote = "{}:{}".format(*stream.socket.getpeername()[:2])
     ws: WebSocket | None = None
     grant = ANONYMOUS
@@ -104,7 +105,7 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                         return
                     grant = admitted
                 ws = await accept(stream, head, subprotocols=subprotocols, remote=remote,
-                                  max_message_bytes=max_message_bytes)
+                                  max_message_bytes=max_message_bytes, compression=compression)
     except (_BadHead, h11.RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError):
         await _refuse(stream)
         return
@@ -154,6 +155,7 @@ async def serve_door(
     handshake_timeout: float,
     max_message_bytes: int,
     handler_nursery: trio.Nursery,
+    compression: Compression = NO_COMPRESSION,
     gate: Gate | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -166,7 +168,7 @@ async def serve_door(
     handler = partial(_handle, routes=routes, subprotocols=subprotocols,
                       upstream_path=upstream_path, head_limit=head_limit,
                       handshake_timeout=handshake_timeout, max_message_bytes=max_message_bytes,
-                      gate=gate)
+                      compression=compression, gate=gate)
     if gate is not None:
         handler = partial(_gated, gate, handler)
     listeners = await trio.open_tcp_listeners(port, host=host)
