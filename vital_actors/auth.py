@@ -13,12 +13,14 @@ Everything here but the ContextVar is pure and synchronous.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import time
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,6 +42,7 @@ __all__ = [
     "Grant",
     "Refusal",
     "TokenError",
+    "add_token_command",
     "auth_required",
     "authorize_stream",
     "authorize_topics",
@@ -48,6 +51,7 @@ __all__ = [
     "issue_token",
     "origin_allowed",
     "parse_ttl",
+    "token_command",
     "verify_token",
 ]
 
@@ -271,3 +275,35 @@ class Gate:
         if isinstance(result, Refusal):
             self.stats.reject(result.reason)
         return result
+
+
+# --- vital-actors token -------------------------------------------------------------------
+
+
+def add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``vital-actors token`` to the CLI's subcommands."""
+    t = sub.add_parser("token", help="create a signed token (secret: VITAL_AUTH__SECRET "
+                       "or auth.secret in --settings)")
+    t.add_argument("--role", choices=ROLES, required=True)
+    t.add_argument("--stream", action="append", default=[],
+                   help="device: stream id or glob pattern (repeatable), e.g. 'ward3-*'")
+    t.add_argument("--topic", action="append", default=[],
+                   help="subscriber: topic or glob pattern (repeatable), e.g. 'stream/ward3-*/raw'")
+    t.add_argument("--ttl", default="24h", help="lifetime: 90s, 15m, 24h, 7d (default 24h)")
+    t.add_argument("--subject", help="who the token is for (the 'sub' claim)")
+    t.add_argument("--settings", type=Path, help="TOML settings file")
+
+
+def token_command(args: argparse.Namespace, settings: Settings) -> str:
+    """The token ``vital-actors token`` prints. Raises SystemExit with a clear message."""
+    secret = settings.auth.secret.get_secret_value() if settings.auth.secret else ""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SystemExit(f"no usable auth secret (need >= {MIN_SECRET_BYTES} bytes): {HOW_TO}")
+    scope = args.stream if args.role == "device" else args.topic
+    if (args.role == "device" and args.topic) or (args.role == "subscriber" and args.stream):
+        raise SystemExit("--stream is for device tokens, --topic for subscriber tokens")
+    try:
+        return issue_token(secret, role=args.role, scope=scope, ttl_s=parse_ttl(args.ttl),
+                           subject=args.subject)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+from .auth import AuthConfigError, add_token_command, token_command
 from .clients import StreamSummary, run_devices, run_summary
 from .graph import Server
 from .settings import Settings, SettingsError, load_settings
@@ -53,7 +54,10 @@ def _ws_url(http_url: str) -> str:
 
 async def serve(settings: Settings, *, devices: list[tuple[str, Recording]] | None = None,
                 banner: bool = True) -> None:
-    server = Server(settings)
+    try:
+        server = Server(settings)
+    except AuthConfigError as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         _freeze_heap()
@@ -116,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="run a load scenario against the server and a bare relay "
                              "(loadtest --help; scenarios in loadtests/scenarios)")
     lt.add_argument("args", nargs=argparse.REMAINDER)
+    add_token_command(sub)
     subs = sub.add_parser("subscribe", help="live summary per stream")
     subs.add_argument("--url", default="ws://127.0.0.1:8080")
     subs.add_argument("--stream", action="append", default=[], help="only these streams")
@@ -183,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from loadtests.run import main as loadtest  # matplotlib and friends: only here
 
         loadtest(args.args)
+    elif args.command == "token":
+        try:
+            print(token_command(args, load_settings(args.settings)))
+        except SettingsError as exc:
+            raise SystemExit(str(exc)) from None
     elif args.command == "subscribe":
         # Ctrl-C or a closed pipe (`| head`) ends a watch; neither is an error.
         with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):

@@ -23,6 +23,7 @@ from quart_trio import QuartTrio
 from ..filtering import FilterSettingsError, design
 from ..settings import FilterSettings
 from ..streams import StreamInfo
+from .guard import install_guard
 from .lanes import LaneTotalsOut, SubscriberList, subscriber_out, totals_out
 from .metrics import render
 from .recordings import register as register_recordings
@@ -236,4 +237,5 @@ def create_app(server: Server) -> QuartTrio:
         return _stream(info)
 
     register_recordings(app, server)
+    install_guard(app, server)  # issue 6: admin token for writes, CORS; outermost
     return app

@@ -1,0 +1,99 @@
+"""One client connection, with a token, and the rule for which failures are final."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from protocol import SUBPROTOCOL, CloseCode, ServerMessage, decode_server
+
+__all__ = ["ENDINGS", "FATAL_CODES", "FatalError", "is_fatal", "open_connection", "receive",
+           "unwrapped"]
+
+#: Close codes that mean the client is at fault: the same bytes would fail again.
+FATAL_CODES = frozenset({CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA,
+                         CloseCode.INVALID_PAYLOAD, CloseCode.MESSAGE_TOO_BIG})
+#: ``error.code`` values after which retrying cannot help.
+FATAL_REASONS = frozenset({"forbidden", "too-many-channels", "fs-out-of-range",
+                           "too-many-streams"})
+
+
+class FatalError(Exception):
+    """The server refused in a way that retrying cannot fix (bad token, bad input)."""
+
+
+#: How a connection ends that a client handles (by reconnecting, or giving up if fatal).
+ENDINGS = (OSError, ConnectionClosed, HandshakeError, trio.BrokenResourceError, FatalError)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@contextmanager
+def unwrapped() -> Iterator[None]:
+    """Re-raise a nursery's group of connection endings as its first one, so callers
+    can ``except ENDINGS``; any other group passes unchanged."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        if leaves and all(isinstance(e, ENDINGS) for e in leaves):
+            raise leaves[0] from None
+        raise
+
+
+def is_fatal(exc: BaseException, last_error: str | None) -> bool:
+    if isinstance(exc, ConnectionRejected):
+        return exc.status_code in (400, 401, 403)
+    if isinstance(exc, ConnectionClosed) and exc.reason is not None:
+        return exc.reason.code in FATAL_CODES or last_error in FATAL_REASONS
+    return False
+
+
+@asynccontextmanager
+async def open_connection(url: str, path: str, *, token: str | None = None,
+                          headers: Sequence[tuple[bytes, bytes]] = ()
+                          ) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket to *url* (``ws://host:port``) + *path*, offering protocol v1, with the
+    token (if any) in ``Authorization: Bearer``.
+
+    The TCP stream is ours to close (trio-websocket's own client can leave it open when
+    the server closes first).
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    extra = list(headers)
+    if token is not None:
+        extra.append((b"authorization", b"Bearer " + token.encode()))
+    stream = await trio.open_tcp_stream(host, port)
+    with unwrapped():
+        async with stream, trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", path,
+                                          subprotocols=[SUBPROTOCOL], extra_headers=extra)
+            try:
+                yield ws
+            finally:
+                await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+
+async def receive(ws: WebSocketConnection) -> ServerMessage:
+    payload = await ws.get_message()
+    if isinstance(payload, str):
+        raise FatalError("the server sent a text message")
+    return decode_server(payload)
