@@ -8,6 +8,7 @@ stops it with SIGINT (the clean stop of both servers), then SIGKILL if it linger
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sys
@@ -45,6 +46,14 @@ class Target:
 
     def command(self, port: int) -> list[str]:
         return [a.format(port=port) for a in self.argv]
+
+
+#: Settings of our server under load: the per-address and stream caps protect a
+#: deployment from one misbehaving host, but here every client is on 127.0.0.1.
+LOAD_ENV = {
+    "VITAL_LIMITS__MAX_CONNECTIONS_PER_IP": "1000000",
+    "VITAL_LIMITS__MAX_STREAMS": "1000000",
+}
 
 
 def _vital_actors() -> tuple[str, ...]:
@@ -120,6 +129,7 @@ async def running(target: Target, log: Path) -> AsyncIterator[tuple[psutil.Proce
     port = free_port()
     with log.open("wb") as out:
         process = await trio.lowlevel.open_process(target.command(port), stdout=out,
+                                                   env={**os.environ, **LOAD_ENV},
                                                    stderr=out)
         try:
             await _wait_ready(process, port, log)
