@@ -12,11 +12,13 @@ import dataclasses
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
+from typing import cast
 
+import msgpack
 import numpy as np
 import zstandard
 
-from ._codec import decode_server, encode
+from ._codec import _to_map, decode_server, encode
 from ._errors import CloseCode, RemoteProtocolError
 from ._messages import Message, ServerMessage, StreamSamples
 
@@ -59,10 +61,10 @@ def ecg_dictionary() -> ZstdDictionary:
 
 def delta_encode(data: bytes, channels: int) -> bytes:
     """int16 LE samples interleaved by channel -> first sample, then differences mod 2^16."""
-    x = np.frombuffer(data, dtype="<i2").reshape(-1, channels)
-    d = np.empty_like(x)
-    d[:1] = x[:1]
-    np.subtract(x[1:], x[:-1], out=d[1:])  # wraps mod 2^16, as the decoder's cumsum does
+    x = np.frombuffer(data, dtype="<i2")
+    d = x.copy()
+    # Interleaved: the previous sample of the same channel is *channels* values back.
+    np.subtract(x[channels:], x[:-channels], out=d[channels:])  # wraps mod 2^16
     return d.tobytes()
 
 
@@ -72,19 +74,23 @@ def delta_decode(data: bytes, channels: int) -> bytes:
     return np.cumsum(d, axis=0, dtype="<i2").tobytes()
 
 
-def _delta(message: StreamSamples) -> StreamSamples | None:
+def _delta_payload(message: StreamSamples) -> bytes | None:
+    """The msgpack of *message* with its samples delta-encoded (None if not int16)."""
     channels = len(message.channels)
-    if message.dtype != "int16" or len(message.data) % (2 * channels):
+    if message.dtype != "int16" or not message.data or len(message.data) % (2 * channels):
         return None
-    return dataclasses.replace(message, data=delta_encode(message.data, channels),
-                               extra={**message.extra, "enc": DELTA})
+    fields = _to_map(message)
+    fields["data"] = delta_encode(message.data, channels)
+    fields["enc"] = DELTA
+    return cast(bytes, msgpack.packb(fields, use_bin_type=True))
 
 
 def undelta(message: ServerMessage) -> ServerMessage:
     """*message* with delta-encoded samples restored (any other message as it is)."""
     if not isinstance(message, StreamSamples) or message.extra.get("enc") is None:
         return message
-    if message.extra["enc"] != DELTA or message.dtype != "int16":
+    if (message.extra["enc"] != DELTA or message.dtype != "int16"
+            or len(message.data) % (2 * len(message.channels))):
         raise RemoteProtocolError(f"unknown sample encoding {message.extra['enc']!r} for "
                                   f"{message.dtype}", code=CloseCode.INVALID_PAYLOAD,
                                   reason="invalid-payload")
@@ -138,10 +144,10 @@ class ZstdCodec:
         plain = self.compress(encode(message) if payload is None else payload)
         if not self.delta or not isinstance(message, StreamSamples):
             return plain
-        delta = _delta(message)
+        delta = _delta_payload(message)
         if delta is None:
             return plain
-        packed = self.compress(encode(delta))
+        packed = self.compress(delta)
         return packed if len(packed) < len(plain) else plain
 
     def decompress(self, data: bytes) -> bytes:

@@ -23,11 +23,13 @@ from wsproto.events import (
 from wsproto.extensions import Extension, PerMessageDeflate
 
 import protocol as P
+from vital_actors.clients import connect, receive, run_device, send
 from vital_actors.edge.codecs import DeflateCodec, Outgoing, TakeoverDeflateCodec
 from vital_actors.edge.handshake import Compression
 from vital_actors.edge.websocket import WebSocket, accept
 from vital_actors.graph import Server
 from vital_actors.settings import DeflateSettings, ZstdSettings, load_settings
+from vital_actors.sources import Recording
 
 BIG = P.Event("status", "streams", P.Priority.NORMAL, {"note": "x" * 2000})
 FRAME = np.arange(72, dtype="<i2").tobytes()  # 36 samples x 2 channels
@@ -326,3 +328,19 @@ def test_messages_under_the_minimum_size_go_uncompressed() -> None:
     assert inflated == P.encode(big)
 
 
+
+
+async def test_python_clients_speak_zstd(server: Server) -> None:
+    url = f"ws://127.0.0.1:{server.port}"
+    rec = Recording("synthetic", 360.0, ("MLII", "V1"), (200.0, 200.0), (0, 0),
+                    np.zeros((360, 2), dtype=np.int16))
+    async with connect(url, P.SUBSCRIBE_PATH, zstd=True) as sub:
+        assert sub.subprotocol == P.ZSTD_SUBPROTOCOL
+        await send(sub, P.Subscribe(("stream/z/raw",)))
+        assert isinstance(await receive(sub), P.Event)
+        report = await run_device(url, "z", rec, speed=0, loop=False, zstd=True)
+        assert report.acked == report.frames_sent - 1 == 9 and not report.errors
+        got = await receive(sub)
+        while not isinstance(got, P.StreamSamples):
+            got = await receive(sub)
+        assert got.data == bytes(36 * 2 * 2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -20,6 +21,7 @@ from trio_websocket import (
 )
 
 from protocol import (
+    ECG_DICTIONARY_ID,
     INGEST_PATH,
     SUBPROTOCOL,
     SUBSCRIBE_PATH,
@@ -27,18 +29,23 @@ from protocol import (
     Error,
     Event,
     Hello,
+    Message,
     Samples,
     ServerMessage,
     StreamSamples,
     Subscribe,
     Welcome,
+    ZstdCodec,
     decode_server,
+    ecg_dictionary,
     encode,
 )
+from protocol import ZSTD_SUBPROTOCOL as ZSTD
 
 from .sources import Recording
 
-__all__ = ["DeviceReport", "StreamSummary", "receive", "run_device", "run_devices", "run_summary"]
+__all__ = ["DeviceReport", "StreamSummary", "receive", "run_device", "run_devices", "run_summary",
+           "send"]
 
 
 @dataclass(slots=True)
@@ -53,8 +60,12 @@ class DeviceReport:
 
 
 @asynccontextmanager
-async def connect(ws_url: str, path: str) -> AsyncIterator[WebSocketConnection]:
+async def connect(ws_url: str, path: str, *,
+                  zstd: bool = False) -> AsyncIterator[WebSocketConnection]:
     """A trio-websocket client connection to *ws_url* + *path* offering protocol v1.
+
+    With *zstd*, it offers ``vital.v1.msgpack+zstd`` first (with the shipped dictionary);
+    :func:`send` and :func:`receive` then compress and decompress.
 
     We open and close the TCP stream ourselves (``wrap_client_stream``): trio-websocket's
     own client leaves its socket open when the server closes first.
@@ -63,8 +74,9 @@ async def connect(ws_url: str, path: str) -> AsyncIterator[WebSocketConnection]:
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     stream = await trio.open_tcp_stream(host, port)
     async with stream, trio.open_nursery() as nursery:
-        ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", path,
-                                      subprotocols=[SUBPROTOCOL])
+        target = f"{path}?zstd_dict={ECG_DICTIONARY_ID}" if zstd else path
+        ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", target,
+                                      subprotocols=[ZSTD, SUBPROTOCOL] if zstd else [SUBPROTOCOL])
         try:
             yield ws
         finally:
@@ -77,7 +89,18 @@ async def receive(ws: WebSocketConnection) -> ServerMessage:
     payload = await ws.get_message()
     if isinstance(payload, str):
         raise RuntimeError("the server sent a text message")
-    return decode_server(payload)
+    return _zstd().decode_server(payload) if ws.subprotocol == ZSTD else decode_server(payload)
+
+
+async def send(ws: WebSocketConnection, message: Message) -> None:
+    """Send one message, zstd-compressed when the connection agreed on it."""
+    payload = encode(message)
+    await ws.send_message(_zstd().compress(payload) if ws.subprotocol == ZSTD else payload)
+
+
+@cache
+def _zstd() -> ZstdCodec:
+    return ZstdCodec(dictionary=ecg_dictionary())
 
 
 def _hello(stream: str, rec: Recording, device: str) -> Hello:
@@ -95,6 +118,7 @@ async def run_device(
     loop: bool = True,
     max_frames: int | None = None,
     report: DeviceReport | None = None,
+    zstd: bool = False,
 ) -> DeviceReport:
     """Replay *recording* as device *stream* in frames of *frame_s* seconds.
 
@@ -107,9 +131,9 @@ async def run_device(
     n = max(1, round(frame_s * recording.fs))
     samples = recording.samples
     total = len(samples)
-    async with connect(ws_url, INGEST_PATH) as ws:
+    async with connect(ws_url, INGEST_PATH, zstd=zstd) as ws:
         report.connections += 1
-        await ws.send_message(encode(_hello(stream, recording, "vital-actors simulate")))
+        await send(ws, _hello(stream, recording, "vital-actors simulate"))
         welcome = await receive(ws)
         if not isinstance(welcome, Welcome):
             raise RuntimeError(f"expected welcome, got {welcome}")
@@ -123,7 +147,7 @@ async def run_device(
                 idx = np.arange(pos, pos + n) % total if loop else np.arange(pos, min(pos + n,
                                                                                      total))
                 frame = np.ascontiguousarray(samples[idx], dtype="<i2")
-                await ws.send_message(encode(Samples(seq, len(frame), frame.tobytes())))
+                await send(ws, Samples(seq, len(frame), frame.tobytes()))
                 report.frames_sent += 1
                 pos, seq = pos + len(frame), seq + 1
                 if speed > 0:
@@ -186,18 +210,19 @@ class StreamSummary:
 
 
 async def run_summary(ws_url: str, *, streams: Sequence[str] = (), interval: float = 1.0,
-                      show: Callable[[dict[str, StreamSummary], float], None]) -> None:
+                      show: Callable[[dict[str, StreamSummary], float], None],
+                      zstd: bool = False) -> None:
     """Subscribe to every stream (or *streams*) and call *show* with per-stream counts
     every *interval* seconds. Runs until cancelled or the server closes."""
     table: dict[str, StreamSummary] = {}
-    async with connect(ws_url, SUBSCRIBE_PATH) as ws:
-        await ws.send_message(encode(Subscribe(("streams", "alerts"))))
+    async with connect(ws_url, SUBSCRIBE_PATH, zstd=zstd) as ws:
+        await send(ws, Subscribe(("streams", "alerts")))
 
         async def follow(stream: str) -> None:
             if stream not in table and (not streams or stream in streams):
                 table[stream] = StreamSummary()
                 topics = (f"stream/{stream}/raw", f"stream/{stream}/quality")
-                await ws.send_message(encode(Subscribe(topics)))
+                await send(ws, Subscribe(topics))
 
         for stream in streams:
             await follow(stream)
