@@ -65,8 +65,9 @@ class Plan:
     def per_device(self) -> int:
         return len(self.frames[0])
 
-    def start(self, run_s: float) -> None:
-        self.t0, self.t0_perf = trio.current_time() + 0.5, time.perf_counter() + 0.5
+    def start(self, run_s: float, *, offset: float = 0.0) -> None:
+        delay = 0.5 + offset
+        self.t0, self.t0_perf = trio.current_time() + delay, time.perf_counter() + delay
         self.deadline = self.t0 + run_s
         self.go.set()
 
@@ -249,9 +250,12 @@ async def _run(args: argparse.Namespace, rep: int) -> tuple[Result, Result]:
                                          stalled=False, nursery=nursery),
                     "stalled": await _load(port_s, plans["stalled"], args.subscribers - 1,
                                            stalled=True, nursery=nursery)}
-                for plan in plans.values():
-                    plan.start(run_s=sending_s + 2)
-                start = plans["alone"].t0 + args.warmup
+                # Half a frame apart, so that the two loads' frames do not collide; which
+                # one goes first alternates from run to run.
+                first, second = ("alone", "stalled") if rep % 2 == 0 else ("stalled", "alone")
+                plans[first].start(run_s=sending_s + 2)
+                plans[second].start(run_s=sending_s + 2, offset=FRAME_S / 2)
+                start = plans[second].t0 + args.warmup
                 for meter in meters.values():
                     nursery.start_soon(meter.measure, start, start + args.seconds)
                 await trio.sleep_until(start + args.seconds + 0.5)
