@@ -1,4 +1,4 @@
-"""The ``vital-actors`` command: serve, simulate, subscribe, demo."""
+"""The ``vital-actors`` command: serve, simulate, subscribe, demo, eval."""
 
 from __future__ import annotations
 
@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--data", type=Path, help="WFDB folder; synthetic ECG when omitted")
     sim.add_argument("--frame-ms", type=float, default=100.0)
     sim.add_argument("--stagger-ms", type=float, default=500.0)
+    ev = sub.add_parser("eval", help="score beats (qrs) or signal quality (sqi) on MIT-BIH")
+    ev.add_argument("what", choices=("qrs", "sqi"))
+    ev.add_argument("folder", type=Path, help="WFDB folder: mitdb (qrs) or nstdb (sqi)")
+    ev.add_argument("--frame-ms", type=float, default=1000.0, help="replay frame length")
     lt = sub.add_parser("loadtest", add_help=False,
                         help="run a load scenario against the server and a bare relay "
                              "(loadtest --help; scenarios in loadtests/scenarios)")
@@ -182,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         devices = _recordings(args.data, args.devices)
         trio.run(partial(run_devices, args.url, devices, frame_s=args.frame_ms / 1000,
                          stagger_s=args.stagger_ms / 1000, on_error=_device_error))
+    elif args.command == "eval":
+        from .quality import evaluate  # wfdb and the scoring only load for this command
+
+        run = evaluate.eval_qrs if args.what == "qrs" else evaluate.eval_sqi
+        run(args.folder, frame_s=args.frame_ms / 1000)
     elif args.command == "upload":
         _upload(args)
     elif args.command == "loadtest":

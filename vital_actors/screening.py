@@ -1,141 +1,60 @@
-"""Quality screening per window: flatline, lead off and out of range, with alerts.
+"""The screen actor: beats, heart rate, signal quality and alerts on the live stream.
 
-The checks are pure functions of a window of the signal in mV; :class:`Screener` cuts
-each stream's blocks into windows of ``window_s`` (the same windows for any framing)
-and turns runs of bad windows into CRITICAL alerts with hysteresis. The full signal
-quality indices and beat detection build on this (issue 4).
+All decisions live in :mod:`vital_actors.quality` (pure, no trio); this actor only
+batches: it takes the filtered blocks waiting in its inbox (up to ``max_batch``), runs
+them through one :class:`~vital_actors.quality.QualityChain` call, and forwards every
+item followed by the events of its block, in order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-import numpy as np
-import numpy.typing as npt
 import trio
 
-from protocol import Event, Priority
+from protocol import Event
 
 from .messages import Filtered, Item, Publication
+from .quality import Frame, QualityChain
 from .settings import ScreenSettings
 
-__all__ = ["ALERT_KINDS", "Screener", "WindowQuality", "assess", "run_screen"]
-
-ALERT_KINDS = ("flatline", "lead_off", "out_of_range")
-F64 = npt.NDArray[np.float64]
+__all__ = ["Screener", "frame_of", "run_screen", "screen_batch"]
 
 
-@dataclass(frozen=True, slots=True)
-class WindowQuality:
-    """Per-channel findings for one window."""
-
-    std_mv: tuple[float, ...]
-    range_mv: tuple[float, ...]
-    flatline: tuple[bool, ...]
-    lead_off: tuple[bool, ...]
-    out_of_range: tuple[bool, ...]
-
-    def flags(self, kind: str) -> tuple[bool, ...]:
-        flags: tuple[bool, ...] = getattr(self, kind)
-        return flags
-
-
-def assess(window: F64, settings: ScreenSettings) -> WindowQuality:
-    """Judge a window of shape (n, channels) in mV, baseline removed.
-
-    - flatline: peak-to-peak below ``flatline_mv`` (no signal at all);
-    - lead off: at least ``lead_off_fraction`` of the samples beyond ``out_of_range_mv``
-      (the amplifier sits at a rail, as with a detached electrode);
-    - out of range: some samples beyond ``out_of_range_mv``, fewer than that.
-    """
-    ptp = np.ptp(window, axis=0)
-    beyond = (np.abs(window) > settings.out_of_range_mv).mean(axis=0)
-    lead_off = beyond >= settings.lead_off_fraction
-    return WindowQuality(
-        std_mv=tuple(np.round(window.std(axis=0), 6).tolist()),
-        range_mv=tuple(np.round(ptp, 6).tolist()),
-        flatline=tuple((ptp < settings.flatline_mv).tolist()),
-        lead_off=tuple(lead_off.tolist()),
-        out_of_range=tuple(((beyond > 0) & ~lead_off).tolist()),
-    )
-
-
-@dataclass(slots=True)
-class _Alarm:
-    active: bool = False
-    streak: int = 0  # consecutive windows disagreeing with ``active``
-    since: int = 0
-
-
-@dataclass(slots=True)
-class _StreamScreen:
-    run: int
-    start: int  # sample index of the first sample in ``pending``
-    pending: list[F64] = field(default_factory=list)
-    pending_n: int = 0
-    alarms: dict[tuple[str, int], _Alarm] = field(default_factory=dict)
+def frame_of(item: Filtered) -> Frame:
+    """The chain's view of a filtered block (stream id, rate, run, t0, mV, filtered)."""
+    block = item.block
+    return Frame(block.stream.id, block.stream.fs, block.t0, item.mv, item.filtered,
+                 block.run)
 
 
 class Screener:
-    """Windows and alarm state of every stream; pure (no trio), fed block by block."""
+    """One-block-at-a-time front of a :class:`QualityChain` (picklable, like the chain).
+
+    For callers that hold :class:`Filtered` blocks; batch jobs may as well call
+    :meth:`QualityChain.feed_one` with plain arrays.
+    """
 
     def __init__(self, settings: ScreenSettings) -> None:
-        self.settings = settings
-        self._streams: dict[str, _StreamScreen] = {}
+        self.chain = QualityChain(settings)
 
     def feed(self, item: Filtered) -> Iterator[Event]:
-        """Take one filtered block; yield quality and alert events for completed windows."""
-        info = item.block.stream
-        state = self._streams.get(info.id)
-        if state is None or state.run != item.block.run:
-            state = self._streams[info.id] = _StreamScreen(item.block.run, item.block.t0)
-        state.pending.append(item.mv)
-        state.pending_n += item.mv.shape[0]
-        size = max(1, round(self.settings.window_s * info.fs))
-        if state.pending_n < size:
-            return
-        data = np.vstack(state.pending)
-        whole = (len(data) // size) * size
-        for start in range(0, whole, size):
-            yield from self._window(info.id, state, state.start + start, data[start:start + size])
-        state.pending = [data[whole:]] if whole < len(data) else []
-        state.pending_n = len(data) - whole
-        state.start += whole
-
-    def _window(self, stream: str, state: _StreamScreen, t0: int, window: F64) -> Iterator[Event]:
-        q = assess(window, self.settings)
-        yield Event("quality", f"stream/{stream}/quality", Priority.NORMAL, {
-            "stream": stream, "t0": t0, "n": len(window), "std_mv": list(q.std_mv),
-            "range_mv": list(q.range_mv), "flatline": any(q.flatline),
-            "lead_off": any(q.lead_off), "out_of_range": any(q.out_of_range),
-        })
-        for kind in ALERT_KINDS:
-            for channel, bad in enumerate(q.flags(kind)):
-                alarm = state.alarms.setdefault((kind, channel), _Alarm())
-                change = self._step(alarm, bad, t0, len(window))
-                if change is not None:
-                    yield from _alert_events(stream, kind, channel, change, alarm.since)
-
-    def _step(self, alarm: _Alarm, bad: bool, t0: int, n: int) -> str | None:
-        """Hysteresis: ``on_windows`` bad windows start an alert, ``off_windows`` end it."""
-        if bad == alarm.active:
-            alarm.streak = 0
-            return None
-        alarm.streak += 1
-        needed = self.settings.off_windows if alarm.active else self.settings.on_windows
-        if alarm.streak < needed:
-            return None
-        alarm.active, alarm.streak = bad, 0
-        # The alert starts (or ends) where the run of windows that decided it began.
-        alarm.since = t0 + n - needed * n
-        return "start" if bad else "end"
+        """The events of one filtered block, in sample order."""
+        return iter(self.chain.feed([frame_of(item)])[0])
 
 
-def _alert_events(stream: str, kind: str, channel: int, state: str, t: int) -> Iterator[Event]:
-    body = {"stream": stream, "alert": kind, "state": state, "t": t, "channel": channel}
-    for topic in ("alerts", f"stream/{stream}/quality"):
-        yield Event("alert", topic, Priority.CRITICAL, body)
+def screen_batch(chain: QualityChain, batch: list[Item]) -> list[Item]:
+    """Pure: *batch* with each filtered block followed by its events."""
+    frames = [frame_of(item) for item in batch if isinstance(item, Filtered)]
+    if not frames:
+        return batch
+    events = iter(chain.feed(frames))
+    out: list[Item] = []
+    for item in batch:
+        out.append(item)
+        if isinstance(item, Filtered):
+            out.extend(Publication(e) for e in next(events))
+    return out
 
 
 async def run_screen(
@@ -143,17 +62,24 @@ async def run_screen(
     outbox: trio.MemorySendChannel[Item],
     *,
     settings: ScreenSettings,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    max_batch: int = 512,
+    chain: QualityChain | None = None,
+    task_status: trio.TaskStatus[QualityChain] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Screen the filtered blocks from *inbox*; pass every item on, then its events.
 
-    Owns both ends: returns, closing *outbox*, when *inbox* ends.
+    Takes whatever is waiting (up to *max_batch* items) as one batch. Owns both ends:
+    returns, closing *outbox*, when *inbox* ends.
     """
-    screener = Screener(settings)
+    chain = chain or QualityChain(settings)
     with inbox, outbox:
-        task_status.started()
-        async for item in inbox:
-            await outbox.send(item)
-            if isinstance(item, Filtered):
-                for event in screener.feed(item):
-                    await outbox.send(Publication(event))
+        task_status.started(chain)
+        async for first in inbox:
+            batch = [first]
+            while len(batch) < max_batch:
+                try:
+                    batch.append(inbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            for item in screen_batch(chain, batch):
+                await outbox.send(item)

@@ -210,15 +210,26 @@ class FilterSettings(_Section):
 
 
 class ScreenSettings(_Section):
-    """Per-window checks on the raw signal in mV."""
+    """Quality screening: beats, SQIs per window, alerts (docs/quality.md)."""
 
-    window_s: float = Field(1.0, gt=0)
-    flatline_mv: float = Field(0.02, ge=0, description="peak-to-peak below this is flat")
-    out_of_range_mv: float = Field(5.0, gt=0, description="|x| beyond this is out of range")
-    lead_off_fraction: float = Field(0.5, gt=0, le=1,
-                                     description="share of samples at a rail meaning lead off")
-    on_windows: int = Field(2, ge=1, description="bad windows in a row before an alert starts")
-    off_windows: int = Field(2, ge=1, description="good windows in a row before it ends")
+    window_s: float = Field(1.0, gt=0, description="step of the quality events and alarms")
+    sqi_window_s: float = Field(10.0, gt=0, description="length of the SQI window")
+    detect_channel: int = Field(0, ge=0, description="channel the QRS detector runs on "
+                                "(clamped to the stream's last channel)")
+    flatline_mv: float = Field(0.01, ge=0, description="a second whose signal has a "
+                               "standard deviation (mV) below this is flat")
+    out_of_range_mv: float = Field(5.0, gt=0, description="a flat second whose mean is beyond "
+                                   "this sits at a rail: lead off")
+    lead_off_fraction: float = Field(0.5, gt=0, le=1, description="share of clipped samples "
+                                     "in a second meaning lead off")
+    on_windows: int = Field(2, ge=1, description="bad seconds in a row before a lead alert")
+    off_windows: int = Field(2, ge=1, description="good seconds in a row before it ends")
+    asystole_s: float = Field(4.0, gt=0, description="no beat for this long: asystole")
+    brady_bpm: float = Field(40.0, gt=0, description="10-s median HR below this: bradycardia")
+    tachy_bpm: float = Field(150.0, gt=0, description="10-s median HR above this: tachycardia")
+    rate_hold_s: int = Field(10, ge=1, description="seconds a rate must persist to alert")
+    rate_clear_s: int = Field(5, ge=1, description="seconds back in range to clear it")
+    rate_margin_bpm: float = Field(5.0, ge=0, description="hysteresis of the rate limits")
 
 
 class StoreSettings(_Section):

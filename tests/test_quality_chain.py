@@ -1,0 +1,149 @@
+"""The quality chain on real and synthetic ECG: beats, rates, SQIs, framing, batching."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from quality_helpers import F64, bandpass, feed, of_type, to_mv
+
+from protocol import Priority
+from vital_actors.quality import Frame, QualityChain
+from vital_actors.quality.evaluate import reference_beats
+from vital_actors.quality.sqi import match_count
+from vital_actors.settings import ScreenSettings
+from vital_actors.sources import load_record, synthetic_ecg
+
+SETTINGS = ScreenSettings()
+MINUTES = 2
+
+
+@pytest.fixture(scope="module")
+def slices(mitdb: Path) -> dict[str, tuple[F64, list[int]]]:
+    """Two minutes of three DS1 records: an easy one, and 203 and 208 (many PVCs)."""
+    stop = 360 * 60 * MINUTES
+    out = {}
+    for name in ("101", "203", "208"):
+        ref = reference_beats(mitdb / name, stop)
+        out[name] = (to_mv(load_record(mitdb / name, stop=stop)), ref)
+    return out
+
+
+def test_beats_match_the_reference_annotations(slices: dict[str, tuple[F64, list[int]]]) -> None:
+    tp = ref_n = det_n = 0
+    for name, (mv, ref) in slices.items():
+        beats = of_type(feed(QualityChain(SETTINGS), name, 360.0, mv, [36] * (len(mv) // 36)),
+                        "beat")
+        det = [int(b.body["r"]) for b in beats]
+        hits = match_count(ref, det, 54)  # 150 ms
+        assert hits / len(ref) > 0.985 and hits / len(det) > 0.985, name
+        tp, ref_n, det_n = tp + hits, ref_n + len(ref), det_n + len(det)
+    assert tp / ref_n > 0.995 and tp / det_n > 0.995
+
+
+def test_beat_events_carry_the_fields_and_come_within_250_ms(
+        slices: dict[str, tuple[F64, list[int]]]) -> None:
+    mv, _ = slices["101"]
+    beats = of_type(feed(QualityChain(SETTINGS), "rec", 360.0, mv, [len(mv)]), "beat")
+    assert len(beats) > 100
+    for b in beats:
+        assert b.topic == "stream/rec/beats" and b.priority is Priority.HIGH
+        assert set(b.body) >= {"stream", "r", "t", "rr_ms", "channel", "confidence"}
+        assert b.body["t"] == pytest.approx(b.body["r"] / 360.0, abs=1e-3)
+    steady = beats[5:]
+    assert all(b.body["latency_ms"] <= 250 for b in steady)
+    rr = [b.body["rr_ms"] for b in steady]
+    assert rr == [pytest.approx(1000 * (b.body["r"] - a.body["r"]) / 360, abs=0.1)
+                  for a, b in zip(beats[4:], steady, strict=False)]
+
+
+def test_quality_once_per_second_with_rate_and_hrv(
+        slices: dict[str, tuple[F64, list[int]]]) -> None:
+    mv, ref = slices["101"]
+    events = feed(QualityChain(SETTINGS), "rec", 360.0, mv, [500] * (len(mv) // 500) +
+                  [len(mv) % 500])
+    quality = of_type(events, "quality")
+    assert [q.body["t0"] + q.body["n"] for q in quality] == list(
+        range(360, len(mv) + 1, 360))
+    assert all(q.body["n"] == 3600 for q in quality[9:])
+    late = quality[-1].body
+    rate = 60 / np.median(np.diff(ref[-13:])) * 360
+    assert late["hr"] == pytest.approx(rate, rel=0.05)
+    assert late["sdnn_ms"] > 0 and late["rmssd_ms"] > 0
+    classes = [q.body["class"] for q in quality[12:]]
+    assert "unusable" not in classes and classes.count("good") > 0.8 * len(classes)
+    assert not of_type(events, "alert")
+
+
+@pytest.mark.parametrize("fs", [125.0, 250.0, 500.0, 1000.0])
+def test_detector_works_from_125_to_1000_hz(fs: float) -> None:
+    rec = synthetic_ecg(fs=fs, seconds=40, heart_rate=80, seed=3)
+    assert len(rec.samples) % 40 == 0
+    mv = to_mv(rec)
+    events = feed(QualityChain(SETTINGS), "s", fs, mv, [len(mv) // 40] * 40)
+    beats = of_type(events, "beat")
+    assert len(beats) == pytest.approx(40 * 80 / 60, abs=3)
+    assert of_type(events, "quality")[-1].body["hr"] == pytest.approx(80, rel=0.08)
+
+
+def _troubled(mv: F64) -> F64:
+    out = mv.copy()
+    out[9000:11000, 1] = 0.0  # a flat lead
+    out[14000:17000, 0] = 7.0  # at the rail
+    return out
+
+
+@settings(max_examples=12, deadline=None)
+@given(cuts=st.lists(st.integers(1, 360 * 60 - 1), max_size=60))
+def test_events_do_not_depend_on_the_framing(slices: dict[str, tuple[F64, list[int]]],
+                                             cuts: list[int]) -> None:
+    mv = _troubled(slices["208"][0][:360 * 60])
+    edges = [0, *sorted(set(cuts)), len(mv)]
+    sizes = [b - a for a, b in itertools.pairwise(edges)]
+    whole = feed(QualityChain(SETTINGS), "x", 360.0, mv, [len(mv)])
+    assert feed(QualityChain(SETTINGS), "x", 360.0, mv, sizes) == whole
+    assert {e.body["alert"] for e in of_type(whole, "alert")} >= {"lead_off", "flatline"}
+
+
+def test_batched_streams_get_the_events_they_get_alone(
+        slices: dict[str, tuple[F64, list[int]]]) -> None:
+    signals = {name: mv[:360 * 40] for name, (mv, _) in slices.items()}
+    signals["syn"] = to_mv(synthetic_ecg(fs=360, seconds=40, channels=3, seed=1))
+    alone = {k: feed(QualityChain(SETTINGS), k, 360.0, mv, [360] * 40)
+             for k, mv in signals.items()}
+    filt = {k: bandpass(mv, 360.0) for k, mv in signals.items()}
+    chain = QualityChain(SETTINGS)
+    together: dict[str, list[object]] = {k: [] for k in signals}
+    for t in range(0, 360 * 40, 720):  # two frames per stream per batch
+        frames = [Frame(k, 360.0, t + j, signals[k][t + j:t + j + 360],
+                        filt[k][t + j:t + j + 360]) for j in (0, 360) for k in signals]
+        for f, events in zip(frames, chain.feed(frames), strict=True):
+            together[f.key] += events
+    assert together == alone
+
+
+def test_a_pickled_chain_resumes_where_it_stopped(
+        slices: dict[str, tuple[F64, list[int]]]) -> None:
+    mv = slices["203"][0][:360 * 30]
+    whole = feed(QualityChain(SETTINGS), "j", 360.0, mv, [len(mv)])
+    chain = QualityChain(SETTINGS)
+    f = bandpass(mv, 360.0)
+    first = feed(chain, "j", 360.0, mv[:5000], [5000], filtered=f[:5000])
+    restored: QualityChain = pickle.loads(pickle.dumps(chain))
+    rest = restored.feed_one("j", 360.0, 5000, mv[5000:], f[5000:])
+    assert first + rest == whole
+
+
+def test_a_fresh_run_or_a_jump_in_t0_starts_over() -> None:
+    mv = to_mv(synthetic_ecg(seconds=12, seed=2))
+    f = bandpass(mv, 360.0)
+    chain = QualityChain(SETTINGS)
+    once = chain.feed_one("s", 360.0, 0, mv, f)
+    again = chain.feed_one("s", 360.0, 0, mv, f, run=1)
+    assert again == once
+    assert chain.feed_one("s", 360.0, 0, mv, f, run=1) == once  # t0 0 does not continue

@@ -1,0 +1,138 @@
+"""The quality chain: beats, heart rate, SQIs and alerts for many streams, pure.
+
+:class:`QualityChain` is the one entry point for the live screen and for batch jobs
+over recordings. It is plain Python and numpy (no trio, no I/O)::
+
+    chain = QualityChain(settings.screen)
+    events = chain.feed_one("s1", fs=360.0, t0=0, mv=block_mv, filtered=block_filtered)
+    # or, batched over many streams (much faster per sample):
+    per_frame = chain.feed([Frame("s1", 360.0, 0, mv1, f1), Frame("s2", ...), ...])
+
+Feed each stream's samples in order: ``t0`` is the sample index of the block's first
+sample (0 at the start of a run); a ``t0`` that does not continue the stream, a new
+``run``, or a different rate or channel count starts the stream afresh. ``mv`` is the
+signal in mV and ``filtered`` the band-passed signal (the filter bank's output), both
+float64 of shape (n, channels). Identical samples give identical events whatever the
+framing. Events, in sample order per stream:
+
+- ``beat`` on ``stream/<id>/beats`` (HIGH), one per detected beat;
+- ``quality`` on ``stream/<id>/quality`` (NORMAL) once per ``window_s`` step: heart
+  rate, HRV and the SQIs of the last ``sqi_window_s`` with the class and score;
+- ``alert`` on ``alerts`` and ``stream/<id>/quality`` (CRITICAL) when one starts or ends.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from protocol import Event
+
+from ..settings import ScreenSettings
+from .design import Design, design_for
+from .front import FrontState, run_front
+from .stream import StreamQuality
+
+__all__ = ["Frame", "QualityChain"]
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One block of one stream: see :class:`QualityChain`."""
+
+    key: str
+    fs: float
+    t0: int
+    mv: F64
+    filtered: F64
+    run: int = 0
+
+
+@dataclass(slots=True)
+class _Entry:
+    design: Design
+    run: int
+    front: FrontState
+    quality: StreamQuality
+    channel: int
+
+
+class QualityChain:
+    """State of every stream; :meth:`feed` processes a batch of frames at once."""
+
+    def __init__(self, settings: ScreenSettings) -> None:
+        self.settings = settings
+        self._streams: dict[str, _Entry] = {}
+
+    def forget(self, key: str) -> None:
+        self._streams.pop(key, None)
+
+    def feed_one(self, key: str, fs: float, t0: int, mv: F64, filtered: F64,
+                 run: int = 0) -> list[Event]:
+        """Process one block of one stream; return its events."""
+        return self.feed([Frame(key, fs, t0, mv, filtered, run)])[0]
+
+    def feed(self, frames: Sequence[Frame]) -> list[list[Event]]:
+        """Process *frames* (any streams, each stream's in order); return the events
+        of each frame. Frames of streams with the same rate and block length go
+        through the numpy front end together."""
+        out: list[list[Event]] = [[] for _ in frames]
+        seen: dict[str, int] = defaultdict(int)
+        rounds: dict[int, list[int]] = defaultdict(list)
+        for i, f in enumerate(frames):  # a stream's k-th frame of the batch in round k
+            rounds[seen[f.key]].append(i)
+            seen[f.key] += 1
+        for k in sorted(rounds):
+            # Looked up per round: a stream's state is where its previous frame left it.
+            entries = {i: self._entry(frames[i]) for i in rounds[k]}
+            groups: dict[tuple[float, int, int], list[int]] = defaultdict(list)
+            for i in rounds[k]:
+                groups[(*_key(entries[i].design), frames[i].mv.shape[0])].append(i)
+            for members in groups.values():
+                self._group([frames[i] for i in members], [entries[i] for i in members],
+                            [out[i] for i in members])
+        return out
+
+    def _entry(self, f: Frame) -> _Entry:
+        d = design_for(float(f.fs), self.settings.window_s)
+        e = self._streams.get(f.key)
+        channels = f.mv.shape[1]
+        if (e is None or e.run != f.run or _key(e.design) != _key(d) or e.front.next_t != f.t0
+                or e.quality.channels != channels):
+            channel = min(self.settings.detect_channel, channels - 1)
+            e = self._streams[f.key] = _Entry(
+                d, f.run, FrontState.fresh(d, channels, f.t0),
+                StreamQuality(f.key, d, self.settings, channels, channel, f.t0), channel)
+        return e
+
+    def _group(self, frames: list[Frame], entries: list[_Entry],
+               out: list[list[Event]]) -> None:
+        d = entries[0].design
+        ch = [e.channel for e in entries]
+        if len(frames) == 1:
+            f = frames[0]
+            det, det_f, mv, filt = f.mv[:, ch[0]:ch[0] + 1], f.filtered[:, ch[0]:ch[0] + 1], \
+                f.mv, f.filtered
+        else:
+            det = np.column_stack([f.mv[:, c] for f, c in zip(frames, ch, strict=True)])
+            det_f = np.column_stack([f.filtered[:, c] for f, c in zip(frames, ch, strict=True)])
+            mv = np.hstack([f.mv for f in frames])
+            filt = np.hstack([f.filtered for f in frames])
+        widths = [f.mv.shape[1] for f in frames]
+        results = run_front(d, [e.front for e in entries], np.asarray(det, np.float64),
+                            np.asarray(det_f, np.float64), np.asarray(mv, np.float64),
+                            np.asarray(filt, np.float64), widths)
+        for e, res, events in zip(entries, results, out, strict=True):
+            events.extend(e.quality.take(res))
+
+
+
+def _key(d: Design) -> tuple[float, int]:
+    """Designs compare by value: a chain restored from a pickle holds copies."""
+    return (d.fs, d.step)

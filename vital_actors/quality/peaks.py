@@ -1,0 +1,122 @@
+"""Detector A's decisions: which MWI peaks are beats (Pan-Tompkins' adaptive rules).
+
+A :class:`PeakTracker` takes the candidate peaks of one stream in order and keeps
+Pan-Tompkins' running signal and noise peak levels. Rules, with fs-free times:
+
+- learning: the candidates of the first 2 s set the levels (signal = half the largest
+  peak, noise = an eighth of that), then are replayed through the rules below;
+- a candidate above ``noise + 0.25 * (signal - noise)`` is a beat unless it falls in the
+  200 ms refractory period, or within 360 ms of the last beat at under half its
+  height (a T wave);
+- search-back: when a candidate comes more than 1.66 mean RR (of the last 8) after the
+  last beat, the largest noise peak since then, if above half the threshold and past
+  the refractory period, becomes a beat (late, but in order);
+- a long silence (> 3 s without a beat) halves the signal level per candidate, so a
+  signal that came back smaller is found again; but not below 8 times the noise
+  level, so that the noise of a beatless line (asystole) does not become beats.
+
+Pure and deterministic: the same candidates give the same beats whatever the framing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = ["Beat", "PeakTracker"]
+
+LEARN_S = 2.0
+REFRACTORY_S = 0.2
+T_WAVE_S = 0.36
+MISS_RR = 1.66
+SILENCE_S = 3.0
+SILENCE_FLOOR = 16.0  # ... but never below this many times the noise level
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A detected beat: R index, the sample index that decided it, RR (samples, 0 for
+    the first), confidence in [0, 1] and whether search-back found it."""
+
+    r: int
+    decided: int
+    rr: int
+    confidence: float
+    searchback: bool = False
+
+
+@dataclass(slots=True)
+class PeakTracker:
+    fs: float
+    start: int  # first sample index of the run
+    spk: float = 0.0
+    npk: float = 0.0
+    learning: list[tuple[int, float, int]] | None = field(default_factory=list)
+    last_r: int | None = None
+    last_v: float = 0.0
+    rrs: deque[int] = field(default_factory=lambda: deque(maxlen=8))
+    noise: list[tuple[int, float, int]] = field(default_factory=list)
+
+    @property
+    def threshold(self) -> float:
+        return self.npk + 0.25 * (self.spk - self.npk)
+
+    def push(self, decided: int, value: float, r: int) -> list[Beat]:
+        """Take one candidate (in order); return the beats it confirms."""
+        if self.learning is not None:
+            self.learning.append((decided, value, r))
+            if r - self.start < LEARN_S * self.fs:
+                return []
+            top = max(v for _, v, _ in self.learning)
+            self.spk, self.npk = 0.5 * top, 0.0625 * top
+            pending, self.learning = self.learning, None
+            # Replayed now, so decided (and emitted) at this candidate's index.
+            return [b for _, v, at in pending for b in self._judge(decided, v, at)]
+        return self._judge(decided, value, r)
+
+    def _judge(self, decided: int, value: float, r: int) -> list[Beat]:
+        out: list[Beat] = []
+        fs = self.fs
+        if self.last_r is not None:
+            since = r - self.last_r
+            if since > SILENCE_S * fs:
+                self.spk = max(self.spk * 0.5, self.npk * SILENCE_FLOOR)
+            if self.rrs and since > MISS_RR * (sum(self.rrs) / len(self.rrs)):
+                found = self._search_back(decided, r)
+                if found is not None:
+                    out.append(found)
+            if r - self.last_r < REFRACTORY_S * fs:
+                return out
+            if value > self.threshold and not (
+                    r - self.last_r < T_WAVE_S * fs and value < 0.5 * self.last_v):
+                self.spk = 0.125 * value + 0.875 * self.spk
+                out.append(self._beat(decided, value, r, searchback=False))
+                return out
+        elif value > self.threshold:
+            self.spk = 0.125 * value + 0.875 * self.spk
+            out.append(self._beat(decided, value, r, searchback=False))
+            return out
+        self.npk = 0.125 * value + 0.875 * self.npk
+        self.noise.append((decided, value, r))
+        return out
+
+    def _search_back(self, decided: int, r: int) -> Beat | None:
+        assert self.last_r is not None
+        lo = self.last_r + REFRACTORY_S * self.fs
+        pool = [c for c in self.noise if lo <= c[2] < r - REFRACTORY_S * self.fs]
+        if not pool:
+            return None
+        _, value, at = max(pool, key=lambda c: c[1])
+        if value <= 0.5 * self.threshold:
+            return None
+        self.spk = 0.25 * value + 0.75 * self.spk
+        return self._beat(decided, value, at, searchback=True)
+
+    def _beat(self, decided: int, value: float, r: int, *, searchback: bool) -> Beat:
+        rr = 0 if self.last_r is None else r - self.last_r
+        if rr:
+            self.rrs.append(rr)
+        self.last_r, self.last_v = r, value
+        self.noise.clear()
+        conf = min(1.0, value / (2 * self.threshold)) if self.threshold > 0 else 0.0
+        return Beat(r, decided, rr, round(conf * (0.5 if searchback else 1.0), 3), searchback)

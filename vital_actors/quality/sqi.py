@@ -1,0 +1,137 @@
+"""Signal-quality indices of a window, from the running totals of the front end.
+
+A window's sums are the difference of two snapshots of the running totals (see
+:mod:`.front`), so each 10-s window costs a few arithmetic operations per channel
+whatever its length. The indices, per channel:
+
+- ``kurtosis`` (Pearson, 3 for Gaussian noise; clean ECG is peaky, > 5) and
+  ``skewness`` of the filtered signal;
+- ``bw_ratio``: baseline-wander power (< 1 Hz) over itself plus the filtered power;
+- ``hf_ratio``: power above 40 Hz over itself plus the filtered power;
+- ``flat_fraction``: share of the window's 1-s steps whose standard deviation
+  (in mV) is below ``flatline_mv``; ``sat_fraction``: share of clipped samples (stuck at one
+  value over 1 mV from the baseline);
+- and for the stream, ``bsqi``: the agreement of detectors A and B (matched beats over
+  the union, Li et al. 2008).
+
+:func:`classify` turns them into good / acceptable / unusable with the thresholds in
+:data:`THRESHOLDS` (docs/quality.md), and :func:`score` into one number in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["THRESHOLDS", "WindowSQI", "bsqi", "classify", "score", "window_sqi"]
+
+F64 = npt.NDArray[np.float64]
+_EPS = 1e-12
+
+#: Thresholds of :func:`classify`, on the detection channel.
+THRESHOLDS = {
+    "unusable_flat": 0.5,  # flat_fraction at or above: unusable
+    "unusable_sat": 0.2,  # sat_fraction at or above: unusable
+    "unusable_bsqi": 0.5,  # bsqi below: unusable
+    "unusable_kurtosis": 3.0,  # kurtosis below (Gaussian-like), with beats and bsqi
+    # below good_bsqi: unusable (a weak lead with tall T waves can be < 3 yet clean)
+    "unusable_hf": 0.5,  # hf_ratio at or above (muscle, mains, broadband noise): unusable
+    "good_bsqi": 0.9,  # good needs bsqi at or above ...
+    "good_kurtosis": 5.0,  # ... kurtosis at or above ...
+    "good_bw": 0.8,  # ... baseline wander ratio below ...
+    "good_hf": 0.2,  # ... and high-frequency ratio below
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSQI:
+    """The indices of one window; per-channel tuples, ``bsqi`` for the stream."""
+
+    kurtosis: tuple[float, ...]
+    skewness: tuple[float, ...]
+    bw_ratio: tuple[float, ...]
+    hf_ratio: tuple[float, ...]
+    flat_fraction: tuple[float, ...]
+    sat_fraction: tuple[float, ...]
+    std_mv: tuple[float, ...]
+    bsqi: float
+
+
+def window_sqi(sums: F64, n: int, flat_steps: F64, bsqi_value: float) -> WindowSQI:
+    """Indices from the window's feature sums *sums* (features, channels) over *n*
+    samples; *flat_steps* is the flat fraction per channel."""
+    f, f2, f3, f4, bw, bw2, hf2, sat = (sums[k] / n for k in range(8))  # see FEATURES
+    var = np.maximum(f2 - f * f, 0.0)
+    m3 = f3 - 3 * f * f2 + 2 * f ** 3
+    m4 = f4 - 4 * f * f3 + 6 * f * f * f2 - 3 * f ** 4
+    safe = np.maximum(var, _EPS)
+    bw_var = np.maximum(bw2 - bw * bw, 0.0)
+    return WindowSQI(
+        kurtosis=_r(np.where(var > _EPS, m4 / (safe * safe), 0.0)),
+        skewness=_r(np.where(var > _EPS, m3 / safe ** 1.5, 0.0)),
+        bw_ratio=_r(bw_var / np.maximum(bw_var + var, _EPS)),
+        hf_ratio=_r(hf2 / np.maximum(hf2 + var, _EPS)),
+        flat_fraction=_r(flat_steps),
+        sat_fraction=_r(sat),
+        std_mv=_r(np.sqrt(var)),
+        bsqi=round(bsqi_value, 4),
+    )
+
+
+def _r(x: F64) -> tuple[float, ...]:
+    return tuple(round(float(v), 4) for v in x)
+
+
+def bsqi(a: Sequence[int], b: Sequence[int], tol: int) -> float:
+    """Agreement of two beat lists (sorted R indices): matched / (|a| + |b| - matched),
+    matching one to one within *tol* samples. 1 when both are empty: they agree that
+    there is no beat (asystole must stay detectable on a clean, beatless signal)."""
+    matched = match_count(a, b, tol)
+    union = len(a) + len(b) - matched
+    return matched / union if union else 1.0
+
+
+def match_count(ref: Sequence[int], test: Sequence[int], tol: int) -> int:
+    """One-to-one matches of sorted *test* to sorted *ref* within *tol* samples."""
+    i = j = hits = 0
+    while i < len(ref) and j < len(test):
+        if abs(test[j] - ref[i]) <= tol:
+            hits, i, j = hits + 1, i + 1, j + 1
+        elif test[j] < ref[i]:
+            j += 1
+        else:
+            i += 1
+    return hits
+
+
+def classify(q: WindowSQI, channel: int, *, beats: bool = True) -> str:
+    """good / acceptable / unusable for the detection *channel* (:data:`THRESHOLDS`).
+
+    Without *beats* (neither detector found one) the kurtosis rule is left out: a
+    clean beatless line is Gaussian-like, and must stay usable for asystole. Nor does
+    it apply when the two detectors agree well (bsqi at least ``good_bsqi``)."""
+    t = THRESHOLDS
+    if (q.flat_fraction[channel] >= t["unusable_flat"]
+            or q.sat_fraction[channel] >= t["unusable_sat"]
+            or q.bsqi < t["unusable_bsqi"] or q.hf_ratio[channel] >= t["unusable_hf"]
+            or (beats and q.kurtosis[channel] < t["unusable_kurtosis"]
+                and q.bsqi < t["good_bsqi"])):
+        return "unusable"
+    if (q.bsqi >= t["good_bsqi"] and q.kurtosis[channel] >= t["good_kurtosis"]
+            and q.bw_ratio[channel] < t["good_bw"] and q.hf_ratio[channel] < t["good_hf"]):
+        return "good"
+    return "acceptable"
+
+
+def score(q: WindowSQI, channel: int) -> float:
+    """One quality number in [0, 1] (higher is cleaner): bSQI, times a saturating
+    function of the excess kurtosis (0 for Gaussian noise, 0.86 at kurtosis 13), times
+    the share of the window neither flat nor clipped."""
+    peaky = 1.0 - math.exp(-max(q.kurtosis[channel] - 3.0, 0.0) / 5.0)
+    usable = 1.0 - max(q.flat_fraction[channel], q.sat_fraction[channel])
+    value = q.bsqi * peaky * usable
+    return round(value, 4) if math.isfinite(value) else 0.0
