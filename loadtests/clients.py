@@ -19,7 +19,13 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    DisconnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from protocol import INGEST_PATH, SUBPROTOCOL, SUBSCRIBE_PATH, Hello, Subscribe, encode
 from vital_actors.sources import Recording
@@ -154,7 +160,7 @@ def _connect(url: str) -> Any:
 # --- devices ---------------------------------------------------------------------------------
 
 
-async def run_device(plan: Plan, i: int, book: Book, *,
+async def _run_device(plan: Plan, i: int, book: Book, *,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Connect and say hello (then report started); at ``book.go`` send every frame on
     its absolute time; wait (until the deadline) for the last ack, and close."""
@@ -213,7 +219,7 @@ async def _subscribe(ws: WebSocketConnection, topics: tuple[str, ...], book: Boo
             raise LoadError(f"subscription to {batch[:2]}... not confirmed: {reply}")
 
 
-async def run_listener(plan: Plan, listener: int, devices: range, book: Book, *,
+async def _run_listener(plan: Plan, listener: int, devices: range, book: Book, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """A measured subscriber of *devices*' topics: stamp every ``samples`` message until
     all arrived or the deadline, and close."""
@@ -253,7 +259,7 @@ async def _receive(ws: WebSocketConnection, plan: Plan, listener: int,
             book.duplicates += 1
 
 
-async def run_disturber(plan: Plan, i: int, book: Book, *, rate: float | None,
+async def _run_disturber(plan: Plan, i: int, book: Book, *, rate: float | None,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """A subscriber of device *i*'s topic that never reads (*rate* None: stalled) or
     reads at most *rate* messages/s. Not measured: it is the disturbance."""
@@ -317,6 +323,48 @@ async def connect_idle(url: str, count: int, *, done: trio.Event,
         task_status.started()
 
 
+_BROKEN = (ConnectionClosed, DisconnectionTimeout, HandshakeError, OSError)
+
+
+@dataclass(slots=True)
+class _Relay:
+    """Passes ``started()`` on to the real task status, remembering that it was called."""
+
+    status: trio.TaskStatus[None]
+    called: bool = False
+
+    def started(self, value: None = None) -> None:
+        self.called = True
+        self.status.started(value)
+
+
+async def _tolerant(body: Any, what: str, book: Book, *args: Any,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a client; once it has started, a connection that breaks or will not close in
+    time is an error of the run (counted, shown), not a crash of the harness."""
+    relay = _Relay(task_status)
+    try:
+        await body(*args, task_status=relay)
+    except _BROKEN as exc:
+        if not relay.called:
+            raise LoadError(f"{what}: could not connect: {exc!r}") from None
+        book.errors.append(f"{what}: {exc!r}")
+
+
+def run_device(plan: Plan, i: int, book: Book) -> Any:
+    return partial(_tolerant, _run_device, f"device {i}", book, plan, i, book)
+
+
+def run_listener(plan: Plan, listener: int, devices: range, book: Book) -> Any:
+    return partial(_tolerant, _run_listener, f"subscriber {listener}/{devices.start}", book,
+                   plan, listener, devices, book)
+
+
+def run_disturber(plan: Plan, i: int, book: Book, *, rate: float | None) -> Any:
+    return partial(_tolerant, partial(_run_disturber, rate=rate), f"slow subscriber of {i}",
+                   book, plan, i, book)
+
+
 # --- the whole load --------------------------------------------------------------------------
 
 
@@ -335,17 +383,16 @@ async def run_load(plan: Plan, book: Book, *, grace_s: float,
         with trio.fail_after(CONNECT_TIMEOUT_S + 0.1 * clients):
             for j in range(load.subscribers_per_stream):
                 for i in range(n):
-                    await nursery.start(partial(run_listener, plan, j, range(i, i + 1), book))
+                    await nursery.start(run_listener(plan, j, range(i, i + 1), book))
             for w in range(load.wall_subscribers):
-                await nursery.start(partial(run_listener, plan, load.subscribers_per_stream + w,
-                                            range(n), book))
+                await nursery.start(run_listener(plan, load.subscribers_per_stream + w,
+                                                 range(n), book))
             for k in range(load.stalled_subscribers):
-                await nursery.start(partial(run_disturber, plan, k % n, book, rate=None))
+                await nursery.start(run_disturber(plan, k % n, book, rate=None))
             for k in range(load.slow_subscribers):
-                await nursery.start(partial(run_disturber, plan, k % n, book,
-                                            rate=load.slow_rate))
+                await nursery.start(run_disturber(plan, k % n, book, rate=load.slow_rate))
             for i in range(n):
-                await nursery.start(partial(run_device, plan, i, book))
+                await nursery.start(run_device(plan, i, book))
         book.start(delay=START_DELAY_S, run_s=run_s)
         if load.churn_per_s > 0 and churn_recording is not None:
             nursery.start_soon(partial(run_churn, plan, book, per_s=load.churn_per_s,
