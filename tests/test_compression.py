@@ -4,8 +4,12 @@ zstd subprotocol codec (delta encoding, dictionary, bounded decompression)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
+import struct
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from hypothesis import strategies as st
 
 import protocol as P
 from protocol import CloseCode, RemoteProtocolError
+from protocol._zstd import _delta_payload
 
 WIN = 12
 
@@ -232,3 +237,33 @@ def test_a_zstd_bomb_is_1009_with_memory_bounded(content_size: bool) -> None:
         tracemalloc.stop()
     assert info.value.code == CloseCode.MESSAGE_TOO_BIG
     assert peak < 4 << 20
+
+
+# --- the worked example of docs/protocol.md section 11 ------------------------------------
+
+ZSTD_BLOCK = re.compile(r"<!-- zstd-bytes: (?P<name>[\w-]+) -->\n```text\n(?P<body>.*?)```",
+                        re.S)
+
+
+def test_the_zstd_worked_example_in_the_docs() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    shown = {m["name"]: bytes.fromhex(" ".join(line.strip().split("  ")[0]
+                                                for line in m["body"].splitlines()))
+             for m in ZSTD_BLOCK.finditer(doc)}
+    data = struct.pack("<6h", 100, -50, 120, -40, -5, 300)
+    raw = P.StreamSamples("stream/bed-12/raw", "bed-12", 0, 0, 250.0, ("I", "II"), "int16",
+                          (200.0, 200.0), (0.0, 0.0), data)
+    delta = dataclasses.replace(raw, data=P.delta_encode(data, 2), extra={"enc": "delta"})
+    payload = _delta_payload(raw)  # what the server compresses
+    assert payload is not None and len(payload) == 191
+    assert payload.endswith(bytes.fromhex("a3656e63a564656c7461"))
+    assert P.decode_server(payload) == delta
+    assert shown == {
+        "delta-data": P.delta_encode(data, 2),
+        "frame-header": P.ZstdCodec().compress(payload)[:6],
+        "frame-header-with-dictionary":
+            P.ZstdCodec(dictionary=P.ecg_dictionary()).compress(payload)[:10],
+    }
+    assert P.undelta(delta) == raw
+    digest = hashlib.sha256(P.ecg_dictionary().data).hexdigest()
+    assert digest in doc and str(P.ECG_DICTIONARY_ID) in doc
