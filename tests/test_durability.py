@@ -1,0 +1,255 @@
+"""Durability: the archive writer, repair after a crash, and the whole path on real
+servers — connections killed at random during a replay, SIGKILL and restart, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+import protocol as P
+from vital_actors.archive import (
+    RECORD,
+    Append,
+    ArchiveItem,
+    Close,
+    Durable,
+    read_frames,
+    run_archive,
+    run_dir,
+    scan,
+)
+from vital_actors.graph import Server
+from vital_actors.sdk import Backoff, DeviceClient, open_connection
+from vital_actors.sdk._connection import receive
+from vital_actors.settings import load_settings
+from vital_actors.sources import Recording, load_record
+
+HELLO = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0, 1024.0))
+
+
+def hello_of(rec: Recording, stream: str) -> P.Hello:
+    return P.Hello(stream, rec.fs, rec.channels, "int16", rec.gain,
+                   tuple(float(b) for b in rec.baseline))
+
+
+def append(seq: int, durable: Durable, n: int = 3, run: int = 0) -> Append:
+    data = np.full((n, 2), seq, "<i2").tobytes()
+    return Append("d1", run, HELLO, seq, seq * n, n, data, durable)
+
+
+# --- the writer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+async def test_frames_are_written_in_order_and_marked_durable(tmp_path: Path,
+                                                              fsync: str) -> None:
+    tx, rx = trio.open_memory_channel[ArchiveItem](8)
+    durable = Durable()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: run_archive(
+            rx, root=tmp_path, fsync=fsync, interval_s=0.05,  # type: ignore[arg-type]
+            task_status=task_status))
+        with tx:
+            for seq in range(20):
+                await tx.send(append(seq, durable))
+            with trio.fail_after(5):
+                await durable.wait_beyond(18)
+            await tx.send(Close("d1", 0))
+    path = run_dir(tmp_path, "d1", 0)
+    assert list(read_frames(path)) == [(s, 3 * s, 3) for s in range(20)]
+    samples = np.frombuffer((path / "samples.bin").read_bytes(), "<i2").reshape(-1, 2)
+    assert (samples[:, 0] == np.repeat(np.arange(20), 3)).all()
+    assert scan(tmp_path)[0].next_seq == 20
+
+
+def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
+    """A server killed between the two appends leaves a record without all its samples,
+    or samples without a record: both are trimmed to the last whole frame."""
+    path = run_dir(tmp_path, "d1", 2)
+    path.mkdir(parents=True)
+    (path / "meta.json").write_text('{"stream": "d1", "fs": 360, "channels": ["MLII", "V1"], '
+                                    '"dtype": "int16", "gain": [200, 200], '
+                                    '"baseline": [1024, 1024]}')
+    frame = 3 * 2 * 2
+    (path / "samples.bin").write_bytes(b"\1" * (frame * 4 + 5))  # frame 4 half written
+    (path / "frames.bin").write_bytes(b"".join(RECORD.pack(s, 3 * s, 3) for s in range(5))
+                                      + b"\0" * 7)  # and a torn record
+    [stored] = scan(tmp_path)
+    assert (stored.run, stored.next_seq, stored.t0, stored.frames) == (2, 4, 12, 4)
+    assert (path / "samples.bin").stat().st_size == frame * 4
+    assert (path / "frames.bin").stat().st_size == RECORD.size * 4
+
+
+# --- connections killed at random during a replay ---------------------------------------
+
+
+async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+    try:
+        while data := await src.receive_some(65536):
+            await dst.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+@asynccontextmanager
+async def killing_proxy(upstream_port: int, *, rng: random.Random,
+                        every_s: tuple[float, float]) -> AsyncIterator[tuple[int, list[int]]]:
+    """A TCP proxy to *upstream_port* that cuts its live connections at random moments."""
+    live: set[trio.CancelScope] = set()
+    kills: list[int] = []
+
+    async def handle(client: trio.SocketStream) -> None:
+        with trio.CancelScope() as scope:
+            live.add(scope)
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
+                async with client, upstream, trio.open_nursery() as n:
+                    n.start_soon(_pump, client, upstream)
+                    n.start_soon(_pump, upstream, client)
+            finally:
+                live.discard(scope)
+
+    async def killer() -> None:
+        while True:
+            await trio.sleep(rng.uniform(*every_s))
+            for scope in list(live):
+                scope.cancel()  # closes both sockets: an abrupt end (no close frame)
+                kills.append(1)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        nursery.start_soon(killer)
+        yield listeners[0].socket.getsockname()[1], kills
+        nursery.cancel_scope.cancel()
+
+
+def archived(root: Path, stream: str) -> tuple[list[int], np.ndarray]:
+    runs = sorted((root / stream).glob("run-*"))
+    assert len(runs) == 1, runs  # one run: every reconnection resumed it
+    seqs = [seq for seq, _, _ in read_frames(runs[0])]
+    samples = np.frombuffer((runs[0] / "samples.bin").read_bytes(), "<i2")
+    return seqs, samples
+
+
+async def replay(client: DeviceClient, rec: Recording, frame: int) -> None:
+    for start in range(0, len(rec.samples), frame):
+        await client.send(rec.samples[start:start + frame])
+    with trio.fail_after(60):
+        await client.drain()
+
+
+async def test_killing_connections_during_a_replay_loses_and_duplicates_nothing(
+        mitdb: Path, tmp_path: Path, nursery: trio.Nursery) -> None:
+    rec = load_record(mitdb / "101", stop=360 * 120)  # 2 minutes, 600 frames
+    server = Server(load_settings(server={"port": 0}, archive={"dir": tmp_path}))
+    await nursery.start(server.run)
+    async with killing_proxy(server.port or 0, rng=random.Random(6),
+                             every_s=(0.05, 0.2)) as (port, kills):
+        client = DeviceClient(f"ws://127.0.0.1:{port}", hello_of(rec, "k1"),
+                              max_unacked=200, backoff=Backoff(initial=0.01, maximum=0.05))
+        async with trio.open_nursery() as inner:
+            await inner.start(client.run)
+            await replay(client, rec, 72)
+            inner.cancel_scope.cancel()
+    server.shutdown()
+    seqs, samples = archived(tmp_path, "k1")
+    assert len(kills) >= 3 and client.counters.connections >= 3
+    assert seqs == list(range(len(seqs))) == list(range(client.next_seq))  # 0 lost, 0 dup
+    assert samples.tobytes() == np.ascontiguousarray(rec.samples, "<i2").tobytes()
+    info = server.registry.get("k1")
+    assert info is not None and info.gaps == 0
+
+
+# --- SIGKILL, restart, resume; SIGTERM ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_server(port: int, archive: Path) -> trio.Process:
+    env = {**os.environ, "VITAL_ARCHIVE__DIR": str(archive), "VITAL_SERVER__PORT": str(port)}
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "vital_actors.cli", "serve"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    with trio.fail_after(30):  # the banner says it is listening
+        assert b"serving on" in await proc.stdout.receive_some(4096)
+    return proc
+
+
+async def test_sigkill_then_restart_keeps_every_acked_frame_and_the_device_resumes(
+        mitdb: Path, tmp_path: Path) -> None:
+    rec = load_record(mitdb / "101", stop=360 * 120)
+    port = free_port()
+    proc = await start_server(port, tmp_path)
+    client = DeviceClient(f"ws://127.0.0.1:{port}", hello_of(rec, "k9"), max_unacked=2000,
+                          backoff=Backoff(initial=0.05, maximum=0.2))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            frames = [rec.samples[s:s + 36] for s in range(0, len(rec.samples), 36)]
+            for block in frames[:600]:
+                await client.send(block)
+            with trio.fail_after(20):
+                while client.counters.acked < 300:  # noqa: ASYNC110 - acks from a process
+                    await trio.sleep(0.01)
+            proc.kill()
+            await proc.wait()
+            acked_at_kill = client.counters.acked
+            seqs, _ = archived(tmp_path, "k9")
+            assert seqs[: acked_at_kill + 1] == list(range(acked_at_kill + 1))
+            proc = await start_server(port, tmp_path)
+            for block in frames[600:]:
+                await client.send(block)
+            with trio.fail_after(30):
+                await client.drain()
+            nursery.cancel_scope.cancel()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            await proc.wait()
+    seqs, samples = archived(tmp_path, "k9")
+    assert client.counters.connections >= 2
+    assert seqs == list(range(len(frames)))
+    assert samples.tobytes() == np.ascontiguousarray(rec.samples, "<i2").tobytes()
+
+
+async def test_sigterm_acks_what_is_on_disk_and_closes_1001(tmp_path: Path) -> None:
+    port = free_port()
+    proc = await start_server(port, tmp_path)
+    acked: list[int] = []
+    async with open_connection(f"ws://127.0.0.1:{port}", P.INGEST_PATH) as ws:
+        await ws.send_message(P.encode(HELLO))
+        assert isinstance(await receive(ws), P.Welcome)
+        block = np.zeros((36, 2), "<i2").tobytes()
+        for seq in range(100):
+            await ws.send_message(P.encode(P.Samples(seq, 36, block)))
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(15):
+            while True:
+                message = await receive(ws)
+                if isinstance(message, P.Ack):
+                    acked.append(message.seq)
+    assert closed.value.reason.code == P.CloseCode.GOING_AWAY
+    with trio.fail_after(15):
+        assert await proc.wait() == 0
+    seqs, _ = archived(tmp_path, "d1")
+    # What the server read before it stopped reading is on disk and was acked before the
+    # close; the rest was never read (the device resends it to the next server).
+    assert seqs == list(range(len(seqs))) and acked == seqs
