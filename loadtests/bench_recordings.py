@@ -1,0 +1,251 @@
+"""Recordings benchmark: upload MB/s, processing jobs vs in-memory scipy, peak RSS of the
+server (psutil, from outside), event-loop lag during a job, view latency.
+
+    python -m loadtests.bench_recordings --gb 2 --ratio-mb 256 --views 400
+
+Runs a real server (``vital-actors serve``) in a subprocess with its store under
+``--tmp`` (big files: mind ``df -h``); everything written there is deleted at the end.
+Phases, each on the same server:
+
+1. upload a synthetic ECG-like NPY (int16, 2 channels, 360 Hz) of ``--gb`` GB;
+2. a filter-only job on it while a second copy uploads: peak RSS, job wall time and
+   the server's own event-loop lag probe (p99 over the last minute, polled);
+3. ratio: a filter-only job on a ``--ratio-mb`` recording vs scipy's ``sosfilt`` over
+   the same samples in memory in this process (mV conversion included), side by side;
+   the same for a job with screening;
+4. ``--views`` random windows at random zoom levels: GET .../view latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h11
+import numpy as np
+import numpy.typing as npt
+import psutil  # type: ignore[import-untyped]  # no stubs in the project's deps
+import scipy.signal
+import trio
+
+from vital_actors.filtering import design
+from vital_actors.settings import FilterSettings
+from vital_actors.uploader import upload_file
+
+FS = 360.0
+GAIN, BASE = 200.0, 1024.0
+
+
+def write_npy(path: Path, frames: int, *, seed: int = 0) -> None:
+    """An ECG-like int16 (frames, 2) NPY written piece by piece (never whole in memory)."""
+    header = {"descr": "<i2", "fortran_order": False, "shape": (frames, 2)}
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(FS) * 60) / FS  # one minute, 72 bpm, tiled
+    beat = (np.sin(np.pi * 1.2 * t) ** 64) * 300
+    minute = np.stack([beat, 0.5 * beat], axis=1) + BASE
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        done = 0
+        while done < frames:
+            n = min(frames - done, 1 << 23)
+            reps = -(-n // len(minute))
+            piece = np.tile(minute, (reps, 1))[:n] + rng.normal(0, 8, (n, 2))
+            f.write(piece.astype("<i2").tobytes())
+            done += n
+
+
+class RssWatch:
+    """Peak RSS of a process tree, sampled every 20 ms in a thread of ours."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+
+    def sample(self) -> int:
+        procs = [self.proc, *self.proc.children(recursive=True)]
+        rss = int(sum(p.memory_info().rss for p in procs))
+        self.peak = max(self.peak, rss)
+        return rss
+
+    async def run(self) -> None:
+        while True:
+            await trio.to_thread.run_sync(self.sample)
+            await trio.sleep(0.02)
+
+
+async def http_json(port: int, method: str, path: str, body: Any = None) -> Any:
+    """One request on a fresh connection (through the front door, as a client would)."""
+    data = b"" if body is None else json.dumps(body).encode()
+    conn = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(conn.send(h11.Request(method=method, target=path, headers=[
+            ("host", "x"), ("content-type", "application/json"),
+            ("content-length", str(len(data)))])) + conn.send(h11.Data(data=data))
+            + conn.send(h11.EndOfMessage()))
+        status, payload = 0, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(1 << 16))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                payload += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+    if status >= 300:
+        raise RuntimeError(f"{method} {path}: {status} {payload[:300]!r}")
+    return json.loads(payload) if payload else None
+
+
+async def upload(port: int, path: Path) -> tuple[dict[str, Any], float]:
+    t0 = time.perf_counter()
+    status, answer = await upload_file(f"http://127.0.0.1:{port}", path,
+                                       query={"fs": str(FS), "gain": str(GAIN),
+                                              "baseline": str(BASE)})
+    if status != 201:
+        raise RuntimeError(f"upload: {status} {answer}")
+    return answer, time.perf_counter() - t0
+
+
+async def run_job(port: int, rec: str, *, screen: bool,
+                  lags: list[float] | None = None) -> tuple[dict[str, Any], float]:
+    job = await http_json(port, "POST", "/api/v1/jobs", {"recording": rec, "screen": screen,
+                                                        "priority": "urgent"})
+    while job["state"] in ("queued", "running"):
+        await trio.sleep(0.25)
+        job = await http_json(port, "GET", f"/api/v1/jobs/{job['id']}")
+        if lags is not None:
+            stats = await http_json(port, "GET", "/api/v1/stats")
+            lags.append(stats["loop_lag"]["p99_ms"])
+    if job["state"] != "done":
+        raise RuntimeError(f"job {job}")
+    # The server's own start/finish stamps, free of our polling interval:
+    return job, job["finished"] - job["started"]
+
+
+def scipy_in_memory(path: Path) -> float:
+    """Seconds for mV conversion + sosfilt over the whole file, loaded in memory first."""
+    x = np.load(path)
+    sos = design(FilterSettings(), FS).sos
+    t0 = time.perf_counter()
+    mv: npt.NDArray[np.float64] = (x.astype(np.float64) - BASE) / GAIN
+    scipy.signal.sosfilt(sos, mv, axis=0)
+    return time.perf_counter() - t0
+
+
+async def views(port: int, meta: dict[str, Any], count: int) -> list[float]:
+    rng = np.random.default_rng(5)
+    frames, out = meta["frames"], []
+    for _ in range(count):
+        n = int(np.exp(rng.uniform(np.log(200), np.log(frames))))
+        start = int(rng.integers(0, frames - n + 1))
+        path = (f"/api/v1/recordings/{meta['id']}/view?start={start}&end={start + n}"
+                f"&points=2000&channel={int(rng.integers(0, 2))}")
+        t0 = time.perf_counter()
+        await http_json(port, "GET", path)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    frames = int(args.gb * 1e9) // 4
+    big, ratio_file = work / "big.npy", work / "ratio.npy"
+    write_npy(big, frames)
+    write_npy(ratio_file, int(args.ratio_mb * 1e6) // 4, seed=1)
+    port = free_port()
+    env = {**os.environ, "VITAL_STORE__DIR": str(work / "store")}
+    proc = subprocess.Popen([sys.executable, "-m", "vital_actors.cli", "serve",  # noqa: ASYNC220
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+    out: dict[str, Any] = {"gb": args.gb, "frames": frames}
+    try:
+        await _wait_ready(port)
+        watch = RssWatch(proc.pid)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch.run)
+            out["rss_idle_mb"] = watch.sample() / 1e6
+            meta, dt = await upload(port, big)
+            out["upload_s"], out["upload_mb_s"] = dt, meta["bytes"] / 1e6 / dt
+            out["rss_upload_peak_mb"] = watch.peak / 1e6
+            lags: list[float] = []
+            _, dt = await run_job(port, meta["id"], screen=False, lags=lags)
+            out["big_job_s"], out["big_job_mb_s"] = dt, meta["bytes"] / 1e6 / dt
+            out["lag_p99_ms_end_of_job"] = lags[-1] if lags else None
+            out["lag_p99_ms_max_during_job"] = max(lags, default=0.0)
+            async with trio.open_nursery() as both:
+                both.start_soon(_second_upload, port, big, out)
+                _, out["big_job_during_upload_s"] = await run_job(port, meta["id"],
+                                                                  screen=False)
+            out["rss_peak_mb"] = watch.peak / 1e6
+            small, _ = await upload(port, ratio_file)
+            out["ratio_mb"] = args.ratio_mb
+            out["job_filter_s"] = (await run_job(port, small["id"], screen=False))[1]
+            out["job_screen_s"] = (await run_job(port, small["id"], screen=True))[1]
+            out["scipy_s"] = await trio.to_thread.run_sync(scipy_in_memory, ratio_file)
+            lat = await views(port, meta, args.views)
+            out["view_p50_ms"], out["view_p99_ms"] = np.percentile(lat, [50, 99]).tolist()
+            base = []
+            for _ in range(args.views):  # the same request path without the view's work
+                t0 = time.perf_counter()
+                await http_json(port, "GET", "/healthz")
+                base.append((time.perf_counter() - t0) * 1000)
+            out["healthz_p50_ms"], out["healthz_p99_ms"] = np.percentile(base, [50, 99]).tolist()
+            nursery.cancel_scope.cancel()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    out["job_vs_scipy"] = out["job_filter_s"] / out["scipy_s"]
+    out["job_screen_vs_scipy"] = out["job_screen_s"] / out["scipy_s"]
+    return out
+
+
+async def _second_upload(port: int, path: Path, out: dict[str, Any]) -> None:
+    answer, dt = await upload(port, path)
+    out["upload2_mb_s"] = answer["bytes"] / 1e6 / dt
+
+
+async def _wait_ready(port: int) -> None:
+    with trio.fail_after(30):
+        while True:
+            try:
+                await http_json(port, "GET", "/healthz")
+                return
+            except OSError:
+                await trio.sleep(0.1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gb", type=float, default=2.0)
+    p.add_argument("--ratio-mb", type=float, default=256.0)
+    p.add_argument("--views", type=int, default=400)
+    p.add_argument("--tmp", type=Path, default=Path("/tmp"))
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-recordings-", dir=args.tmp))
+    try:
+        result = trio.run(bench, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                      for k, v in result.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
