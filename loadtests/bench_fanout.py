@@ -8,7 +8,9 @@ subscriber's lanes) -- the *offer* figure; then every subscriber's sender side t
 it and asks for its frame (``lanes.take_nowait`` + ``out.frame_for(codec)``, framed
 once and memoized) -- the *take* figure. No sockets: what grows with N is measured,
 not the kernel. Cost per extra subscriber = (t(N) - t(1)) / (N - 1); the Ns are run
-interleaved, round after round, and the median round is reported.
+interleaved, round after round, and the median round is reported. Last, 100
+subscribers of which one has stopped taking (its HIGH lane full, so it drops) against
+100 that all take: what a stalled subscriber costs the broadcaster.
 """
 
 from __future__ import annotations
@@ -62,27 +64,40 @@ def _round(hub: Hub, subs: Sequence[Subscriber], messages: Sequence[StreamSample
     return offer / len(messages), take / len(messages)
 
 
-async def _bench(ns: Sequence[int], count: int, rounds: int) -> dict[int, tuple[float, float]]:
+def _hub(n: int) -> tuple[Hub, list[Subscriber]]:
+    hub = Hub(buffer=10_000, settings=LaneSettings(seed=1), stats=Stats())
+    subs = [hub.add() for _ in range(n)]
+    for sub in subs:
+        hub.subscribe(sub, [TOPIC])
+    return hub, subs
+
+
+async def _bench(ns: Sequence[int], count: int,
+                 rounds: int) -> dict[int | str, tuple[float, float]]:
+    """Per N: (offer, take + frame) seconds per message, median over *rounds*. Also
+    ``"100+stalled"``: 99 subscribers that read and one whose lanes are full (it never
+    reads; warmed up until it drops), against ``100``."""
     messages = _messages(count)
     batch = 1000  # within the HIGH lane (4000) and below the 80 % watermark
-    hubs = {}
-    for n in ns:
-        hub = Hub(buffer=10_000, settings=LaneSettings(seed=1), stats=Stats())
-        subs = [hub.add() for _ in range(n)]
-        for sub in subs:
-            hub.subscribe(sub, [TOPIC])
-        hubs[n] = (hub, subs)
-    results: dict[int, list[tuple[float, float]]] = {n: [] for n in ns}
+    hubs: dict[int | str, tuple[Hub, list[Subscriber]]] = {n: _hub(n) for n in ns}
+    hub, subs = hubs["100+stalled"] = _hub(100)
+    readers = subs[1:]
+    for _ in range(5):  # the stalled one's HIGH lane (4000) fills up and it drops
+        _round(hub, readers, messages[:1000], batch)
+    assert subs[0].lanes.counts.dropped[1] > 0
+    hubs["100+stalled"] = (hub, readers)  # only the readers take
+    if 100 not in hubs:
+        hubs[100] = _hub(100)
+    results: dict[int | str, list[tuple[float, float]]] = {k: [] for k in hubs}
     gc.collect()
     gc.freeze()
     for _ in range(rounds):
-        for n in ns:
-            hub, subs = hubs[n]
-            results[n].append(_round(hub, subs, messages, batch))
+        for key, (hub, subs) in hubs.items():
+            results[key].append(_round(hub, subs, messages, batch))
     for _, subs in hubs.values():
-        assert all(sum(s.lanes.counts.dropped) == 0 for s in subs), "nothing may drop here"
-    return {n: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
-            for n, rs in results.items()}
+        assert all(sum(s.lanes.counts.dropped) == 0 for s in subs), "only the stalled drops"
+    return {k: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+            for k, rs in results.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -105,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                  if n > 1 else "- | -")
         print(f"| {n} | {1e6 * offer:.1f} | {1e6 * take:.1f} | {1e6 * (offer + take):.1f} | "
               f"{extra} |")
+    (o100, t100), (o_st, t_st) = figures[100], figures["100+stalled"]
+    print(f"\n100 subscribers, one stalled (lanes full, dropping) vs none: offer "
+          f"{1e6 * o_st:.1f} vs {1e6 * o100:.1f} µs/msg ({o_st / o100:.2f}x); offer + the "
+          f"readers' take {1e6 * (o_st + t_st):.1f} vs {1e6 * (o100 + t100):.1f} µs/msg "
+          f"({(o_st + t_st) / (o100 + t100):.2f}x)")
 
 
 if __name__ == "__main__":
