@@ -79,11 +79,11 @@ def _to_map(m: Message) -> dict[str, Any]:
                 d["resume"] = m.resume
             return d
         case Samples():
-            return {"type": "samples", "seq": m.seq, "n": m.n, "data": m.data}
+            return _some({"type": "samples", "seq": m.seq, "n": m.n, "data": m.data, "t": m.t})
         case Ping():
-            return {"type": "ping"} if m.t is None else {"type": "ping", "t": m.t}
+            return _some({"type": "ping", "t": m.t, "rx": m.rx})
         case Pong():
-            return {"type": "pong"} if m.t is None else {"type": "pong", "t": m.t}
+            return _some({"type": "pong", "t": m.t, "t1": m.t1, "t2": m.t2})
         case Welcome():
             d = {"type": "welcome", "stream": m.stream, "next_seq": m.next_seq}
             if m.zstd_dict is not None:
@@ -108,6 +108,11 @@ def _to_map(m: Message) -> dict[str, Any]:
         case Event():
             return {**m.body, "type": m.type, "topic": m.topic, "priority": int(m.priority)}
     raise LocalProtocolError(f"cannot encode {m!r}")
+
+
+def _some(d: dict[str, Any]) -> dict[str, Any]:
+    """*d* without its None values (optional fields are left out, not sent as nil)."""
+    return {k: v for k, v in d.items() if v is not None}
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -204,11 +209,16 @@ def _samples(d: Fields) -> Samples:
     n = _req(d, "n", int, "an integer >= 1")
     if n < 1:
         raise _invalid(f"'samples.n' must be >= 1, got {n}")
-    return Samples(seq=_seq(d, "seq"), n=n, data=_req(d, "data", bytes, "binary (msgpack bin)"))
+    return Samples(seq=_seq(d, "seq"), n=n, data=_req(d, "data", bytes, "binary (msgpack bin)"),
+                   t=_opt_number(d, "t"))
+
+
+def _opt_number(d: Fields, key: str) -> float | None:
+    return None if d.get(key) is None else _number(d, key)
 
 
 def _ping(d: Fields) -> Ping:
-    return Ping(t=_opt(d, "t", (int, float), "a number"))
+    return Ping(t=_opt_number(d, "t"), rx=_opt_number(d, "rx"))
 
 
 def _topics(d: Fields) -> tuple[str, ...]:
@@ -263,7 +273,7 @@ _SERVER: dict[str, Decoder] = {
     "welcome": lambda d: Welcome(_req(d, "stream", str, "a stream id"), _seq(d, "next_seq"),
                                  _opt(d, "zstd_dict", int, "a zstd dictionary id")),
     "ack": lambda d: Ack(_seq(d, "seq")),
-    "pong": lambda d: Pong(_opt(d, "t", (int, float), "a number")),
+    "pong": lambda d: Pong(_opt_number(d, "t"), _opt_number(d, "t1"), _opt_number(d, "t2")),
     "error": lambda d: Error(_req(d, "code", str, "a string"), _req(d, "message", str, "text")),
     "samples": _stream_samples,
     **dict.fromkeys(EVENT_TYPES, _event),

@@ -76,13 +76,20 @@ class Samples:
     seq: int
     n: int
     data: bytes
+    #: Optional: the device's clock (s) at the first sample; the server maps it to its own.
+    t: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """Liveness probe; ``t`` (optional) is echoed back in :class:`Pong`."""
+    """Liveness probe; ``t`` (optional) is echoed back in :class:`Pong`.
+
+    For clock estimation a device sends ``t`` = its clock when sending, and ``rx`` = its
+    clock when the previous pong arrived (docs/protocol.md 3.4).
+    """
 
     t: float | None = None
+    rx: float | None = None
 
 
 # --- server -> device -----------------------------------------------------------------------
@@ -104,7 +111,12 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Pong:
+    """``t`` echoed from the ping; ``t1`` / ``t2``: the server's clock (Unix s) when the
+    ping arrived and when this pong left (set by servers that estimate clocks)."""
+
     t: float | None = None
+    t1: float | None = None
+    t2: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ class Frame:
     seq: int
     t0: int
     samples: npt.NDArray[np.generic]
+    t: float | None = None  # the device's clock at the first sample, if it said
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Duplicate:
 @dataclass(frozen=True, slots=True)
 class PingReceived:
     t: float | None
+    rx: float | None = None
 
 
 SessionEvent = Started | Frame | Gap | Duplicate | PingReceived
@@ -86,7 +88,7 @@ class DeviceSession:
     def receive(self, message: DeviceMessage) -> list[SessionEvent]:
         """Take one decoded message; return what it means. Raises RemoteProtocolError."""
         if isinstance(message, Ping):
-            return [PingReceived(message.t)]
+            return [PingReceived(message.t, message.rx)]
         if isinstance(message, Hello):
             return [self._start(message)]
         if self._state is _State.AWAIT_HELLO:
@@ -129,7 +131,7 @@ class DeviceSession:
             return [Duplicate(message.seq)]
         if message.seq > self.next_seq:
             events.append(Gap(self.next_seq, message.seq))
-        events.append(Frame(message.seq, self.t0, samples))
+        events.append(Frame(message.seq, self.t0, samples, message.t))
         self.next_seq = message.seq + 1
         self.t0 += message.n
         return events

@@ -85,7 +85,7 @@ def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
                                     '"baseline": [1024, 1024]}')
     frame = 3 * 2 * 2
     (path / "samples.bin").write_bytes(b"\1" * (frame * 4 + 5))  # frame 4 half written
-    (path / "frames.bin").write_bytes(b"".join(RECORD.pack(s, 3 * s, 3) for s in range(5))
+    (path / "frames.bin").write_bytes(b"".join(RECORD.pack(s, 3 * s, 3, 0.0) for s in range(5))
                                       + b"\0" * 7)  # and a torn record
     [stored] = scan(tmp_path)
     assert (stored.run, stored.next_seq, stored.t0, stored.frames) == (2, 4, 12, 4)

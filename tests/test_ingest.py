@@ -162,9 +162,15 @@ async def test_frames_become_blocks_each_acked(rec: Recording, autojump_clock: M
 
 
 async def test_ping_gets_pong(rec: Recording, autojump_clock: MockClock) -> None:
+    """``t`` comes back as sent, with our receive and send times (clock estimation)."""
     async with ingest() as rig:
         await rig.client.send(Ping(12.5))
-        assert await rig.client.receive() == Pong(12.5)
+        pong = await rig.client.receive()
+        assert isinstance(pong, Pong) and pong.t == 12.5
+        assert pong.t1 is not None and pong.t2 is not None and 0 <= pong.t2 - pong.t1 < 1
+        await rig.client.send(Ping())  # no t: no clock, still an answer
+        pong = await rig.client.receive()
+        assert isinstance(pong, Pong) and pong.t is None
         await rig.client.close()
 
 

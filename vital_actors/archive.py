@@ -4,12 +4,15 @@ Layout, one directory per stream run (beside the recording store's ``recordings/
 
     <dir>/<stream>/run-<run>/meta.json    the hello (fs, channels, dtype, gain, baseline)
     <dir>/<stream>/run-<run>/samples.bin  interleaved little-endian frames, as a recording's
-    <dir>/<stream>/run-<run>/frames.bin   one record per device frame: seq, t0, n (<QQI)
+    <dir>/<stream>/run-<run>/frames.bin   one record per device frame: seq, t0, n, t (<QQId)
 
-``samples.bin`` and ``meta.json`` follow the recording layout (store/recording.py), so a
-finished run can be read like a recording. Appends go samples first, index second; a
-record in ``frames.bin`` is only trusted when its samples are all there, so a server
-killed mid-write restarts from the last whole frame (:func:`scan`).
+``t`` is the server's clock (Unix s) at the frame's first sample: the device's own
+timestamp mapped through its clock estimate (:mod:`clock`) when it sent one, else the
+arrival time less the frame's duration. ``samples.bin`` and ``meta.json`` follow the
+recording layout (store/recording.py), so a finished run can be read like a recording.
+Appends go samples first, index second; a record in ``frames.bin`` is only trusted
+when its samples are all there, so a server killed mid-write restarts from the last
+whole frame (:func:`scan`).
 
 :func:`run_archive` is the writer actor. Ingest connections send it :class:`Append` and
 :class:`Close` over one bounded channel (``buffers.archive``, a clone per connection);
@@ -33,9 +36,9 @@ import trio
 from protocol import Hello
 
 __all__ = ["RECORD", "Append", "ArchiveItem", "Close", "Durable", "RunFiles", "Stored",
-           "run_archive", "run_dir", "scan"]
+           "read_frames", "read_records", "repair", "run_archive", "run_dir", "scan"]
 
-RECORD = struct.Struct("<QQI")  # seq, t0 (first sample's index in the run), n
+RECORD = struct.Struct("<QQId")  # seq, t0 (first sample's index in the run), n, t
 _ITEMSIZE = {"int16": 2, "float32": 4}
 Fsync = Literal["always", "interval", "never"]
 
@@ -71,6 +74,7 @@ class Append:
     n: int
     data: bytes
     durable: Durable
+    t: float = 0.0  # server time of the first sample
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -107,7 +111,7 @@ class RunFiles:
 
     def write(self, items: list[Append]) -> None:
         os.write(self.samples, b"".join(i.data for i in items))
-        os.write(self.frames, b"".join(RECORD.pack(i.seq, i.t0, i.n) for i in items))
+        os.write(self.frames, b"".join(RECORD.pack(i.seq, i.t0, i.n, i.t) for i in items))
 
     def sync(self) -> None:
         os.fsync(self.samples)
@@ -269,7 +273,7 @@ def repair(path: Path, hello: Hello) -> tuple[int, int, int]:
     records = [RECORD.unpack_from(raw, k) for k in range(0, len(raw) - RECORD.size + 1,
                                                            RECORD.size)]
     kept, end = 0, 0
-    for _seq, _t0, n in records:
+    for _seq, _t0, n, _t in records:
         if end + n * frame_bytes > have:
             break
         end += n * frame_bytes
@@ -280,12 +284,18 @@ def repair(path: Path, hello: Hello) -> tuple[int, int, int]:
         f.truncate(end)
     if not kept:
         return 0, 0, 0
-    seq, t0, n = records[kept - 1]
+    seq, t0, n, _t = records[kept - 1]
     return seq + 1, t0 + n, kept
 
 
 def read_frames(path: Path) -> Iterator[tuple[int, int, int]]:
     """The (seq, t0, n) records of a run."""
+    for seq, t0, n, _t in read_records(path):
+        yield seq, t0, n
+
+
+def read_records(path: Path) -> Iterator[tuple[int, int, int, float]]:
+    """The (seq, t0, n, t) records of a run."""
     raw = (path / "frames.bin").read_bytes()
     for k in range(0, len(raw) - RECORD.size + 1, RECORD.size):
         yield RECORD.unpack_from(raw, k)

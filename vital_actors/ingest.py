@@ -14,6 +14,7 @@ limits of :mod:`limits` apply: message rate, silence, channels and fs, streams k
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import deque
 from typing import Any
 
@@ -39,6 +40,7 @@ from protocol import (
 
 from .archive import Append, ArchiveItem, Close, Durable
 from .auth import GRANT, authorize_stream
+from .clock import ClockTracker
 from .edge.websocket import ConnectionClosed, WebSocket
 from .limits import TokenBucket, check_hello, idle_error, stream_cap_error
 from .messages import Block, Item, Publication
@@ -61,6 +63,8 @@ class _Ingest:
         self.durable = Durable()
         self.pending: deque[int] = deque()  # seqs archived, waiting to be acked
         self.pending_added = trio.Event()
+        self.clock = ClockTracker()
+        self.received_at = 0.0  # our clock (Unix s) when the current message arrived
 
     async def serve(self) -> None:
         totals = self.stats.totals
@@ -70,6 +74,7 @@ class _Ingest:
                 payload = await self.ws.receive()
             if waited.cancelled_caught:
                 raise idle_error(idle)
+            self.received_at = time.time()
             self.bucket.check(trio.current_time())
             totals.messages_in += 1
             totals.bytes_in += len(payload)
@@ -101,7 +106,21 @@ class _Ingest:
             case Duplicate():
                 await self._duplicate(event)
             case PingReceived():
-                await self.ws.send(Pong(event.t))
+                await self._pong(event)
+
+    async def _pong(self, ping: PingReceived) -> None:
+        now = time.time()
+        self.clock.ping(ping.t, ping.rx, received=self.received_at, now=now)
+        if self.info is not None:
+            self.info.clock = self.clock.estimate
+        await self.ws.send(Pong(ping.t, self.received_at, now))
+
+    def _stamp(self, frame: Frame, n: int, fs: float) -> float:
+        """Our clock at the frame's first sample."""
+        estimate = self.clock.estimate
+        if frame.t is not None and estimate is not None:
+            return estimate.to_server(frame.t)
+        return self.received_at - n / fs
 
     async def _start(self, event: Started) -> None:
         hello = event.hello
@@ -110,6 +129,10 @@ class _Ingest:
         if self.registry.get(hello.stream) is None and len(self.registry) >= \
                 self.limits.max_streams:
             raise stream_cap_error(self.limits.max_streams)
+        owner = self.registry.owner
+        if owner is not None and not await owner.claim(hello, self.registry):
+            raise RemoteProtocolError(f"stream {hello.stream!r} is connected to another node",
+                                      code=CloseCode.POLICY_VIOLATION, reason="stream-busy")
         try:
             info = self.registry.attach(hello)
         except StreamBusyError as exc:
@@ -119,6 +142,7 @@ class _Ingest:
         self.stats.devices += 1
         self.session.next_seq, self.session.t0 = info.next_seq, info.t0
         self.durable = Durable(info.next_seq - 1)  # what came before is on disk already
+        info.clock = self.clock.estimate
         await self.ws.send(Welcome(info.id, info.next_seq))
         await self._status("connected", fs=info.fs, channels=list(info.channels),
                            run=info.run, next_seq=info.next_seq, device=info.hello.device)
@@ -129,14 +153,23 @@ class _Ingest:
         n = int(frame.samples.shape[0])
         if self.archive is not None:  # first to disk: parks while the writer is behind
             await self.archive.send(Append(info.id, info.run, info.hello, frame.seq, frame.t0,
-                                           n, frame.samples.tobytes(), self.durable))
+                                           n, frame.samples.tobytes(), self.durable,
+                                           self._stamp(frame, n, info.fs)))
+            # On its way to disk, the frame counts as received (a resend is a duplicate)
+            # and is acked once durable, even if a shutdown cancels the send below.
+            self._count(info, n)
+            await self._ack(frame.seq)
         await self.outbox.send(Block(info, info.run, frame.seq, frame.t0, frame.samples,
                                      trio.current_time()))  # parks while the pipeline is full
+        if self.archive is None:
+            self._count(info, n)
+            await self._ack(frame.seq)
+
+    def _count(self, info: StreamInfo, n: int) -> None:
         info.next_seq, info.t0 = self.session.next_seq, self.session.t0
         info.frames += 1
         info.samples += n
         self.stats.totals.samples_in += n
-        await self._ack(frame.seq)
 
     async def _ack(self, seq: int) -> None:
         if self.archive is None:
@@ -173,6 +206,9 @@ class _Ingest:
         info = self.info
         self.registry.detach(info)
         self.stats.devices -= 1
+        if self.registry.owner is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(patience):
+                await self.registry.owner.release(info)
         with trio.CancelScope(shield=True), trio.move_on_after(patience):
             if self.ws.closed is None and self.pending:  # e.g. shutdown: flush, then ack
                 await self.durable.wait_beyond(self.pending[-1] - 1)

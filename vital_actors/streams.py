@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from protocol import Hello
 
+from .clock import ClockEstimate
 from .filtering import FilterDesign, design
 from .settings import FilterSettings
 
@@ -41,6 +42,7 @@ class StreamInfo:
     gaps: int = 0
     missing_frames: int = 0
     duplicates: int = 0
+    clock: ClockEstimate | None = None  # the device's clock against ours (ping/pong)
     scale: npt.NDArray[np.float64] = field(init=False)
     offset: npt.NDArray[np.float64] = field(init=False)
 

@@ -50,6 +50,13 @@ class FilterOut(BaseModel):
                                    "as scipy.signal.sosfilt takes them")
 
 
+class ClockOut(BaseModel):
+    offset_s: float = Field(description="server clock minus device clock")
+    drift_ppm: float = Field(description="how fast the offset changes, in parts per million")
+    rtt_s: float = Field(description="round-trip time (median of the exchanges used)")
+    exchanges: int
+
+
 class StreamOut(BaseModel):
     id: str
     fs: float
@@ -67,6 +74,8 @@ class StreamOut(BaseModel):
     missing_frames: int
     duplicates: int
     filter: FilterOut
+    clock: ClockOut | None = Field(None, description="the device's clock against the "
+                                   "server's, from ping/pong (null until one exchange)")
 
 
 class StreamList(BaseModel):
@@ -119,6 +128,9 @@ def _stream(info: StreamInfo) -> StreamOut:
         gaps=info.gaps, missing_frames=info.missing_frames, duplicates=info.duplicates,
         filter=FilterOut(**f.settings.model_dump(), version=f.version, fs=f.fs,
                          sos=f.sos.tolist()),
+        clock=None if info.clock is None else ClockOut(
+            offset_s=info.clock.offset, drift_ppm=info.clock.drift * 1e6,
+            rtt_s=info.clock.rtt, exchanges=info.clock.exchanges),
     )
 
 

@@ -63,7 +63,7 @@ class DeviceClient:
         self._changed = trio.Event()  # a frame was added or acked
         self._dtype = np.dtype(hello.dtype).newbyteorder("<")
         self._welcomed = False
-        self._last_pong: tuple[float, float, float] | None = None  # (t, t1, t2) to report
+        self._pong_rx: float | None = None  # our clock when the last ping's pong came
 
     @property
     def unacked(self) -> int:
@@ -73,13 +73,14 @@ class DeviceClient:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def send(self, block: npt.NDArray[np.generic]) -> int:
-        """Queue one frame, shape (n, channels); its seq. Parks while the buffer is full."""
+    async def send(self, block: npt.NDArray[np.generic], *, t: float | None = None) -> int:
+        """Queue one frame, shape (n, channels), with our clock *t* at its first sample
+        (optional); its seq. Parks while the buffer is full."""
         while len(self._frames) >= self.max_unacked:
             await self._changed.wait()
         data = np.ascontiguousarray(block, dtype=self._dtype)
         seq, self.next_seq = self.next_seq, self.next_seq + 1
-        self._frames.append(Samples(seq, int(data.shape[0]), data.tobytes()))
+        self._frames.append(Samples(seq, int(data.shape[0]), data.tobytes(), t))
         self._notify()
         return seq
 
@@ -144,8 +145,12 @@ class DeviceClient:
             await self._changed.wait()
 
     async def _ping(self, ws: WebSocketConnection) -> None:
+        """Ping with our clock, reporting when the previous pong arrived (rx): the server
+        estimates our clock's offset and drift from these (docs/protocol.md 3.4)."""
+        self._pong_rx = None
         while True:
-            await ws.send_message(encode(Ping(time.time())))
+            rx, self._pong_rx = self._pong_rx, None
+            await ws.send_message(encode(Ping(time.time(), rx)))
             await trio.sleep(self.ping_interval_s)
 
     async def _read(self, ws: WebSocketConnection) -> None:
@@ -156,4 +161,4 @@ class DeviceClient:
             elif isinstance(message, Error):
                 self.counters.last_error = message.code
             elif isinstance(message, Pong):
-                pass
+                self._pong_rx = time.time()
