@@ -35,7 +35,8 @@ from protocol import Event
 from ..settings import ScreenSettings
 from .design import Design, design_for
 from .front import FrontState, run_front
-from .stream import StreamQuality
+from .sqi import StepRows, step_rows
+from .stream import Step, StreamQuality
 
 __all__ = ["Frame", "QualityChain"]
 
@@ -69,6 +70,15 @@ class QualityChain:
     def __init__(self, settings: ScreenSettings) -> None:
         self.settings = settings
         self._streams: dict[str, _Entry] = {}
+        self._scratch: dict[tuple[int, ...], F64] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickles (job checkpoints) without the scratch array, which is rebuilt."""
+        return {"settings": self.settings, "_streams": self._streams}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._scratch = {}
 
     def forget(self, key: str) -> None:
         self._streams.pop(key, None)
@@ -127,9 +137,33 @@ class QualityChain:
         widths = [f.mv.shape[1] for f in frames]
         results = run_front(d, [e.front for e in entries], np.asarray(det, np.float64),
                             np.asarray(det_f, np.float64), np.asarray(mv, np.float64),
-                            np.asarray(filt, np.float64), widths)
-        for e, res, events in zip(entries, results, out, strict=True):
-            events.extend(e.quality.take(res))
+                            np.asarray(filt, np.float64), widths, self._scratch)
+        taken = [e.quality.take(res) for e, res in zip(entries, results, strict=True)]
+        steps = [x for items in taken for x in items if isinstance(x, Step)]
+        rows = self._rows(steps)
+        for items, events in zip(taken, out, strict=True):
+            for x in items:
+                if isinstance(x, Step):
+                    events.extend(x.owner.finish(x, *rows[id(x)]))
+                else:
+                    events.append(x)
+
+    def _rows(self, steps: list[Step]) -> dict[int, tuple[StepRows, int]]:
+        """The indices of all *steps* in one numpy pass per channel count."""
+        by_width: dict[int, list[Step]] = defaultdict(list)
+        for st in steps:
+            by_width[st.totals.shape[1]].append(st)
+        s, found = self.settings, {}
+        for group in by_width.values():
+            rows = step_rows(np.array([st.totals for st in group]),
+                             np.array([st.prev for st in group]),
+                             np.array([st.first for st in group]),
+                             np.array([st.n for st in group]),
+                             np.array([st.step_n for st in group]),
+                             flatline_mv=s.flatline_mv, out_of_range_mv=s.out_of_range_mv,
+                             lead_off_fraction=s.lead_off_fraction)
+            found.update({id(st): (rows, i) for i, st in enumerate(group)})
+        return found
 
 
 

@@ -84,16 +84,18 @@ def _peaks(col_rows: tuple[I64, I64], m: int) -> list[I64]:
 
 
 def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
-              mv: F64, filtered: F64, widths: Sequence[int]) -> list[FrontOut]:
+              mv: F64, filtered: F64, widths: Sequence[int],
+              scratch: dict[tuple[int, ...], F64] | None = None) -> list[FrontOut]:
     """Process one block per stream, stacked: *det* / *det_f* (n, streams) hold each
     stream's detection channel (in mV / filtered), *mv* / *filtered* (n, channels)
-    all channels, ``widths[s]`` channels for stream *s*. Updates *states*."""
+    all channels, ``widths[s]`` channels for stream *s*. Updates *states*. *scratch*
+    keeps the big work array between calls (one per caller: not shared by threads)."""
     n, m = det.shape
     new: dict[str, F64] = {}
     out = [FrontOut() for _ in range(m)]
     a_rows, a_vals, a_r = _detector_a(d, states, det, new)
     b_rows = _detector_b(d, states, det_f, new)
-    cum = _totals(d, states, mv, filtered, new)
+    cum = _totals(d, states, mv, filtered, new, {} if scratch is None else scratch)
     t0s = [s.next_t for s in states]
     for k, state in enumerate(states):
         t0 = t0s[k]
@@ -107,7 +109,7 @@ def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
         first = (-(t0s[k] + 1)) % d.step
         rows = range(first, n, d.step)
         if len(rows):
-            snaps = cum[first::d.step, :, col:col + width]
+            snaps = cum[first::d.step, :, col:col + width].copy()  # not a view of scratch
             out[k].snaps = [(t0s[k] + r + 1, snaps[j]) for j, r in enumerate(rows)]
         col += width
     _split(states, new, widths)
@@ -194,12 +196,16 @@ def _detector_b(d: Design, states: Sequence[FrontState], x_f: F64,
 
 
 def _totals(d: Design, states: Sequence[FrontState], mv: F64, f: F64,
-            new: dict[str, F64]) -> F64:
+            new: dict[str, F64], scratch: dict[tuple[int, ...], F64]) -> F64:
     """Running totals of the SQI features, shape (n, features, channels)."""
     n, c = mv.shape
     bw, new["zi_bw"] = scipy.signal.sosfilt(d.bw_sos, mv, axis=0, zi=_stack(states, "zi_bw"))
     hf, new["zi_hf"] = scipy.signal.sosfilt(d.hf_sos, mv, axis=0, zi=_stack(states, "zi_hf"))
-    g = np.empty((n + 1, len(FEATURES), c))
+    shape = (n + 1, len(FEATURES), c)
+    g = scratch.get(shape)
+    if g is None:  # a fresh 10-MB array per call costs its page faults every time
+        scratch.clear()
+        g = scratch[shape] = np.empty(shape)
     g[0] = _stack(states, "tot")[0]
     g[1:, 0] = f
     np.multiply(f, f, out=g[1:, 1])
@@ -213,7 +219,10 @@ def _totals(d: Design, states: Sequence[FrontState], mv: F64, f: F64,
     g[1:, 7] = (last[1:] == last[:-1]) & (np.abs(mv - bw) > CLIP_MV)
     g[1:, 8] = mv
     np.multiply(mv, mv, out=g[1:, 9])
-    cum = np.cumsum(g, axis=0)[1:]
-    new["tot"] = cum[-1:]
+    flat = g.reshape(n + 1, -1)
+    for i in range(1, n + 1):  # cumsum, row by row: 2-3x faster here, the same additions
+        np.add(flat[i], flat[i - 1], out=flat[i])
+    cum = g[1:]
+    new["tot"] = cum[-1:].copy()
     return cum
 

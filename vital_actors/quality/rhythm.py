@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import statistics
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,15 +27,35 @@ class Rhythm:
 
 def rhythm(r_peaks: Sequence[int], now: int, fs: float) -> Rhythm:
     """Rates at sample index *now* from the R indices *r_peaks* (sorted, before *now*)."""
-    recent = [r for r in r_peaks if now - r <= HRV_WINDOW_S * fs]
-    rr = [(b - a) / fs for a, b in itertools.pairwise(recent)]
-    last10 = [(b - a) / fs for a, b in itertools.pairwise(recent)
-              if now - b <= HR_WINDOW_S * fs]
-    beats10 = sum(1 for r in recent if now - r <= HR_WINDOW_S * fs)
+    lo60, lo10 = now - HRV_WINDOW_S * fs, now - HR_WINDOW_S * fs
+    rr: list[float] = []  # seconds, last 60 s
+    rr10: list[float] = []
+    beats10 = 0
+    prev = None
+    for r in r_peaks:  # one pass: this runs once a second for every stream
+        if r < lo60:
+            continue
+        if r >= lo10:
+            beats10 += 1
+        if prev is not None:
+            rr.append((r - prev) / fs)
+            if r >= lo10:
+                rr10.append(rr[-1])
+        prev = r
     hr_inst = round(60.0 / rr[-1], 1) if rr else None
-    hr = round(60.0 / statistics.median(last10), 1) if last10 else None
-    good = [x * 1000 for x in rr if RR_RANGE_S[0] <= x <= RR_RANGE_S[1]]
-    sdnn = round(statistics.pstdev(good), 1) if len(good) >= 2 else None
-    diffs = [(b - a) ** 2 for a, b in itertools.pairwise(good)]
-    rmssd = round((sum(diffs) / len(diffs)) ** 0.5, 1) if diffs else None
+    hr = round(60.0 / _median(rr10), 1) if rr10 else None
+    lo, hi = RR_RANGE_S
+    good = [x * 1000 for x in rr if lo <= x <= hi]
+    sdnn = rmssd = None
+    if len(good) >= 2:
+        mean = sum(good) / len(good)
+        sdnn = round(math.sqrt(max(sum(x * x for x in good) / len(good) - mean * mean, 0.0)), 1)
+        diffs = [b - a for a, b in itertools.pairwise(good)]
+        rmssd = round(math.sqrt(sum(d * d for d in diffs) / len(diffs)), 1)
     return Rhythm(hr_inst, hr, sdnn, rmssd, beats10)
+
+
+def _median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2

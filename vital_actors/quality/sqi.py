@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["THRESHOLDS", "WindowSQI", "bsqi", "classify", "score", "window_sqi"]
+__all__ = ["THRESHOLDS", "StepRows", "WindowSQI", "bsqi", "classify", "score", "step_rows"]
 
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
 _EPS = 1e-12
 
 #: Thresholds of :func:`classify`, on the detection channel.
@@ -61,29 +62,57 @@ class WindowSQI:
     bsqi: float
 
 
-def window_sqi(sums: F64, n: int, flat_steps: F64, bsqi_value: float) -> WindowSQI:
-    """Indices from the window's feature sums *sums* (features, channels) over *n*
-    samples; *flat_steps* is the flat fraction per channel."""
-    f, f2, f3, f4, bw, bw2, hf2, sat = (sums[k] / n for k in range(8))  # see FEATURES
+@dataclass(frozen=True, slots=True)
+class StepRows:
+    """Per-channel values of many steps (windows) at once, as nested lists [step][channel]:
+    the window indices, and for the last second of each step its flat, lead-off and
+    clipped flags."""
+
+    kurtosis: list[list[float]]
+    skewness: list[list[float]]
+    bw_ratio: list[list[float]]
+    hf_ratio: list[list[float]]
+    sat_fraction: list[list[float]]
+    std_mv: list[list[float]]
+    flat: list[list[bool]]
+    lead_off: list[list[bool]]
+    clipped: list[list[bool]]
+
+
+def step_rows(totals: F64, prev: F64, first: F64, n: I64, step_n: I64, *,
+              flatline_mv: float, out_of_range_mv: float, lead_off_fraction: float) -> StepRows:
+    """The indices of k windows in one numpy pass: *totals*, *prev* and *first* (k,
+    features, channels) are the running totals at each step's end, at its previous
+    step's end and at its window's start; *n* and *step_n* (k,) the sample counts.
+
+    - a second is flat when the standard deviation of the signal (mV) is below
+      ``flatline_mv``; it is lead off when flat at a rail (|mean| beyond
+      ``out_of_range_mv``) or when at least ``lead_off_fraction`` of it is clipped.
+    """
+    w = (totals - first) / n[:, None, None]
+    f, f2, f3, f4, bw, bw2, hf2, sat = (w[:, k] for k in range(8))
     var = np.maximum(f2 - f * f, 0.0)
+    safe = np.maximum(var, _EPS)
     m3 = f3 - 3 * f * f2 + 2 * f ** 3
     m4 = f4 - 4 * f * f3 + 6 * f * f * f2 - 3 * f ** 4
-    safe = np.maximum(var, _EPS)
     bw_var = np.maximum(bw2 - bw * bw, 0.0)
-    return WindowSQI(
+    step = (totals[:, 7:] - prev[:, 7:]) / np.maximum(step_n, 1)[:, None, None]
+    clip, mean, sq = step[:, 0], step[:, 1], step[:, 2]
+    flat = np.sqrt(np.maximum(sq - mean * mean, 0.0)) < flatline_mv
+    lead_off = (flat & (np.abs(mean) > out_of_range_mv)) | (clip >= lead_off_fraction)
+    return StepRows(
         kurtosis=_r(np.where(var > _EPS, m4 / (safe * safe), 0.0)),
         skewness=_r(np.where(var > _EPS, m3 / safe ** 1.5, 0.0)),
         bw_ratio=_r(bw_var / np.maximum(bw_var + var, _EPS)),
         hf_ratio=_r(hf2 / np.maximum(hf2 + var, _EPS)),
-        flat_fraction=_r(flat_steps),
-        sat_fraction=_r(sat),
-        std_mv=_r(np.sqrt(var)),
-        bsqi=round(bsqi_value, 4),
+        sat_fraction=_r(sat), std_mv=_r(np.sqrt(var)),
+        flat=flat.tolist(), lead_off=lead_off.tolist(), clipped=(clip > 0).tolist(),
     )
 
 
-def _r(x: F64) -> tuple[float, ...]:
-    return tuple(round(float(v), 4) for v in x)
+def _r(x: F64) -> list[list[float]]:
+    out: list[list[float]] = np.round(x, 4).tolist()
+    return out
 
 
 def bsqi(a: Sequence[int], b: Sequence[int], tol: int) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,15 +26,31 @@ from .design import FEATURES, Design
 from .front import FrontOut
 from .peaks import Beat, PeakTracker
 from .rhythm import HRV_WINDOW_S, Rhythm, rhythm
-from .sqi import WindowSQI, bsqi, classify, score, window_sqi
+from .sqi import StepRows, WindowSQI, bsqi, classify, score
 
-__all__ = ["StreamQuality"]
+__all__ = ["Step", "StreamQuality"]
 
 F64 = npt.NDArray[np.float64]
 MATCH_S = 0.15  # bSQI: beats of A and B within 150 ms agree
 EDGE_S = 0.3  # bSQI leaves out the last 300 ms, where B may not have decided yet
 B_LEVEL = 0.25  # detector B: share of its running beat height a beat must reach ...
 B_HALF_LIFE_S = 10.0  # ... a level that halves every 10 s without a beat
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Step:
+    """A quality step waiting for its indices (computed for many streams at once)."""
+
+    owner: StreamQuality
+    boundary: int
+    n: int  # samples in the window
+    step_n: int  # samples in the step
+    totals: F64  # running totals at the boundary ...
+    prev: F64  # ... at the previous boundary ...
+    first: F64  # ... and at the window's start
+    bsqi: float
+    beats: bool  # either detector found a beat in the window
+    rhythm: Rhythm
 
 
 class StreamQuality:
@@ -50,7 +67,7 @@ class StreamQuality:
         steps = max(1, round(settings.sqi_window_s / settings.window_s))
         self.snaps: deque[tuple[int, F64]] = deque(maxlen=steps + 1)
         self.snaps.append((t0, np.zeros((len(FEATURES), channels))))
-        self.flat: deque[F64] = deque(maxlen=steps)
+        self.flat: deque[list[bool]] = deque(maxlen=steps)
         self.alarms: dict[tuple[str, int | None], Alarm] = {}
         hold, clear = settings.rate_hold_s, settings.rate_clear_s
         for kind, on, off in (("asystole", 1, 1), ("bradycardia", hold, clear),
@@ -62,21 +79,25 @@ class StreamQuality:
         self.topic_q = f"stream/{key}/quality"
         self.topic_b = f"stream/{key}/beats"
 
-    def take(self, res: FrontOut) -> Iterator[Event]:
-        """Events for one block's front-end output, in sample order."""
+    def take(self, res: FrontOut) -> list[Event | Step]:
+        """One block's beat events, in sample order, with a :class:`Step` where each
+        quality step falls; the chain computes the steps' indices for all streams at
+        once and then calls :meth:`finish` on each."""
         for r, height in res.beats_b:
             if self._b_accepts(r, height):
                 self.b_beats.append(r)
+        out: list[Event | Step] = []
         peaks = iter(res.peaks_a)
         pending = next(peaks, None)
         for boundary, totals in res.snaps:
             while pending is not None and pending[0] < boundary:
-                yield from self._peak(*pending)
+                out.extend(self._peak(*pending))
                 pending = next(peaks, None)
-            yield from self._step(boundary, totals)
+            out.append(self._step(boundary, totals))
         while pending is not None:
-            yield from self._peak(*pending)
+            out.extend(self._peak(*pending))
             pending = next(peaks, None)
+        return out
 
     def _b_accepts(self, r: int, height: float) -> bool:
         """Detector B's own level: a beat must reach a quarter of the running height
@@ -104,16 +125,12 @@ class StreamQuality:
             "latency_ms": round(1000 * (b.decided + 1 - b.r) / fs, 1),
         })
 
-    def _step(self, boundary: int, totals: F64) -> Iterator[Event]:
+    def _step(self, boundary: int, totals: F64) -> Step:
+        """What a step needs from the stream's state as it stands at *boundary*."""
         fs = self.d.fs
         prev_b, prev = self.snaps[-1]
-        step_n = boundary - prev_b
-        step = (totals - prev) / max(step_n, 1)
-        step_std = np.sqrt(np.maximum(step[9] - step[8] ** 2, 0.0))  # of the mV signal
-        self.flat.append((step_std < self.s.flatline_mv).astype(np.float64))
         self.snaps.append((boundary, totals))
         first_b, first = self.snaps[0]
-        n = boundary - first_b
         while self.beats and boundary - self.beats[0] > HRV_WINDOW_S * fs:
             self.beats.popleft()
         lo = boundary - self.s.sqi_window_s * fs
@@ -122,19 +139,24 @@ class StreamQuality:
         edge = boundary - EDGE_S * fs
         a = [r for r in self.beats if lo <= r < edge]
         b = [r for r in self.b_beats if r < edge]
-        q = window_sqi(totals - first, n, np.mean(list(self.flat), axis=0),
-                       bsqi(a, b, round(MATCH_S * fs)))
-        cls = classify(q, self.channel, beats=bool(a or b))
-        rh = rhythm(list(self.beats), boundary, fs)
-        # Lead off: a flat second sitting at a rail (its mean beyond out_of_range_mv), or
-        # a second mostly clipped.
-        lead_off = ((step_std < self.s.flatline_mv) & (np.abs(step[8]) > self.s.out_of_range_mv)
-                    | (step[7] >= self.s.lead_off_fraction))
-        yield self._quality_event(boundary, n, q, cls, rh, lead_off, step[7] > 0)
-        yield from self._alarms(boundary, q, cls, rh, lead_off, step_std)
+        return Step(self, boundary, boundary - first_b, boundary - prev_b, totals, prev, first,
+                    bsqi(a, b, round(MATCH_S * fs)), bool(a or b), rhythm(self.beats, boundary, fs))
+
+    def finish(self, st: Step, rows: StepRows, i: int) -> Iterator[Event]:
+        """The quality event and alert changes of step *st*, row *i* of *rows*."""
+        flat = rows.flat[i]
+        self.flat.append(flat)
+        flat_share = [round(sum(col) / len(self.flat), 4) for col in zip(*self.flat, strict=True)]
+        q = WindowSQI(tuple(rows.kurtosis[i]), tuple(rows.skewness[i]), tuple(rows.bw_ratio[i]),
+                      tuple(rows.hf_ratio[i]), tuple(flat_share), tuple(rows.sat_fraction[i]),
+                      tuple(rows.std_mv[i]), round(st.bsqi, 4))
+        cls = classify(q, self.channel, beats=st.beats)
+        lead_off = rows.lead_off[i]
+        yield self._quality_event(st.boundary, st.n, q, cls, st.rhythm, lead_off, rows.clipped[i])
+        yield from self._alarms(st.boundary, q, cls, st.rhythm, lead_off, flat)
 
     def _quality_event(self, boundary: int, n: int, q: WindowSQI, cls: str, rh: Rhythm,
-                       lead_off: Any, out_of_range: Any) -> Event:
+                       lead_off: list[bool], clipped: list[bool]) -> Event:
         c = self.channel
         return Event("quality", self.topic_q, Priority.NORMAL, {
             "stream": self.key, "t0": boundary - n, "n": n, "class": cls,
@@ -143,13 +165,13 @@ class StreamQuality:
             "kurtosis": list(q.kurtosis), "skewness": list(q.skewness),
             "bw_ratio": list(q.bw_ratio), "hf_ratio": list(q.hf_ratio),
             "flat_fraction": list(q.flat_fraction), "sat_fraction": list(q.sat_fraction),
-            "std_mv": list(q.std_mv), "flatline": bool(self.flat[-1].any()),
-            "lead_off": bool(np.any(lead_off)),
-            "out_of_range": bool(np.any(out_of_range & ~lead_off)),
+            "std_mv": list(q.std_mv), "lead_off": any(lead_off),
+            "flatline": any(f and not o for f, o in zip(self.flat[-1], lead_off, strict=True)),
+            "out_of_range": any(c and not o for c, o in zip(clipped, lead_off, strict=True)),
         })
 
-    def _alarms(self, t: int, q: WindowSQI, cls: str, rh: Rhythm, lead_off: Any,
-                step_std: F64) -> Iterator[Event]:
+    def _alarms(self, t: int, q: WindowSQI, cls: str, rh: Rhythm, lead_off: list[bool],
+                flat_now: list[bool]) -> Iterator[Event]:
         s, fs, step = self.s, self.d.fs, self.d.step
         evidence = {"hr": rh.hr, "hr_inst": rh.hr_inst, "quality": cls,
                     "score": score(q, self.channel)}
@@ -174,8 +196,8 @@ class StreamQuality:
             checks.append((kind, None, alarm.step(bad, ok, t, began=t - (need - 1) * step,
                                                   suppressed=noisy)))
         for c in range(self.channels):
-            off = bool(lead_off[c])
-            flat = bool(step_std[c] < s.flatline_mv) and not off
+            off = lead_off[c]
+            flat = flat_now[c] and not off
             for kind, bad in (("lead_off", off), ("flatline", flat)):
                 alarm = self.alarms[(kind, c)]
                 need = alarm.off if alarm.active else alarm.on
