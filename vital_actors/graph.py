@@ -30,6 +30,7 @@ from .api.app import create_app
 from .archive import ArchiveItem, run_archive, scan
 from .auth import Gate, check_startup
 from .broadcast import Hub, run_broadcast, run_hub_rates
+from .bus import BusHub, RedisBus
 from .edge.door import Route, serve_door
 from .edge.handshake import Compression
 from .edge.websocket import WebSocket
@@ -66,8 +67,14 @@ class Server:
         self.stats = Stats()
         self.gate = Gate(settings, self.stats)
         self.registry = StreamRegistry(settings.filter)
-        self.hub = Hub(buffer=settings.buffers.subscriber, settings=settings.lanes,
-                       stats=self.stats)
+        hub_class = Hub if settings.bus.url is None else BusHub
+        self.hub = hub_class(buffer=settings.buffers.subscriber, settings=settings.lanes,
+                             stats=self.stats)
+        # Beyond one process (issue 9): live topics and stream leases over Redis.
+        self.bus = None if settings.bus.url is None else RedisBus(settings.bus)
+        if isinstance(self.hub, BusHub):
+            self.hub.bus = self.bus
+        self.registry.owner = self.bus
         self.filter_bank = FilterBank()
         self.loop_lag = LoopLag()
         self.port: int | None = None
@@ -118,6 +125,9 @@ class Server:
                                          settings=s.screen))
                 await root.start(partial(run_broadcast, screened_rx, hub=self.hub,
                                          filtered_dtype=s.filtered_dtype))
+                bus = trio.CancelScope()
+                if self.bus is not None:
+                    await root.start(_cancellable, bus, self.bus.run, self.hub, self.registry)
                 services = trio.CancelScope()
                 root.start_soon(self._services, services, api_socket, api_stop)
                 async with trio.open_nursery() as connections:
@@ -147,6 +157,7 @@ class Server:
                     if self._archive is not None:
                         self._archive.close()  # the archive syncs and ends after them too
                 services.cancel()
+                bus.cancel()  # what the pipeline still drains reaches local subscribers only
 
     def _open_archive(self, fallback: Path) -> trio.MemoryReceiveChannel[ArchiveItem] | None:
         """Restore the streams the live archive holds; its channel (None when disabled)."""
@@ -221,8 +232,8 @@ class Server:
 
 
 async def _cancellable(scope: trio.CancelScope, service: Callable[..., Awaitable[None]],
-                       /, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                       /, *args: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
                        **kwargs: Any) -> None:
     """Run *service* (started with a port) inside *scope*, so the caller can stop it."""
     with scope:
-        await service(task_status=task_status, **kwargs)
+        await service(*args, task_status=task_status, **kwargs)

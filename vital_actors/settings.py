@@ -253,6 +253,26 @@ class JobSettings(_Section):
     max_queued: int = Field(1000, ge=1, description="jobs waiting before POST is refused")
 
 
+class BusSettings(_Section):
+    """The Redis bus between processes and nodes (off without a URL)."""
+
+    url: str | None = Field(None, description="redis://host:port; null: one process, "
+                            "in-process channels only")
+    node: str | None = Field(None, description="this node's id; null: hostname-pid")
+    prefix: str = Field("vital:", min_length=1, description="prefix of every Redis key")
+    lease_s: float = Field(5.0, gt=0, description="stream ownership lease; a dead node's "
+                           "streams move after at most this long")
+    outbox: int = Field(10_000, ge=1, description="messages waiting to be published")
+    publish_batch: int = Field(256, ge=1, description="PUBLISH commands per pipeline")
+    retry_s: float = Field(0.5, gt=0, description="pause before reconnecting to Redis")
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> Self:
+        if self.url is not None and not self.url.startswith("redis://"):
+            raise ValueError(f"bus.url must start with redis://, got {self.url!r}")
+        return self
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings`."""
 
@@ -272,6 +292,7 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(1.0, gt=0)
     store: StoreSettings = StoreSettings()
     jobs: JobSettings = JobSettings()
+    bus: BusSettings = BusSettings()
     auth: AuthSettings = AuthSettings()
     archive: ArchiveSettings = ArchiveSettings()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -75,12 +76,25 @@ def _same_format(a: Hello, b: Hello) -> bool:
                                                                  b.gain, b.baseline)
 
 
+class Owner(Protocol):
+    """Who may serve a stream when several nodes share the streams (the Redis bus)."""
+
+    async def claim(self, hello: Hello, registry: StreamRegistry) -> bool:
+        """Take *hello.stream* for this node; False when another node holds it."""
+        ...
+
+    async def release(self, info: StreamInfo) -> None:
+        """Let the stream go (its device left), saving its position for the next node."""
+        ...
+
+
 class StreamRegistry:
     """Streams by id, with the default filter for new ones."""
 
     def __init__(self, default_filter: FilterSettings) -> None:
         self.default_filter = default_filter
         self._streams: dict[str, StreamInfo] = {}
+        self.owner: Owner | None = None  # set when streams are shared across nodes
 
     def __iter__(self) -> Iterator[StreamInfo]:
         return iter(self._streams.values())

@@ -1,0 +1,242 @@
+"""The Redis bus: live topics across processes and nodes, and stream ownership leases.
+
+Every node publishes what its own pipeline produces and delivers it to its own
+subscribers at once (no round trip through Redis for local readers). It also publishes
+each message, already encoded, on the Redis channel ``<prefix>t:<node>:<topic>``; every
+node reads ``<prefix>t:*`` and hands messages from *other* nodes to its hub, whose lanes
+apply the same priority policy as to local messages. Publishing is batched: one
+pipeline of PUBLISH commands per batch, from a bounded outbox.
+
+Delivery across nodes is at most once, like Redis pub/sub itself: while Redis is away
+(restart, network) the outbox fills and further messages are counted as
+``bus_dropped`` instead of growing memory; the reader reconnects with backoff and
+delivery resumes. What must not be lost is on disk in each node's archive.
+
+Stream ownership: a device's stream belongs to the node holding the lease
+``<prefix>lease:<stream>`` (SET NX PX, renewed every lease_s / 3 while the device is
+connected, released when it leaves). A device reconnecting to another node gets its
+stream there once the old node released it or its lease expired (the node died).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import coredis
+import trio
+
+from protocol import Event, Hello, RemoteProtocolError, StreamSamples, decode_server
+
+from ..broadcast import Hub
+from ..edge.codecs import Outgoing
+from ..settings import BusSettings
+from ..streams import StreamInfo, StreamRegistry
+
+__all__ = ["BusCounters", "RedisBus", "default_node_id"]
+
+#: Renew a lease only if this node still holds it (compare and extend, atomically).
+_RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+          "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
+_RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+            "return redis.call('del', KEYS[1]) else return 0 end")
+#: Errors that mean "Redis is not there right now": retry, never crash the node.
+_AWAY = (coredis.exceptions.ConnectionError, TimeoutError, OSError,
+         trio.BrokenResourceError)
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(slots=True)
+class BusCounters:
+    published: int = 0  # messages sent to Redis
+    received: int = 0  # messages from other nodes delivered to this hub
+    dropped: int = 0  # messages not published: the outbox was full (Redis away or slow)
+    reconnects: int = 0
+    connected: bool = False
+    leases: set[str] = field(default_factory=set)  # streams this node owns now
+
+
+def _client(url: str) -> coredis.Redis[bytes]:
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"bus URL must be redis://host:port, got {url!r}")
+    return coredis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
+                         connect_timeout=2.0, stream_timeout=5.0)
+
+
+class RedisBus:
+    """One node's connection to the bus. Start :meth:`run` in the server's nursery."""
+
+    def __init__(self, settings: BusSettings, *, node: str | None = None) -> None:
+        assert settings.url is not None
+        self.settings = settings
+        self.url = settings.url
+        self.node = node or settings.node or default_node_id()
+        self.prefix = settings.prefix
+        self.counters = BusCounters()
+        self._outbox_tx, self._outbox_rx = trio.open_memory_channel[tuple[str, bytes]](
+            settings.outbox)
+        self._client = _client(self.url)
+        self._hub: Hub | None = None
+        self._leases_changed = trio.Event()
+
+    # --- publishing (sync: called from the broadcaster's loop) -----------------------------
+
+    def publish(self, topic: str, out: Outgoing) -> None:
+        """Queue *out* (a message on *topic*) for the other nodes, never blocking."""
+        try:
+            self._outbox_tx.send_nowait((f"{self.prefix}t:{self.node}:{topic}", out.payload))
+        except trio.WouldBlock:
+            self.counters.dropped += 1
+
+    async def run(self, hub: Hub, registry: StreamRegistry, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Publish the outbox, read the other nodes' messages into *hub*, renew the
+        leases of *registry*'s streams; until cancelled. Survives Redis going away and
+        coming back."""
+        self._hub = hub
+        async with self._client, trio.open_nursery() as nursery:
+            nursery.start_soon(self._publisher)
+            await nursery.start(self._reader)
+            nursery.start_soon(self._renewer, registry)
+            task_status.started()
+
+    async def _publisher(self) -> None:
+        batch_max = self.settings.publish_batch
+        async for first in self._outbox_rx:
+            batch = [first]
+            while len(batch) < batch_max:
+                try:
+                    batch.append(self._outbox_rx.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, payload in batch:
+                        pipe.publish(channel, payload)
+                self.counters.published += len(batch)
+            except _AWAY:
+                self.counters.dropped += len(batch)
+                await trio.sleep(self.settings.retry_s)
+
+    async def _reader(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                      ) -> None:
+        started = False
+        pattern = f"{self.prefix}t:*"
+        skip = len(self.prefix) + 2
+        while True:
+            try:
+                try:
+                    async with self._subscription(pattern) as messages:
+                        self.counters.connected = True
+                        if not started:
+                            started = True
+                            task_status.started()
+                        async for message in messages:
+                            self._deliver(message, skip)
+                except* anyio.ClosedResourceError:
+                    pass  # leaving (or cancelled) on a connection that was already gone
+            except Exception:  # Redis went away, in any of coredis's ways: reconnect
+                pass
+            self.counters.connected = False
+            if not started:  # the first connection failed: start anyway, keep trying
+                started = True
+                task_status.started()
+            self.counters.reconnects += 1
+            await trio.sleep(self.settings.retry_s)
+
+    @contextlib.asynccontextmanager
+    async def _subscription(self, pattern: str) -> AsyncIterator[AsyncIterator[Any]]:
+        client = _client(self.url)  # its own connection: pub/sub holds it
+        async with client, client.pubsub(patterns=[pattern],
+                                         ignore_subscribe_messages=True) as pubsub:
+            yield pubsub
+
+    def _deliver(self, message: Any, skip: int) -> None:
+        if message.get("type") != "pmessage" or self._hub is None:
+            return
+        node, _, topic = bytes(message["channel"])[skip:].decode().partition(":")
+        if node == self.node:
+            return  # our own: delivered locally already
+        try:
+            decoded = decode_server(bytes(message["data"]))
+        except RemoteProtocolError:
+            return  # not ours to crash on: another version or garbage on the channel
+        if not isinstance(decoded, StreamSamples | Event) or decoded.topic != topic:
+            return
+        self.counters.received += 1
+        self._hub.deliver(topic, Outgoing(decoded, decoded.priority, bytes(message["data"])))
+
+    # --- stream ownership -----------------------------------------------------------------
+
+    def _key(self, kind: str, stream: str) -> str:
+        return f"{self.prefix}{kind}:{stream}"
+
+    async def claim(self, hello: Hello, registry: StreamRegistry) -> bool:
+        """Take the lease on *hello.stream* for this node (True), or find it held by
+        another node (False). A stream that lived on another node before continues here
+        from the position that node saved (its run, next seq and sample index), so its
+        device resumes; frames it acknowledged after its last save show as a gap.
+
+        With Redis away, a node keeps serving the devices that reach it: True
+        (availability over strict single ownership while the bus is down).
+        """
+        stream, px = hello.stream, round(self.settings.lease_s * 1000)
+        key = self._key("lease", stream)
+        try:
+            if not await self._client.set(key, self.node, condition=coredis.PureToken.NX,
+                                          px=px) and not await self._client.eval(
+                    _RENEW, keys=[key], args=[self.node, px]):
+                return False
+            saved = await self._client.hgetall(self._key("stream", stream))
+        except _AWAY:
+            saved = {}
+        self.counters.leases.add(stream)
+        info = registry.get(stream)
+        if saved and hello.resume is not None and (info is None or not info.connected):
+            run, next_seq, t0 = (int(saved[k]) for k in (b"run", b"next_seq", b"t0"))
+            if info is None or (info.run, info.next_seq) < (run, next_seq):
+                registry.restore(hello, run=run, next_seq=next_seq, t0=t0)
+        return True
+
+    async def release(self, info: StreamInfo) -> None:
+        """Save *info*'s position for whichever node serves its device next, and give
+        up the lease."""
+        with contextlib.suppress(*_AWAY):
+            await self._save(info)
+            await self._client.eval(_RELEASE, keys=[self._key("lease", info.id)],
+                                    args=[self.node])
+        self.counters.leases.discard(info.id)
+        self._leases_changed.set()
+        self._leases_changed = trio.Event()
+
+    async def released(self, stream: str) -> None:
+        """Return once this node holds no lease on *stream*."""
+        while stream in self.counters.leases:
+            await self._leases_changed.wait()
+
+    async def _save(self, info: StreamInfo) -> None:
+        await self._client.hset(self._key("stream", info.id), {
+            "run": info.run, "next_seq": info.next_seq, "t0": info.t0, "node": self.node})
+
+    async def _renewer(self, registry: StreamRegistry) -> None:
+        px = round(self.settings.lease_s * 1000)
+        while True:
+            await trio.sleep(self.settings.lease_s / 3)
+            for stream in list(self.counters.leases):
+                info = registry.get(stream)
+                with contextlib.suppress(*_AWAY):
+                    await self._client.eval(_RENEW, keys=[self._key("lease", stream)],
+                                            args=[self.node, px])
+                    if info is not None:
+                        await self._save(info)
+
