@@ -21,7 +21,7 @@ import contextlib
 import json
 import os
 import socket
-import sys
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,6 +130,7 @@ class Result:
     harness_cpu: float
     other_cpu: float
     stalled: dict[str, Any] | None  # the stalled subscriber's row in /api/v1/subscribers
+    latency_ms: np.ndarray[Any, Any]  # every reader's, for frames sent in the window
 
 
 async def _open(port: int, *, rcvbuf: int | None = None) -> trio.SocketStream:
@@ -231,7 +232,7 @@ def _result(mode: str, plan: Plan, received: np.ndarray[Any, Any], meter: Meter,
                   int(np.count_nonzero(in_window & np.isnan(received))),
                   usage["server"].cpu_percent, usage["harness"].cpu_percent,
                   max(0.0, usage["machine"].cpu_percent - usage["server"].cpu_percent
-                      - usage["harness"].cpu_percent), stalled_row)
+                      - usage["harness"].cpu_percent), stalled_row, latency)
 
 
 async def _run(args: argparse.Namespace, rep: int) -> tuple[Result, Result]:
@@ -309,10 +310,19 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{r.delivered_per_s:.0f} | {r.lost} | {r.server_cpu:.0f} | "
               f"{r.harness_cpu:.0f} | {r.other_cpu:.0f} | "
               f"{_describe(r.stalled)} |")
+    ratios = []
     for k in range(0, len(results), 2):
-        alone, stalled = results[k], results[k + 1]
-        print(f"run {k // 2 + 1}: p99 stalled / alone = {stalled.p99_ms / alone.p99_ms:.2f}x, "
-              f"p50 {stalled.p50_ms / alone.p50_ms:.2f}x", file=sys.stdout)
+        alone, stalled = sorted(results[k:k + 2], key=lambda r: r.mode)
+        ratios.append(stalled.p99_ms / alone.p99_ms)
+        print(f"run {k // 2 + 1}: p99 stalled / alone = {ratios[-1]:.2f}x, "
+              f"p50 {stalled.p50_ms / alone.p50_ms:.2f}x")
+    pooled = {mode: np.percentile(np.concatenate([r.latency_ms for r in results
+                                                  if r.mode == mode]), [50, 99])
+              for mode in ("alone", "stalled")}
+    print(f"median of the runs' p99 ratios: {statistics.median(ratios):.2f}x; all runs pooled: "
+          f"p50 {pooled['stalled'][0]:.2f} / {pooled['alone'][0]:.2f} ms "
+          f"({pooled['stalled'][0] / pooled['alone'][0]:.2f}x), p99 {pooled['stalled'][1]:.2f}"
+          f" / {pooled['alone'][1]:.2f} ms ({pooled['stalled'][1] / pooled['alone'][1]:.2f}x)")
 
 
 if __name__ == "__main__":
