@@ -7,7 +7,6 @@ route definitions and their pydantic models.
 from __future__ import annotations
 
 from dataclasses import asdict
-from html import escape
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +22,7 @@ from quart_trio import QuartTrio
 from ..filtering import FilterSettingsError, design
 from ..settings import FilterSettings
 from ..streams import StreamInfo
+from ..web import register as register_web
 from .guard import install_guard
 from .lanes import LaneTotalsOut, SubscriberList, subscriber_out, totals_out
 from .metrics import render
@@ -138,30 +138,6 @@ def _problem(status: int, error: str, reasons: list[str]) -> tuple[dict[str, Any
     return {"error": error, "reasons": reasons}, status
 
 
-def _index_html(server: Server) -> str:
-    rows = "".join(
-        f"<tr><td><a href='/api/v1/streams/{escape(i.id)}'>{escape(i.id)}</a></td>"
-        f"<td>{i.fs:g}</td><td>{escape(', '.join(i.channels))}</td>"
-        f"<td>{'yes' if i.connected else 'no'}</td><td>{i.samples}</td>"
-        f"<td>{i.next_seq - 1 if i.next_seq else '-'}</td><td>{i.gaps}</td>"
-        f"<td>{i.filter.settings.low_hz:g}-{i.filter.settings.high_hz:g} Hz</td></tr>"
-        for i in server.registry)
-    s = server.stats
-    return f"""<!doctype html><html><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="2"><title>vital-actors</title>
-<style>body{{font:14px system-ui;margin:2em}}td,th{{padding:2px 10px;text-align:left}}</style>
-</head><body><h1>vital-actors</h1>
-<p>{s.devices} devices, {s.subscribers} subscribers, {s.rates["messages_in"]:.0f} msg/s in,
-{s.rates["messages_out"]:.0f} msg/s out, {s.rates["samples_in"]:.0f} samples/s in.</p>
-<table><tr><th>stream</th><th>fs</th><th>channels</th><th>connected</th><th>samples</th>
-<th>last seq</th><th>gaps</th><th>filter</th></tr>{rows}</table>
-<p>API: <a href="/api/v1/streams">/api/v1/streams</a> · <a href="/api/v1/stats">/api/v1/stats</a>
-· <a href="/metrics">/metrics</a> · <a href="/openapi.json">/openapi.json</a> ·
-<a href="/docs">/docs</a></p>
-<p>Live data: WebSocket <code>/v1/subscribe</code>, subprotocol <code>vital.v1.msgpack</code>,
-or <code>vital-actors subscribe</code>.</p></body></html>"""
-
-
 def create_app(server: Server) -> QuartTrio:
     """The control API of *server*."""
     app = QuartTrio("vital_actors")
@@ -173,11 +149,6 @@ def create_app(server: Server) -> QuartTrio:
         reasons = ([f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
                    if isinstance(err, ValidationError) else [str(err)])
         return _problem(422, "invalid request body", reasons)
-
-    @app.get("/")
-    async def index() -> Response:
-        """A plain status page: live streams and links to the API (refreshes itself)."""
-        return Response(_index_html(server), content_type="text/html; charset=utf-8")
 
     @app.get("/healthz")
     @validate_response(Health)
@@ -249,5 +220,6 @@ def create_app(server: Server) -> QuartTrio:
         return _stream(info)
 
     register_recordings(app, server)
+    register_web(app, server)  # issue 8: the live monitor at / and the viewer at /viewer
     install_guard(app, server)  # issue 6: admin token for writes, CORS; outermost
     return app

@@ -1,0 +1,167 @@
+"""The live monitor in headless Chromium against a real server and simulated devices:
+the page loads, a device's waveform is drawn, the heart rate shown fits the record, the
+page reconnects and subscribes again, and a device that goes flat raises a visible
+alert within 5 s. Screenshots are saved as artifacts (tests/browser_helpers.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+import trio
+from browser_helpers import INK_JS, Artifacts, BrowserRun, chromium, in_browser
+
+from vital_actors.clients import run_device
+from vital_actors.graph import Server
+from vital_actors.settings import load_settings
+from vital_actors.sources import Recording, load_record, synthetic_ecg
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
+    chromium()  # skip (or fail on CI) before starting anything
+    srv = Server(load_settings(server={"port": 0}))
+    await nursery.start(srv.run)
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest, tmp_path: Path) -> Artifacts:
+    return Artifacts.for_test(request.node.name, tmp_path)
+
+
+def http(server: Server) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+def stat(stream: str, key: str) -> str:
+    """A JS expression: the page's figure *key* of *stream* (undefined before it shows)."""
+    return f"(vitalMonitor.streams[{stream!r}] || {{}}).{key}"
+
+
+async def test_monitor_page_loads_with_its_assets(server: Server, artifacts: Artifacts) -> None:
+    run = BrowserRun()
+
+    def look(page: Page) -> dict[str, Any]:
+        page.goto(http(server) + "/")
+        page.wait_for_function("() => window.vitalMonitor && vitalMonitor.connection === 'open'")
+        page.wait_for_function("() => vitalMonitor.fps > 0")
+        artifacts.screenshot(page, "monitor-empty")
+        return {
+            "title": page.title(),
+            "empty": page.is_visible("#empty"),
+            "api": page.get_attribute("a[href='/docs']", "href"),
+            "compression": page.get_attribute("#connection", "title"),
+            "msgpack": page.evaluate("typeof MessagePack.decode"),
+        }
+
+    got = await in_browser(look, run=run)
+    assert got["title"] == "vital-actors · live monitor"
+    assert got["empty"] and got["api"] == "/docs"
+    assert got["msgpack"] == "function"  # the vendored build, served by the package
+    # The browser's own WebSocket negotiated our subprotocol and permessage-deflate.
+    assert got["compression"].startswith("vital.v1.msgpack; permessage-deflate")
+    assert run.errors == []
+
+
+async def test_monitor_draws_a_device_and_shows_a_plausible_heart_rate(
+        server: Server, mitdb: Path, artifacts: Artifacts) -> None:
+    rec = load_record(mitdb / "101", stop=360 * 60)  # MIT-BIH 101: regular, about 70 bpm
+    run = BrowserRun()
+
+    def watch(page: Page) -> dict[str, Any]:
+        page.goto(http(server) + "/")
+        page.wait_for_function(f"() => {stat('101', 'drawn')} > 720")
+        ink = page.evaluate(INK_JS, "101")
+        # Ten quality windows: a full 10-s window behind the median heart rate.
+        page.wait_for_function(f"() => {stat('101', 'qualities')} >= 10")
+        page.wait_for_function(f"() => typeof {stat('101', 'hr')} === 'number'")
+        hr_text = page.inner_text(".strip[data-stream='101'] .hr-value")
+        quality = page.inner_text(".strip[data-stream='101'] .quality")
+        artifacts.screenshot(page, "monitor-101")
+        # Drop the connection: the page reconnects, subscribes again, and draws on.
+        before = page.evaluate(stat("101", "received"))
+        page.evaluate("vitalMonitor.drop()")
+        page.wait_for_function("() => vitalMonitor.connections >= 2 "
+                               "&& vitalMonitor.connection === 'open'")
+        page.wait_for_function(f"() => {stat('101', 'received')} > {before} + 720")
+        return {"ink": ink, "hr": hr_text, "quality": quality,
+                "fps": page.evaluate("vitalMonitor.fps")}
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(run_device, f"ws://127.0.0.1:{server.port}", "101", rec,
+                                   speed=3.0, loop=False))
+        got = await in_browser(watch, run=run)
+        nursery.cancel_scope.cancel()
+    assert got["ink"] > 500  # the trace is on the canvas
+    assert 60 <= int(got["hr"]) <= 90, got
+    assert got["quality"].split()[0] in {"good", "acceptable"}
+    assert run.errors == []
+
+
+def _after(rec: Recording, seconds: float, *, noise_mv: float) -> Recording:
+    """*rec* for *seconds*, then no beat: its baseline with white noise of *noise_mv*
+    (0: a flat line, as from a device whose input went dead)."""
+    n = round(seconds * rec.fs)
+    rng = np.random.default_rng(3)
+    tail = rng.normal(0.0, noise_mv, rec.samples.shape) * np.array(rec.gain)
+    tail = np.rint(tail + np.array(rec.baseline)).astype(np.int16)
+    samples = np.concatenate([rec.samples[:n], tail])
+    return Recording(rec.name, rec.fs, rec.channels, rec.gain, rec.baseline, samples)
+
+
+def alert_js(stream: str, kind: str) -> str:
+    return f"() => vitalMonitor.alerts().some(a => a.stream === {stream!r} && a.alert === {kind!r})"
+
+
+async def test_a_device_that_goes_flat_raises_a_visible_alert_within_5_s(
+        server: Server, artifacts: Artifacts) -> None:
+    """bed-7 goes flat (a dead input): flatline within 5 s. bed-8 goes on with noise but
+    no beat: asystole, which by definition needs 4 s (screen.asystole_s) without a beat
+    and is decided at 1-s steps."""
+    ecg_s = 6.0
+    ecg = synthetic_ecg(seconds=20, heart_rate=70, seed=8)
+    flat, beatless = _after(ecg, ecg_s, noise_mv=0.0), _after(ecg, ecg_s, noise_mv=0.03)
+    run = BrowserRun()
+    ready, start = trio.Event(), []
+
+    def watch(page: Page) -> dict[str, Any]:
+        page.goto(http(server) + "/")
+        page.wait_for_function("() => vitalMonitor.connection === 'open'")
+        trio.from_thread.run_sync(ready.set)
+        seen = {}
+        for stream in ("bed-7", "bed-8"):
+            page.wait_for_selector(f"#alerts .alert[data-stream='{stream}']", state="visible")
+            seen[stream] = time.monotonic()
+        page.wait_for_function(alert_js("bed-8", "asystole"))
+        artifacts.screenshot(page, "monitor-alerts")
+        return {"seen": seen, "alerts": page.inner_text("#alerts"),
+                "strip": page.get_attribute(".strip[data-stream='bed-7']", "class"),
+                "badges": {s: page.inner_text(f".strip[data-stream='{s}'] .strip-alerts")
+                           for s in ("bed-7", "bed-8")}}
+
+    async def device(stream: str, rec: Recording) -> None:
+        await ready.wait()
+        start.append(time.monotonic())  # the device paces its frames from here
+        await run_device(f"ws://127.0.0.1:{server.port}", stream, rec, speed=1.0, loop=False)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(device, "bed-7", flat)
+        nursery.start_soon(device, "bed-8", beatless)
+        got = await in_browser(watch, run=run)
+        nursery.cancel_scope.cancel()
+    flat_at = min(start) + ecg_s
+    assert 0 < got["seen"]["bed-7"] - flat_at <= 5.0, got
+    assert 0 < got["seen"]["bed-8"] - flat_at <= 4.0 + 1.0 + 1.5, got  # asystole_s + a step
+    assert "alarm" in got["strip"].split()
+    assert "FLATLINE" in got["badges"]["bed-7"] and "ASYSTOLE" in got["badges"]["bed-8"], got
+    assert run.errors == []
