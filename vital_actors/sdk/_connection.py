@@ -33,7 +33,8 @@ class FatalError(Exception):
 
 
 #: How a connection ends that a client handles (by reconnecting, or giving up if fatal).
-ENDINGS = (OSError, ConnectionClosed, HandshakeError, trio.BrokenResourceError, FatalError)
+ENDINGS = (OSError, ConnectionClosed, HandshakeError, trio.BrokenResourceError,
+           trio.TooSlowError, FatalError)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -67,24 +68,28 @@ def is_fatal(exc: BaseException, last_error: str | None) -> bool:
 
 @asynccontextmanager
 async def open_connection(url: str, path: str, *, token: str | None = None,
-                          headers: Sequence[tuple[bytes, bytes]] = ()
-                          ) -> AsyncIterator[WebSocketConnection]:
+                          headers: Sequence[tuple[bytes, bytes]] = (),
+                          timeout_s: float = 10.0) -> AsyncIterator[WebSocketConnection]:
     """A WebSocket to *url* (``ws://host:port``) + *path*, offering protocol v1, with the
     token (if any) in ``Authorization: Bearer``.
 
     The TCP stream is ours to close (trio-websocket's own client can leave it open when
-    the server closes first).
+    the server closes first). Connecting and the handshake get *timeout_s* seconds
+    (``trio.TooSlowError``): a server that accepts but never answers is no server.
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     extra = list(headers)
     if token is not None:
         extra.append((b"authorization", b"Bearer " + token.encode()))
-    stream = await trio.open_tcp_stream(host, port)
+    with trio.fail_after(timeout_s):
+        stream = await trio.open_tcp_stream(host, port)
     with unwrapped():
         async with stream, trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", path,
-                                          subprotocols=[SUBPROTOCOL], extra_headers=extra)
+            with trio.fail_after(timeout_s):
+                ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", path,
+                                              subprotocols=[SUBPROTOCOL],
+                                              extra_headers=extra)
             try:
                 yield ws
             finally:

@@ -8,8 +8,8 @@
             ...
 
 Messages sent while it was away are missed (subscriber recovery with ``since`` is not
-in protocol v1 yet); a ``status`` event with ``state: "reconnected"`` and topic
-``client`` marks each place where that may have happened.
+in protocol v1 yet); ``status`` events on the (client-side) topic ``client``, with
+``state: "disconnected"`` and ``"reconnected"``, mark each place where that may be.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ async def run_subscriber_client(
             except ENDINGS as exc:
                 if is_fatal(exc, state.last_error):
                     raise FatalError(state.last_error or str(exc)) from exc
+            if state.connected:
+                state.connected = False
+                await outbox.send(Event("status", "client", Priority.NORMAL,
+                                        {"state": "disconnected"}))
             if state.delivered:
                 delays = backoff.delays()  # it worked for a while: start over
             state.delivered = False
@@ -70,6 +74,7 @@ async def run_subscriber_client(
 class _State:
     def __init__(self) -> None:
         self.connections = 0
+        self.connected = False
         self.delivered = False
         self.last_error: str | None = None
 
@@ -80,6 +85,7 @@ async def _session(url: str, topics: Sequence[str],
     async with open_connection(url, SUBSCRIBE_PATH, token=token) as ws:
         await ws.send_message(encode(Subscribe(tuple(topics))))
         state.connections += 1
+        state.connected = True
         if state.connections > 1:
             await outbox.send(Event("status", "client", Priority.NORMAL,
                                     {"state": "reconnected"}))
