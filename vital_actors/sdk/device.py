@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,15 +49,18 @@ class DeviceClient:
         token: a device token covering ``hello.stream``, when the server wants one.
         max_unacked: frames kept for resending; :meth:`send` parks while this many wait.
         ping_interval_s: how often to ping (clock estimation and liveness).
+        on_ack: called with the seq of each ack.
     """
 
     def __init__(self, url: str, hello: Hello, *, token: str | None = None,
                  max_unacked: int = 1000, backoff: Backoff | None = None,
-                 ping_interval_s: float = 5.0) -> None:
+                 ping_interval_s: float = 5.0,
+                 on_ack: Callable[[int], None] | None = None) -> None:
         self.url, self.hello, self.token = url, hello, token
         self.max_unacked = max_unacked
         self.backoff = backoff or Backoff()
         self.ping_interval_s = ping_interval_s
+        self.on_ack = on_ack  # called with each acked seq (benchmarks, progress)
         self.counters = DeviceCounters()
         self.next_seq = 0  # the seq the next frame given to send() gets
         self._frames: deque[Samples] = deque()  # unacked, consecutive seqs
@@ -158,6 +162,8 @@ class DeviceClient:
             message = await receive(ws)
             if isinstance(message, Ack):
                 self._acked(message.seq)
+                if self.on_ack is not None:
+                    self.on_ack(message.seq)
             elif isinstance(message, Error):
                 self.counters.last_error = message.code
             elif isinstance(message, Pong):
