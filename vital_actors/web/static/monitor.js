@@ -29,6 +29,8 @@ const monitor = (window.vitalMonitor = {
   connection: "connecting",
   connections: 0,
   messages: 0,
+  subscribed: [], // the topics the server confirmed
+  tickTimes: [], // ms the page spent drawing, per animation frame
   frames: 0,
   fps: 0,
   streams: {},
@@ -336,6 +338,7 @@ function strip(id) {
 }
 
 function onStatus(msg) {
+  if (msg.topic === "subscriptions") monitor.subscribed = msg.topics;
   if (msg.topic === "subscriptions" || !msg.stream) return;
   if (msg.state === "connected") {
     const s = strip(msg.stream);
@@ -425,6 +428,8 @@ function frame(now) {
   const spent = performance.now() - t0; // the page's own drawing time in this frame
   monitor.tickMs = monitor.tickMs ? 0.95 * monitor.tickMs + 0.05 * spent : spent;
   monitor.tickMaxMs = Math.max(monitor.tickMaxMs || 0, spent);
+  monitor.tickTimes.push(spent); // the last 600 frames, for loadtests/bench_monitor.py
+  if (monitor.tickTimes.length > 600) monitor.tickTimes.shift();
   monitor.frames += 1;
   fpsFrames += 1;
   if (now - fpsSince >= 1000) {
