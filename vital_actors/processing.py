@@ -25,14 +25,12 @@ import numpy as np
 import numpy.typing as npt
 import scipy.signal
 
-from protocol import Event, Hello
+from protocol import Event
 
 from .filtering import design
-from .messages import Block, Filtered
-from .screening import Screener
+from .quality import QualityChain
 from .settings import FilterSettings, ScreenSettings
 from .store import Meta, Reader, RecordingStore, Writer, WriterState
-from .streams import StreamInfo
 
 __all__ = ["Processing", "screen_chunk"]
 
@@ -48,27 +46,22 @@ _SOSFILT_FRAMES = 16384
 class _Screening:
     """What the screening of one job carries from chunk to chunk (pickled)."""
 
-    screener: Screener | None  # None: a filter-only job
-    stream: StreamInfo
+    chain: QualityChain | None  # None: a filter-only job
+    key: str
+    fs: float
 
 
-def _new_screening(job_id: str, meta: Meta, settings: ScreenSettings | None,
-                   filter_settings: FilterSettings) -> _Screening:
-    hello = Hello(f"job/{job_id}", meta.fs, tuple(meta.channels), "float32",
-                  tuple(meta.gain), tuple(meta.baseline))
-    info = StreamInfo(f"job/{job_id}", hello, design(filter_settings, meta.fs))
-    return _Screening(Screener(settings) if settings is not None else None, info)
+def _new_screening(job_id: str, meta: Meta, settings: ScreenSettings | None) -> _Screening:
+    chain = QualityChain(settings) if settings is not None else None
+    return _Screening(chain, f"job-{job_id}", meta.fs)
 
 
 def screen_chunk(state: _Screening, t0: int, mv: F64, filtered: F64) -> list[Event]:
-    """Screen one chunk (frames from *t0*): the one place a job calls the quality chain.
-
-    Today the window checks of :class:`Screener`; issue 4's batch chain plugs in here.
-    """
-    if state.screener is None:
+    """Screen one chunk (frames from *t0*): the one place a job calls the quality chain
+    (issue 4's :class:`QualityChain`, the same code as the live screen)."""
+    if state.chain is None:
         return []
-    block = Block(state.stream, 0, 0, t0, mv, 0.0)
-    return list(state.screener.feed(Filtered(block, mv, filtered, 0)))
+    return state.chain.feed_one(state.key, state.fs, t0, mv, filtered)
 
 
 class Processing:
@@ -88,7 +81,7 @@ class Processing:
         if saved is None:
             self.next_frame = 0
             self.zi = np.zeros((self.sos.shape[0], 2, len(meta.channels)))
-            self.screening = _new_screening(job_id, meta, screen_settings, filter_settings)
+            self.screening = _new_screening(job_id, meta, screen_settings)
             state, pending, events_bytes = WriterState(), None, 0
             shutil.rmtree(out, ignore_errors=True)
         else:
