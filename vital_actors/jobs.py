@@ -17,6 +17,7 @@ import heapq
 import itertools
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,8 +163,14 @@ class JobRunner:
 
     async def run(self, outbox: trio.MemorySendChannel[Item] | None = None, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the queue until cancelled. Owns *outbox* (progress events)."""
+        """Serve the queue until cancelled. Owns *outbox* (progress events).
+
+        Sets the interpreter's thread switch interval (process-wide): a job's Python
+        code in its worker thread then hands the GIL back to the event loop within
+        ``jobs.switch_interval_ms`` instead of CPython's default 5 ms.
+        """
         self.outbox = outbox
+        sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
         with outbox if outbox is not None else contextlib.nullcontext():
             async with trio.open_nursery() as nursery:
                 for _ in range(self.settings.max_concurrent):

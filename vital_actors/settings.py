@@ -251,6 +251,8 @@ class JobSettings(_Section):
     max_concurrent: int = Field(1, ge=1, description="jobs running at once (2 cores)")
     chunk_frames: int = Field(1 << 18, ge=256, description="frames per processing chunk")
     max_queued: int = Field(1000, ge=1, description="jobs waiting before POST is refused")
+    switch_interval_ms: float = Field(1.0, gt=0, le=5, description="sys.setswitchinterval "
+                                      "while jobs can run: how soon a job thread yields the GIL")
 
 
 class BusSettings(_Section):
