@@ -12,8 +12,10 @@ Phases, each on the same server:
    the server's own event-loop lag probe (p99 over the last minute, polled);
 3. ratio: a filter-only job on a ``--ratio-mb`` recording vs scipy's ``sosfilt`` over
    the same samples in memory in this process (mV conversion included), side by side;
-   the same for a job with screening;
-4. ``--views`` random windows at random zoom levels: GET .../view latency.
+   the same for a job with screening (issue 4's quality chain) on ``--screen-mb``;
+4. ``--views`` random windows at random zoom levels: GET .../view latency as the
+   client sees it (a fresh connection each, through the front door) and the view's
+   own cost from the ``server-timing`` header; /healthz on the same path for scale.
 """
 
 from __future__ import annotations
@@ -82,8 +84,10 @@ class RssWatch:
             await trio.sleep(0.02)
 
 
-async def http_json(port: int, method: str, path: str, body: Any = None) -> Any:
-    """One request on a fresh connection (through the front door, as a client would)."""
+async def http_json(port: int, method: str, path: str, body: Any = None,
+                    timing: list[float] | None = None) -> Any:
+    """One request on a fresh connection (through the front door, as a client would);
+    appends the server-timing duration (ms) to *timing* when given."""
     data = b"" if body is None else json.dumps(body).encode()
     conn = h11.Connection(h11.CLIENT)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -99,6 +103,9 @@ async def http_json(port: int, method: str, path: str, body: Any = None) -> Any:
                 conn.receive_data(await stream.receive_some(1 << 16))
             elif isinstance(event, h11.Response):
                 status = event.status_code
+                for k, v in event.headers:
+                    if k == b"server-timing" and timing is not None:
+                        timing.append(float(v.decode().split("dur=")[1]))
             elif isinstance(event, h11.Data):
                 payload += event.data
             elif isinstance(event, h11.EndOfMessage):
@@ -144,7 +151,8 @@ def scipy_in_memory(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-async def views(port: int, meta: dict[str, Any], count: int) -> list[float]:
+async def views(port: int, meta: dict[str, Any], count: int,
+                server_ms: list[float]) -> list[float]:
     rng = np.random.default_rng(5)
     frames, out = meta["frames"], []
     for _ in range(count):
@@ -153,7 +161,7 @@ async def views(port: int, meta: dict[str, Any], count: int) -> list[float]:
         path = (f"/api/v1/recordings/{meta['id']}/view?start={start}&end={start + n}"
                 f"&points=2000&channel={int(rng.integers(0, 2))}")
         t0 = time.perf_counter()
-        await http_json(port, "GET", path)
+        await http_json(port, "GET", path, timing=server_ms)
         out.append((time.perf_counter() - t0) * 1000)
     return out
 
@@ -167,9 +175,10 @@ def free_port() -> int:
 
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     frames = int(args.gb * 1e9) // 4
-    big, ratio_file = work / "big.npy", work / "ratio.npy"
+    big, ratio_file, screen_file = work / "big.npy", work / "ratio.npy", work / "screen.npy"
     write_npy(big, frames)
     write_npy(ratio_file, int(args.ratio_mb * 1e6) // 4, seed=1)
+    write_npy(screen_file, int(args.screen_mb * 1e6) // 4, seed=2)
     port = free_port()
     env = {**os.environ, "VITAL_STORE__DIR": str(work / "store")}
     proc = subprocess.Popen([sys.executable, "-m", "vital_actors.cli", "serve",  # noqa: ASYNC220
@@ -197,10 +206,17 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             small, _ = await upload(port, ratio_file)
             out["ratio_mb"] = args.ratio_mb
             out["job_filter_s"] = (await run_job(port, small["id"], screen=False))[1]
-            out["job_screen_s"] = (await run_job(port, small["id"], screen=True))[1]
             out["scipy_s"] = await trio.to_thread.run_sync(scipy_in_memory, ratio_file)
-            lat = await views(port, meta, args.views)
+            screened, _ = await upload(port, screen_file)
+            out["screen_mb"] = args.screen_mb
+            out["job_screen_s"] = (await run_job(port, screened["id"], screen=True))[1]
+            out["scipy_screen_file_s"] = await trio.to_thread.run_sync(scipy_in_memory,
+                                                                       screen_file)
+            server_ms: list[float] = []
+            lat = await views(port, meta, args.views, server_ms)
             out["view_p50_ms"], out["view_p99_ms"] = np.percentile(lat, [50, 99]).tolist()
+            out["view_server_p50_ms"], out["view_server_p99_ms"] = np.percentile(
+                server_ms, [50, 99]).tolist()
             base = []
             for _ in range(args.views):  # the same request path without the view's work
                 t0 = time.perf_counter()
@@ -212,7 +228,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         proc.terminate()
         proc.wait(timeout=30)
     out["job_vs_scipy"] = out["job_filter_s"] / out["scipy_s"]
-    out["job_screen_vs_scipy"] = out["job_screen_s"] / out["scipy_s"]
+    out["job_screen_vs_scipy"] = out["job_screen_s"] / out["scipy_screen_file_s"]
     return out
 
 
@@ -235,6 +251,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=float, default=2.0)
     p.add_argument("--ratio-mb", type=float, default=256.0)
+    p.add_argument("--screen-mb", type=float, default=32.0)
     p.add_argument("--views", type=int, default=400)
     p.add_argument("--tmp", type=Path, default=Path("/tmp"))
     args = p.parse_args()
