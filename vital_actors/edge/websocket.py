@@ -196,10 +196,20 @@ class WebSocket:
                 try:
                     while self.closed is None:
                         await self.receive()
-                except (ConnectionClosed, RemoteProtocolError):
+                except ConnectionClosed:
                     pass
+                except RemoteProtocolError:
+                    await self._discard_input()
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
+
+    async def _discard_input(self) -> None:
+        """Read and drop what the peer still sends until it closes: closing a socket with
+        unread input makes the kernel reset the connection, and the peer could lose the
+        ``error`` and close frame already sent to it."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await self.stream.receive_some(RECEIVE_SIZE):
+                pass
 
 
 async def accept(stream: trio.abc.Stream, head: bytes, *, subprotocols: tuple[str, ...],
