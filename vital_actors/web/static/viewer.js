@@ -126,14 +126,16 @@ async function fetchView() {
   const q = wanted();
   viewer.fetches += 1;
   try {
-    const got = await Vital.api(viewUrl(q.start, q.end, q.points), { signal: controller.signal });
+    const [got, ev] = await Promise.all([ // the trace and its overlay, shown together
+      Vital.api(viewUrl(q.start, q.end, q.points), { signal: controller.signal }),
+      Vital.api(`/ui/recordings/${encodeURIComponent(rec.id)}/events`
+        + `?start=${q.start}&end=${q.end}`, { signal: controller.signal }),
+    ]);
     data = { ...got, points: q.points };
-    viewer.views.push({ start: got.start, end: got.end, points: q.points, mode: got.mode });
-    if (viewer.views.length > 20) viewer.views.shift();
-    const ev = await Vital.api(`/ui/recordings/${encodeURIComponent(rec.id)}/events`
-      + `?start=${q.start}&end=${q.end}`, { signal: controller.signal });
     events = ev.available ? ev : null;
     viewer.events = events && { beats: ev.beat_count, alerts: ev.alerts.length };
+    viewer.views.push({ start: got.start, end: got.end, points: q.points, mode: got.mode });
+    if (viewer.views.length > 20) viewer.views.shift();
     $("overlay-info").textContent = events
       ? `${ev.beat_count} beats, ${ev.alerts.length} alerts in view` : "";
     queueDraw();
