@@ -102,8 +102,11 @@ def score_qrs(path: Path, *, frame_s: float = 1.0, stop: int | None = None) -> Q
     return QrsScore(path.name, len(ref), len(det), match_count(ref, det, tol), tuple(lat))
 
 
-def eval_qrs(folder: Path, *, frame_s: float = 1.0, out: TextIO = sys.stdout) -> list[QrsScore]:
-    """Score every record in *folder* that has annotations; print the table."""
+def eval_qrs(folder: Path, *, frame_s: float = 1.0,
+             out: TextIO | None = None) -> list[QrsScore]:
+    """Score every record in *folder* that has annotations; print the table (to *out*,
+    default stdout)."""
+    out = out or sys.stdout
     scores = []
     print(f"{'record':<8}{'beats':>7}{'TP':>7}{'FN':>6}{'FP':>6}{'Se %':>8}{'+P %':>8}"
           f"{'lat ms':>8}", file=out)
@@ -202,8 +205,10 @@ _SQI_KEYS = (("score", None), ("bsqi", None), ("kurtosis", 0), ("skewness", 0),
              ("bw_ratio", 0), ("hf_ratio", 0))
 
 
-def eval_sqi(folder: Path, *, frame_s: float = 1.0, out: TextIO = sys.stdout) -> list[SqiScore]:
+def eval_sqi(folder: Path, *, frame_s: float = 1.0,
+             out: TextIO | None = None) -> list[SqiScore]:
     """AUC of the quality score (and of each index) for the ``*e*`` records in *folder*."""
+    out = out or sys.stdout
     scores = [score_sqi(p, frame_s=frame_s) for p in list_records(folder)
               if "e" in p.name and p.with_suffix(".atr").exists()]
     head = "".join(f"{k:>10}" for k, _ in _SQI_KEYS)
