@@ -211,3 +211,32 @@ async def test_job_progress_on_its_topic_and_cancel_over_http(server: Server) ->
     assert status == 422 and "Nyquist" in body.decode()
     status, body, _ = await request(port, "POST", "/api/v1/jobs", {"recording": "nope"})
     assert status == 404
+
+
+async def test_a_looping_replay_runs_until_stopped(server: Server) -> None:
+    port = server.port or 0
+    x = _signal(2000)
+    status, body, _ = await request(port, "POST", "/api/v1/recordings?fs=360", raw=_npy(x))
+    rec = json.loads(body)["id"]
+    async with connect(f"ws://127.0.0.1:{port}", P.SUBSCRIBE_PATH) as sub:
+        await _subscribe(sub, "stream/lp/raw")
+        status, body, _ = await request(port, "POST", f"/api/v1/recordings/{rec}/replay",
+                                        {"speed": 0, "loop": True, "stream": "lp"})
+        assert status == 201, body
+        t0s: list[int] = []
+        with trio.fail_after(20):
+            while len(t0s) < 5 or t0s[-1] < 3 * len(x):
+                msg = await receive(sub)
+                if isinstance(msg, P.StreamSamples):
+                    t0s.append(msg.t0)
+            status, body, _ = await request(port, "DELETE", "/api/v1/replays/lp")
+            assert status == 200
+            while not (isinstance(msg := await receive(sub), P.Event)
+                       and msg.body.get("state") == "disconnected"):
+                pass
+    assert t0s == sorted(t0s)  # the sample index keeps counting across laps
+    replay = (await get_json(port, "/api/v1/replays"))["replays"][0]
+    assert replay["state"] == "stopped" and replay["laps"] >= 3
+    status, _, _ = await request(port, "POST", f"/api/v1/recordings/{rec}/replay",
+                                 {"speed": -1})
+    assert status == 422
