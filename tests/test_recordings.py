@@ -221,7 +221,7 @@ async def test_a_looping_replay_runs_until_stopped(server: Server) -> None:
     async with connect(f"ws://127.0.0.1:{port}", P.SUBSCRIBE_PATH) as sub:
         await _subscribe(sub, "stream/lp/raw")
         status, body, _ = await request(port, "POST", f"/api/v1/recordings/{rec}/replay",
-                                        {"speed": 0, "loop": True, "stream": "lp"})
+                                        {"speed": 1000, "loop": True, "stream": "lp"})
         assert status == 201, body
         t0s: list[int] = []
         with trio.fail_after(20):
