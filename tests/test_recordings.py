@@ -144,6 +144,11 @@ async def test_views_and_raw_data(server: Server) -> None:
     status, body, _ = await request(port, "GET", f"/api/v1/recordings/{rec}/data?start=7&end=99")
     got = msgpack.unpackb(body)
     assert np.array_equal(np.frombuffer(got["data"], "<i2").reshape(-1, 2), x[7:99])
+    head = (f"GET /api/v1/recordings/{rec}/data?start=100&end=250 HTTP/1.1\r\nhost: x\r\n"
+            "accept: application/x-npy\r\nconnection: close\r\n\r\n")
+    status, body, headers = await request(port, "GET", "/", head=head.encode())
+    assert headers["content-type"] == "application/x-npy"
+    assert np.array_equal(np.load(io.BytesIO(body)), x[100:250])
     status, body, _ = await request(port, "GET", f"/api/v1/recordings/{rec}/view?channel=9")
     assert status == 400
 
