@@ -28,7 +28,6 @@ from protocol import (
     StreamSamples,
     ZstdCodec,
     ZstdDictionary,
-    delta_encode,
     encode,
     server_frame,
 )
@@ -45,8 +44,7 @@ DICT_BYTES = 4096
 FRAME_S = 0.1
 
 
-def messages(rec: Recording, stream: str, *, delta: bool = False,
-             stride: int = 1) -> Iterator[StreamSamples]:
+def messages(rec: Recording, stream: str, *, stride: int = 1) -> Iterator[StreamSamples]:
     """The raw ``samples`` messages of *rec* streamed as *stream* in 100 ms frames."""
     n = round(FRAME_S * rec.fs)
     gain, baseline = tuple(rec.gain), tuple(float(b) for b in rec.baseline)
@@ -54,18 +52,17 @@ def messages(rec: Recording, stream: str, *, delta: bool = False,
         if seq % stride:
             continue
         data = np.ascontiguousarray(rec.samples[start:start + n], dtype="<i2").tobytes()
-        extra = {}
-        if delta:
-            data, extra = delta_encode(data, len(rec.channels)), {"enc": "delta"}
         yield StreamSamples(f"stream/{stream}/raw", stream, seq, start, rec.fs, rec.channels,
-                            "int16", gain, baseline, data, Priority.HIGH, extra)
+                            "int16", gain, baseline, data, Priority.HIGH)
 
 
 def train(recs: Sequence[Recording], *, dict_id: int = ECG_DICTIONARY_ID) -> ZstdDictionary:
     """A zstd dictionary from every 10th frame of *recs*, plain and delta-encoded."""
-    samples: list[bytes | bytearray | memoryview] = [
-        encode(m) for r in recs for delta in (False, True)
-        for m in messages(r, f"bed-{r.name}", delta=delta, stride=10)]
+    samples: list[bytes | bytearray | memoryview] = []
+    for r in recs:
+        for m in messages(r, f"bed-{r.name}", stride=10):
+            samples.append(encode(m))
+            samples.append(_delta_payload(m) or b"")
     zdict = zstandard.train_dictionary(DICT_BYTES, samples, dict_id=dict_id, level=3)
     return ZstdDictionary(zdict.dict_id(), zdict.as_bytes())
 

@@ -51,6 +51,8 @@ from ._zstd import ECG_DICTIONARY_ID as ECG_DICTIONARY_ID
 from ._zstd import ZSTD_SUBPROTOCOL as ZSTD_SUBPROTOCOL
 from ._zstd import ZstdCodec as ZstdCodec
 from ._zstd import ZstdDictionary as ZstdDictionary
+from ._zstd import delta8_decode as delta8_decode
+from ._zstd import delta8_encode as delta8_encode
 from ._zstd import delta_decode as delta_decode
 from ._zstd import delta_encode as delta_encode
 from ._zstd import ecg_dictionary as ecg_dictionary

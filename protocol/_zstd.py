@@ -27,15 +27,19 @@ __all__ = [
     "ZSTD_SUBPROTOCOL",
     "ZstdCodec",
     "ZstdDictionary",
+    "delta8_decode",
+    "delta8_encode",
     "delta_decode",
     "delta_encode",
     "ecg_dictionary",
+    "undelta",
 ]
 
 ZSTD_SUBPROTOCOL = "vital.v1.msgpack+zstd"
 #: zstd dictionary id of the shipped ECG dictionary ("ECG" 0x01; in the private range).
 ECG_DICTIONARY_ID = 0x45434701
 DELTA = "delta"
+DELTA8 = "delta8"
 _UNKNOWN = zstandard.CONTENTSIZE_UNKNOWN
 
 
@@ -74,29 +78,63 @@ def delta_decode(data: bytes, channels: int) -> bytes:
     return np.cumsum(d, axis=0, dtype="<i2").tobytes()
 
 
+def delta8_encode(data: bytes, channels: int) -> bytes | None:
+    """Like :func:`delta_encode`, but each difference in one signed byte: the first sample
+    of each channel as int16 LE, then int8 differences. None if one does not fit."""
+    d = np.frombuffer(delta_encode(data, channels), dtype="<i2")[channels:]
+    if d.size and (int(d.min()) < -128 or int(d.max()) > 127):
+        return None
+    return data[:2 * channels] + d.astype(np.int8).tobytes()
+
+
+def delta8_decode(data: bytes, channels: int) -> bytes:
+    """The inverse of :func:`delta8_encode`."""
+    d = np.empty((len(data) - channels) // channels * channels, dtype="<i2")
+    d[:channels] = np.frombuffer(data[:2 * channels], dtype="<i2")
+    d[channels:] = np.frombuffer(data[2 * channels:], dtype=np.int8)
+    return delta_decode(d.tobytes(), channels)
+
+
 def _delta_payload(message: StreamSamples) -> bytes | None:
-    """The msgpack of *message* with its samples delta-encoded (None if not int16)."""
+    """The msgpack of *message* with its samples delta-encoded, one byte per difference
+    when they all fit (``delta8``), else two (``delta``); None if not int16."""
     channels = len(message.channels)
     if message.dtype != "int16" or not message.data or len(message.data) % (2 * channels):
         return None
     fields = _to_map(message)
-    fields["data"] = delta_encode(message.data, channels)
-    fields["enc"] = DELTA
+    packed = delta8_encode(message.data, channels)
+    if packed is not None:
+        fields["data"], fields["enc"] = packed, DELTA8
+    else:
+        fields["data"], fields["enc"] = delta_encode(message.data, channels), DELTA
     return cast(bytes, msgpack.packb(fields, use_bin_type=True))
 
 
+def _undo(enc: object, data: bytes, channels: int) -> bytes | None:
+    if enc == DELTA and len(data) % (2 * channels) == 0:
+        return delta_decode(data, channels)
+    if enc == DELTA8 and len(data) >= 2 * channels and len(data) % channels == 0:
+        return delta8_decode(data, channels)
+    return None
+
+
 def undelta(message: ServerMessage) -> ServerMessage:
-    """*message* with delta-encoded samples restored (any other message as it is)."""
+    """*message* with delta-encoded samples restored (any other message as it is).
+
+    Raises:
+        RemoteProtocolError: 1007 for an unknown ``enc``, or data of the wrong length.
+    """
     if not isinstance(message, StreamSamples) or message.extra.get("enc") is None:
         return message
-    if (message.extra["enc"] != DELTA or message.dtype != "int16"
-            or len(message.data) % (2 * len(message.channels))):
-        raise RemoteProtocolError(f"unknown sample encoding {message.extra['enc']!r} for "
-                                  f"{message.dtype}", code=CloseCode.INVALID_PAYLOAD,
-                                  reason="invalid-payload")
+    enc = message.extra["enc"]
+    data = _undo(enc, message.data, len(message.channels)) if message.dtype == "int16" \
+        else None
+    if data is None:
+        raise RemoteProtocolError(f"sample encoding {enc!r} is unknown or does not fit "
+                                  f"{len(message.data)} bytes of {message.dtype}",
+                                  code=CloseCode.INVALID_PAYLOAD, reason="invalid-payload")
     extra = {k: v for k, v in message.extra.items() if k != "enc"}
-    return dataclasses.replace(message, data=delta_decode(message.data, len(message.channels)),
-                               extra=extra)
+    return dataclasses.replace(message, data=data, extra=extra)
 
 
 class ZstdCodec:

@@ -163,7 +163,7 @@ def test_zstd_samples_round_trip_delta_encoded_when_smaller() -> None:
     message = raw_message(360)
     frame = codec.compress_message(message)
     on_wire = P.decode_server(codec.decompress(frame))
-    assert isinstance(on_wire, P.StreamSamples) and on_wire.extra == {"enc": "delta"}
+    assert isinstance(on_wire, P.StreamSamples) and on_wire.extra == {"enc": "delta8"}
     assert codec.decode_server(frame) == message
     assert len(frame) < len(P.ZstdCodec(delta=False).compress_message(message))
 
@@ -190,6 +190,37 @@ def test_zstd_leaves_float_samples_and_events_alone() -> None:
 def test_delta_round_trips_with_wraparound(rows: list[tuple[int, int]]) -> None:
     data = np.array(rows, dtype="<i2").tobytes()
     assert P.delta_decode(P.delta_encode(data, 2), 2) == data
+
+
+@given(st.integers(-2**15, 2**15 - 1), st.lists(st.integers(-128, 127), max_size=60))
+def test_delta8_round_trips_when_every_difference_fits_a_byte(
+        start: int, steps: list[int]) -> None:
+    x = (start + np.cumsum([0, *steps])).astype(np.int64)
+    data = ((x + 2**15) % 2**16 - 2**15).astype("<i2").tobytes()  # wraps like int16
+    packed = P.delta8_encode(data, 1)
+    assert packed is not None and len(packed) == 2 + len(steps)
+    assert P.delta8_decode(packed, 1) == data
+
+
+def test_samples_go_delta8_when_they_fit_else_delta() -> None:
+    codec = P.ZstdCodec()
+    smooth = raw_message(360)  # differences of a few units
+    walk = np.cumsum(np.random.default_rng(2).integers(-1000, 1000, (360, 2)), axis=0)
+    steep = dataclasses.replace(smooth, data=walk.astype("<i2").tobytes())
+    for message, enc in ((smooth, "delta8"), (steep, "delta")):
+        frame = codec.compress_message(message)
+        sent = P.decode_server(codec.decompress(frame))
+        assert isinstance(sent, P.StreamSamples) and sent.extra == {"enc": enc}
+        assert codec.decode_server(frame) == message
+
+
+@pytest.mark.parametrize(("enc", "data"), [("delta8", b"\x01\x00\x02"), ("delta", b"\x01"),
+                                           ("rle", b"\x00\x00\x00\x00")])
+def test_undelta_refuses_unknown_encodings_and_bad_lengths(enc: str, data: bytes) -> None:
+    message = dataclasses.replace(raw_message(), data=data, extra={"enc": enc})
+    with pytest.raises(RemoteProtocolError) as info:
+        P.undelta(message)
+    assert info.value.code == CloseCode.INVALID_PAYLOAD
 
 
 def test_the_dictionary_ships_and_its_id_is_in_every_frame() -> None:
@@ -258,8 +289,11 @@ def test_the_zstd_worked_example_in_the_docs() -> None:
     assert payload is not None and len(payload) == 191
     assert payload.endswith(bytes.fromhex("a3656e63a564656c7461"))
     assert P.decode_server(payload) == delta
+    smooth = struct.pack("<6h", 100, -50, 120, -40, 115, -45)
+    assert P.delta8_encode(data, 2) is None  # 340 does not fit a byte
     assert shown == {
         "delta-data": P.delta_encode(data, 2),
+        "delta8-data": P.delta8_encode(smooth, 2),
         "frame-header": P.ZstdCodec().compress(payload)[:6],
         "frame-header-with-dictionary":
             P.ZstdCodec(dictionary=P.ecg_dictionary()).compress(payload)[:10],
