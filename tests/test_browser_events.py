@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import trio
+
+from vital_actors.graph import Server
+from vital_actors.settings import load_settings
 from vital_actors.web.events import MAX_BEATS, EventsCache, index_events, overlay
 
 
@@ -65,3 +73,31 @@ def test_cache_reads_again_when_the_file_changes(tmp_path: Path) -> None:
     os.utime(path, (1, 1))
     again = cache.get(path)
     assert again is not None and again.beats.tolist() == [100, 300]
+
+
+async def test_route_answers_404_for_an_unknown_recording_and_empty_without_events(
+        nursery: trio.Nursery) -> None:
+    srv = Server(load_settings(server={"port": 0}))
+    await nursery.start(srv.run)
+    base = f"http://127.0.0.1:{srv.port}"
+
+    def get(path: str, data: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(base + path, data=data, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, body = await trio.to_thread.run_sync(get, "/ui/recordings/rec-nothere/events")
+    assert status == 404 and "rec-nothere" in body["error"]
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((720, 1), "<i2"))
+    status, meta = await trio.to_thread.run_sync(
+        get, "/api/v1/recordings?fs=360", npy.getvalue())
+    assert status == 201
+    status, body = await trio.to_thread.run_sync(get, f"/ui/recordings/{meta['id']}/events")
+    assert status == 200 and body["available"] is False and body["end"] == 720
+    status, body = await trio.to_thread.run_sync(
+        get, f"/ui/recordings/{meta['id']}/events?start=x")
+    assert status == 400
+    srv.shutdown()
