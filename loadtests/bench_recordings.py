@@ -205,8 +205,12 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             out["rss_peak_mb"] = watch.peak / 1e6
             small, _ = await upload(port, ratio_file)
             out["ratio_mb"] = args.ratio_mb
-            out["job_filter_s"] = (await run_job(port, small["id"], screen=False))[1]
-            out["scipy_s"] = await trio.to_thread.run_sync(scipy_in_memory, ratio_file)
+            jobs, scipys = [], []
+            for _ in range(args.reps):  # alternating, so both see the same machine
+                jobs.append((await run_job(port, small["id"], screen=False))[1])
+                scipys.append(await trio.to_thread.run_sync(scipy_in_memory, ratio_file))
+            out["job_filter_runs_s"], out["scipy_runs_s"] = jobs, scipys
+            out["job_filter_s"], out["scipy_s"] = min(jobs), min(scipys)
             screened, _ = await upload(port, screen_file)
             out["screen_mb"] = args.screen_mb
             out["job_screen_s"] = (await run_job(port, screened["id"], screen=True))[1]
@@ -252,6 +256,7 @@ def main() -> None:
     p.add_argument("--gb", type=float, default=2.0)
     p.add_argument("--ratio-mb", type=float, default=256.0)
     p.add_argument("--screen-mb", type=float, default=32.0)
+    p.add_argument("--reps", type=int, default=3, help="alternating job/scipy pairs (min)")
     p.add_argument("--views", type=int, default=400)
     p.add_argument("--tmp", type=Path, default=Path("/tmp"))
     args = p.parse_args()
@@ -260,8 +265,13 @@ def main() -> None:
         result = trio.run(bench, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                      for k, v in result.items()}, indent=1))
+    print(json.dumps({k: _round(v) for k, v in result.items()}, indent=1))
+
+
+def _round(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 3)
+    return [_round(x) for x in v] if isinstance(v, list) else v
 
 
 if __name__ == "__main__":
