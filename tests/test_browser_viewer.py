@@ -56,7 +56,9 @@ async def test_viewer_uploads_zooms_processes_and_cancels(
     npy = tmp_path / "ten-minutes.npy"
     np.save(npy, mv)
     short = tmp_path / "one-minute.npy"
-    np.save(short, mv[: 60 * 360])
+    minute = mv[: 60 * 360].copy()
+    minute[45 * 360:] = 0.0  # the last 15 s flat: the job raises a flatline alert there
+    np.save(short, minute)
     run = BrowserRun()
 
     def use(page: Page) -> dict[str, Any]:
@@ -106,6 +108,7 @@ async def test_viewer_uploads_zooms_processes_and_cancels(
         page.click("#jobs tbody tr:first-child td a")
         page.wait_for_function("() => vitalViewer.events && vitalViewer.events.beats > 0")
         out["events_whole"] = page.evaluate("vitalViewer.events")
+        artifacts.screenshot(page, "viewer-result-whole")
         for _ in range(3):
             page.click("#zoom-in")
         page.wait_for_function("() => vitalViewer.views.at(-1).end - vitalViewer.views.at(-1)"
@@ -126,6 +129,7 @@ async def test_viewer_uploads_zooms_processes_and_cancels(
     cancelled, done = sorted(server.jobs.jobs.values(), key=lambda j: j.created)
     assert cancelled.state == "cancelled" and 0 < cancelled.frames_done < cancelled.frames_total
     assert done.state == "done" and got["result"] == done.result
-    assert got["events_whole"]["beats"] >= 60  # 75 bpm for a minute
+    assert 50 <= got["events_whole"]["beats"] <= 60  # 75 bpm for 45 s
+    assert got["events_whole"]["alerts"] >= 1  # drawn as a red band with its name
     assert 0 < got["events"]["beats"] < got["events_whole"]["beats"]  # zoomed in: fewer
     assert run.errors == []

@@ -248,6 +248,7 @@ function trace(ctx, d, w, dpr, X, Y) {
 }
 
 function alertBands(ctx, w, h, dpr, X) {
+  let k = 0; // labels of overlapping alerts one under another
   for (const a of events.alerts) {
     const x0 = Math.max(0, X(a.start));
     const x1 = Math.min(w, X(a.end === null ? rec.frames : a.end));
@@ -256,7 +257,8 @@ function alertBands(ctx, w, h, dpr, X) {
     ctx.fillRect(x0, 0, Math.max(2 * dpr, x1 - x0), h);
     ctx.fillStyle = "#ff4d4f";
     ctx.font = `bold ${11 * dpr}px system-ui`;
-    ctx.fillText(a.alert.replace("_", " "), x0 + 3 * dpr, 24 * dpr);
+    const lead = a.channel === null ? "" : ` (${rec.channels[a.channel] || a.channel})`;
+    ctx.fillText(a.alert.replace("_", " ") + lead, x0 + 3 * dpr, (24 + 14 * (k++ % 6)) * dpr);
   }
 }
 
