@@ -27,8 +27,13 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
-    chromium()  # skip (or fail on CI) before starting anything
+def browser() -> str:
+    """Chromium's path; skips (fails on CI) before the trio fixtures start anything."""
+    return chromium()
+
+
+@pytest.fixture
+async def server(browser: str, nursery: trio.Nursery) -> AsyncIterator[Server]:
     srv = Server(load_settings(server={"port": 0}))
     await nursery.start(srv.run)
     yield srv
@@ -171,8 +176,7 @@ async def test_a_device_that_goes_flat_raises_a_visible_alert_within_5_s(
 
 
 async def test_with_auth_the_page_passes_the_token_from_its_url(
-        nursery: trio.Nursery, artifacts: Artifacts) -> None:
-    chromium()
+        browser: str, nursery: trio.Nursery, artifacts: Artifacts) -> None:
     secret = "a-test-secret-of-at-least-32-bytes!!"
     srv = Server(load_settings(server={"port": 0}, auth={"required": True, "secret": secret}))
     await nursery.start(srv.run)
