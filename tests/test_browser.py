@@ -101,6 +101,7 @@ async def test_monitor_draws_a_device_and_shows_a_plausible_heart_rate(
                                "&& vitalMonitor.connection === 'open'")
         page.wait_for_function(f"() => {stat('101', 'received')} > {before} + 720")
         return {"ink": ink, "hr": hr_text, "quality": quality,
+                "count": page.inner_text("#count"),
                 "fps": page.evaluate("vitalMonitor.fps")}
 
     async with trio.open_nursery() as nursery:
@@ -109,8 +110,10 @@ async def test_monitor_draws_a_device_and_shows_a_plausible_heart_rate(
         got = await in_browser(watch, run=run)
         nursery.cancel_scope.cancel()
     assert got["ink"] > 500  # the trace is on the canvas
-    assert 60 <= int(got["hr"]) <= 90, got
+    assert 60 <= int(got["hr"]) <= 85, got  # 101's first minute: about 65-75 bpm
     assert got["quality"].split()[0] in {"good", "acceptable"}
+    assert got["count"] == "1 stream"
+    print(f"heart rate shown for MIT-BIH 101: {got['hr']} bpm, {got['quality']}")
     assert run.errors == []
 
 

@@ -110,6 +110,7 @@ class Strip {
 
   setConnected(connected, run) {
     this.connected = connected;
+    showCount();
     this.node.classList.toggle("offline", !connected);
     this.status.title = connected ? "connected" : "disconnected";
     if (run !== undefined && run !== null && this.run !== null && run !== this.run) {
@@ -319,6 +320,13 @@ class Strip {
     }
     return false;
   }
+}
+
+function showCount() {
+  const all = [...state.streams.values()];
+  const live = all.filter((s) => s.connected).length;
+  document.getElementById("count").textContent = all.length === live
+    ? `${live} stream${live === 1 ? "" : "s"}` : `${live} of ${all.length} streams connected`;
 }
 
 function alertLabel(a, channels) {
