@@ -24,7 +24,7 @@ from wsproto.extensions import Extension, PerMessageDeflate
 
 import protocol as P
 from vital_actors.clients import connect, receive, run_device, send
-from vital_actors.edge.codecs import DeflateCodec, Outgoing, TakeoverDeflateCodec
+from vital_actors.edge.codecs import DeflateCodec, Outgoing, TakeoverDeflateCodec, ZstdWireCodec
 from vital_actors.edge.handshake import Compression
 from vital_actors.edge.websocket import WebSocket, accept
 from vital_actors.graph import Server
@@ -344,3 +344,23 @@ async def test_python_clients_speak_zstd(server: Server) -> None:
         while not isinstance(got, P.StreamSamples):
             got = await receive(sub)
         assert got.data == bytes(36 * 2 * 2)
+
+
+def test_what_the_settings_let_a_handshake_agree() -> None:
+    both = Compression(DeflateSettings(), ZstdSettings())
+    assert both.subprotocols == (P.SUBPROTOCOL, P.ZSTD_SUBPROTOCOL)
+    assert Compression(DeflateSettings()).subprotocols == (P.SUBPROTOCOL,)
+    plain = Compression(None, ZstdSettings()).agree(P.SUBPROTOCOL, "/v1/ingest",
+                                                    max_message_bytes=1024)
+    assert plain.codec.key == "plain" and plain.deflate is None and plain.inbound is None
+    ids = {}
+    for zstd, target in ((ZstdSettings(), f"/v1/subscribe?zstd_dict={P.ECG_DICTIONARY_ID}"),
+                         (ZstdSettings(), "/v1/subscribe"),
+                         (ZstdSettings(), "/v1/subscribe?zstd_dict=12345"),
+                         (ZstdSettings(dictionary=False),
+                          f"/v1/subscribe?zstd_dict={P.ECG_DICTIONARY_ID}")):
+        agreed = Compression(None, zstd).agree(P.ZSTD_SUBPROTOCOL, target,
+                                               max_message_bytes=1024)
+        assert isinstance(agreed.codec, ZstdWireCodec) and agreed.inbound is not None
+        ids[(zstd.dictionary, target)] = agreed.codec.dictionary_id
+    assert list(ids.values()) == [P.ECG_DICTIONARY_ID, None, None, None]
