@@ -146,6 +146,7 @@ async def test_a_device_that_goes_flat_raises_a_visible_alert_within_5_s(
     def watch(page: Page) -> dict[str, Any]:
         page.goto(http(server) + "/")
         page.wait_for_function("() => vitalMonitor.connection === 'open'")
+        page.check("#sound")  # a click: the page may play sound from now on
         trio.from_thread.run_sync(ready.set)
         seen = {}
         for stream in ("bed-7", "bed-8"):
@@ -154,6 +155,7 @@ async def test_a_device_that_goes_flat_raises_a_visible_alert_within_5_s(
         page.wait_for_function(alert_js("bed-8", "asystole"))
         artifacts.screenshot(page, "monitor-alerts")
         return {"seen": seen, "alerts": page.inner_text("#alerts"),
+                "beeps": page.evaluate("vitalMonitor.beeps"),
                 "strip": page.get_attribute(".strip[data-stream='bed-7']", "class"),
                 "badges": {s: page.inner_text(f".strip[data-stream='{s}'] .strip-alerts")
                            for s in ("bed-7", "bed-8")}}
@@ -174,6 +176,7 @@ async def test_a_device_that_goes_flat_raises_a_visible_alert_within_5_s(
     assert 0 < got["seen"]["bed-7"] - flat_at <= 5.0, got
     assert 0 < got["seen"]["bed-8"] - flat_at <= 4.0 + 1.0 + 1.5, got  # asystole_s + a step
     assert "alarm" in got["strip"].split()
+    assert got["beeps"] >= 1  # the alarm sound played (WebAudio)
     assert "FLATLINE" in got["badges"]["bed-7"] and "ASYSTOLE" in got["badges"]["bed-8"], got
     assert run.errors == []
 

@@ -30,6 +30,7 @@ const monitor = (window.vitalMonitor = {
   connections: 0,
   messages: 0,
   subscribed: [], // the topics the server confirmed
+  beeps: 0, // alarm sounds played
   tickTimes: [], // ms the page spent drawing, per animation frame
   frames: 0,
   fps: 0,
@@ -386,6 +387,7 @@ function alarmSound(force = false) {
   const now = performance.now();
   if (!state.sound || state.alerts.size === 0 || (!force && now - state.lastBeep < 4000)) return;
   state.lastBeep = now;
+  monitor.beeps += 1;
   Vital.beep(880, 160);
   setTimeout(() => Vital.beep(660, 160), 220);
 }
