@@ -197,3 +197,22 @@ async def test_job_resumes_after_sigkill_and_restart(tmp_path: Path) -> None:
     assert (root / "recordings" / result.id / "samples.bin").read_bytes() == \
         (root / "recordings" / reference.id / "samples.bin").read_bytes()
     shutil.rmtree(root)
+
+
+async def test_a_job_whose_recording_is_deleted_fails_alone(store: RecordingStore) -> None:
+    meta = _store_recording(store, _ecg_like(300_000, 1))
+    runner = JobRunner(store, JobSettings(chunk_frames=1024), ScreenSettings())
+    tx, rx = trio.open_memory_channel[Item](1000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run, tx)
+        job = runner.submit(JobSpec(recording=meta.id, screen=False))
+        while (await _progress(rx))["frames_done"] < 2048:
+            pass
+        store.delete(meta.id)
+        await runner.wait(job.id, lambda j: not j.active)
+        assert job.state == "failed" and "FileNotFoundError" in (job.error or "")
+        other = _store_recording(store, _ecg_like(5000, 1))  # the runner still serves
+        second = runner.submit(JobSpec(recording=other.id))
+        await runner.wait(second.id, lambda j: not j.active)
+        assert second.state == "done"
+        nursery.cancel_scope.cancel()

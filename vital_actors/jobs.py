@@ -202,6 +202,10 @@ class JobRunner:
         self._save(job)
         try:
             await self._chunks(job, work)
+        except Exception as exc:  # e.g. its recording was deleted under it
+            work.close()
+            self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
+            return
         except BaseException:
             work.close()  # cancelled (shutdown): the checkpoint stays for the next start
             raise
