@@ -6,22 +6,25 @@ port. Outside CI the tests skip without it; under CI=true they fail.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from redisserver import Redis, redis_server
 from trio_websocket import WebSocketConnection
 
 import protocol as P
 from vital_actors.clients import connect, receive
 from vital_actors.graph import Server
 from vital_actors.settings import load_settings
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    yield from redis_server(tmp_path)
+
 
 # coredis (on anyio) leaves some of its internal memory streams to the garbage collector
 # when a connection is dropped or cancelled; that is its business, not a failure here.
@@ -32,56 +35,6 @@ pytestmark = [
 ]
 
 HELLO = P.Hello("bed1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0, 1024.0))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Redis:
-    """A redis-server process of our own, which a test may stop and start again."""
-
-    def __init__(self, folder: Path) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("redis-server not found: .ci/run must apt-get install redis-server")
-            pytest.skip("redis-server not installed (apt-get install redis-server)")
-        self.exe, self.folder, self.port = exe, folder, _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
-                return
-            except OSError:
-                subprocess.run(["sleep", "0.02"], check=True)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
-    server = Redis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @asynccontextmanager

@@ -10,10 +10,12 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from .auth import AuthConfigError, add_token_command, token_command
+from .bus import default_node_id
 from .clients import StreamSummary, run_devices, run_summary
 from .graph import Server
 from .settings import Settings, SettingsError, load_settings
@@ -107,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--host", help="bind address (default 127.0.0.1)")
         s.add_argument("--port", type=int, help="port for HTTP and WebSocket (default 8080)")
         s.add_argument("--settings", type=Path, help="TOML settings file")
+        s.add_argument("--bus", metavar="redis://HOST:PORT",
+                       help="share topics and streams with other processes over Redis")
+    sub.choices["serve"].add_argument(
+        "--workers", type=int, default=1,
+        help="N processes on one port (SO_REUSEPORT) joined by --bus (default 1)")
     demo = sub.choices["demo"]
     demo.add_argument("--devices", type=int, default=4)
     demo.add_argument("--data", type=Path, help="WFDB folder (default ../shared/data/mitdb)")
@@ -158,16 +165,38 @@ def _settings(args: argparse.Namespace) -> Settings:
     server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     try:
         base = load_settings(args.settings)
+        changes: dict[str, Any] = {}
         if server:
-            return load_settings(args.settings, server=base.server.model_copy(update=server))
-        return base
+            changes["server"] = base.server.model_copy(update=server)
+        if args.bus:
+            changes["bus"] = base.bus.model_copy(update={"url": args.bus})
+        return load_settings(args.settings, **changes) if changes else base
     except SettingsError as exc:
         raise SystemExit(str(exc)) from None
 
 
+def _serve_workers(args: argparse.Namespace) -> None:
+    """``serve --workers N``: this process supervises N ordinary ``serve`` processes."""
+    settings = _settings(args)
+    if settings.bus.url is None:
+        raise SystemExit("--workers needs a bus: --bus redis://HOST:PORT (or bus.url)")
+    if settings.server.port == 0:
+        raise SystemExit("--workers needs a fixed --port: the workers share it")
+    from .bus.workers import run_workers
+
+    argv = [sys.executable, "-m", "vital_actors.cli", "serve", "--host",
+            settings.server.host, "--port", str(settings.server.port)]
+    if args.settings:
+        argv += ["--settings", str(args.settings)]
+    trio.run(partial(run_workers, args.workers, argv, bus_url=settings.bus.url,
+                     node_prefix=settings.bus.node or default_node_id()))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
+    if args.command == "serve" and args.workers > 1:
+        _serve_workers(args)
+    elif args.command == "serve":
         trio.run(partial(serve, _settings(args)))
     elif args.command == "demo":
         folder = args.data or ((data_dir() or Path("/nonexistent")) / "mitdb")

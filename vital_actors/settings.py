@@ -53,6 +53,8 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     handshake_timeout_s: float = Field(10.0, gt=0)
     close_timeout_s: float = Field(2.0, gt=0)
+    reuse_port: bool = Field(False, description="share the port with other processes "
+                             "(SO_REUSEPORT; set by serve --workers)")
 
 
 class LimitSettings(_Section):

@@ -157,9 +157,13 @@ async def serve_door(
     handler_nursery: trio.Nursery,
     compression: Compression = NO_COMPRESSION,
     gate: Gate | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections on *host*:*port*; started with the port actually bound.
+
+    With *reuse_port*, several processes listen on the same port (SO_REUSEPORT) and the
+    kernel spreads new connections over them (``serve --workers N``).
 
     With a *gate*, each connection first passes its per-address cap, and each WebSocket
     upgrade its Origin and token check (refused with HTTP 429 / 403 / 401 before any
@@ -171,9 +175,27 @@ async def serve_door(
                       compression=compression, gate=gate)
     if gate is not None:
         handler = partial(_gated, gate, handler)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = (await _reuse_port_listeners(host, port) if reuse_port
+                 else await trio.open_tcp_listeners(port, host=host))
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(trio.serve_listeners, handler, listeners,
                                    handler_nursery=handler_nursery))
         task_status.started(bound)
+
+
+async def _reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """One listener on *host*:*port* that other processes may bind too."""
+    info = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM,
+                                         flags=trio.socket.AI_PASSIVE)
+    family, kind, proto, _, address = info[0]
+    sock = trio.socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind(address)
+        sock.listen(4096)
+    except OSError:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]
