@@ -40,12 +40,13 @@ class Replay:
     frames_sent: int = 0
     laps: int = 0
     state: str = "starting"
+    error: str | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def public(self) -> dict[str, Any]:
         return {"stream": self.stream, "recording": self.recording, "speed": self.speed,
                 "loop": self.loop, "frames_sent": self.frames_sent, "laps": self.laps,
-                "state": self.state}
+                "state": self.state, "error": self.error}
 
 
 class Replays:
@@ -101,11 +102,15 @@ class Replays:
                 await _status(outbox, info, "connected", fs=info.fs, run=info.run,
                               channels=list(info.channels), next_seq=info.next_seq,
                               device=info.hello.device)
-                await self._play(replay, info, outbox)
-                replay.state = "finished"
+                try:
+                    await self._play(replay, info, outbox)
+                except (OSError, KeyError, ValueError) as exc:  # the recording went away
+                    replay.state, replay.error = "failed", f"{type(exc).__name__}: {exc}"
+                else:
+                    replay.state = "finished"
             finally:
                 self.registry.detach(info)
-                if replay.state != "finished":
+                if replay.state == "playing":
                     replay.state = "stopped"
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await _status(outbox, info, "disconnected", next_seq=info.next_seq)
