@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from protocol import Hello
 from vital_actors.filtering import FilterBank
-from vital_actors.messages import Block, Filtered, Item
+from vital_actors.messages import Block, Item
 from vital_actors.quality import QualityChain
 from vital_actors.screening import screen_batch
 from vital_actors.settings import FilterSettings, ScreenSettings
@@ -57,8 +57,9 @@ class Load:
 
 
 def load(streams: int, seconds: float, frame_ms: float) -> Load:
-    folder = (data_dir() or None) and data_dir() / "mitdb"  # type: ignore[operator]
-    paths = list_records(folder) if folder and folder.is_dir() else []
+    root = data_dir()
+    folder = root / "mitdb" if root is not None else None
+    paths = list_records(folder) if folder is not None and folder.is_dir() else []
     registry = StreamRegistry(FilterSettings())
     infos, signals = [], []
     n = round(seconds * 360)
