@@ -41,7 +41,7 @@ HELLO = P.Hello("bed1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0,
 async def node(redis: Redis, name: str, nursery: trio.Nursery) -> AsyncIterator[Server]:
     srv = Server(load_settings(server={"port": 0}, archive={"enabled": False},
                                bus={"url": redis.url, "node": name, "lease_s": 1.0,
-                                    "retry_s": 0.1}))
+                                    "retry_s": 0.1, "interest_s": 0.1}))
     await nursery.start(srv.run)
     try:
         yield srv
@@ -53,10 +53,17 @@ def url(server: Server) -> str:
     return f"ws://127.0.0.1:{server.port}"
 
 
-async def subscribe(ws: WebSocketConnection, *topics: str) -> None:
+async def subscribe(ws: WebSocketConnection, *topics: str, seen_by: Server | None = None
+                    ) -> None:
+    """Subscribe; with *seen_by*, also wait until that (other) node knows of it."""
     await ws.send_message(P.encode(P.Subscribe(topics)))
     while not isinstance(msg := await receive(ws), P.Event) or msg.topic != "subscriptions":
         pass
+    if seen_by is not None:
+        assert seen_by.bus is not None
+        with trio.fail_after(5):
+            for topic in topics:
+                await seen_by.bus.learned(topic)
 
 
 async def hello(ws: WebSocketConnection, h: P.Hello = HELLO) -> P.ServerMessage:
@@ -82,7 +89,7 @@ async def test_a_subscriber_on_one_node_receives_a_device_on_another(
         redis: Redis, nursery: trio.Nursery) -> None:
     async with node(redis, "a", nursery) as a, node(redis, "b", nursery) as b, \
             connect(url(b), P.SUBSCRIBE_PATH) as sub, connect(url(a), P.INGEST_PATH) as dev:
-            await subscribe(sub, "stream/bed1/raw")
+            await subscribe(sub, "stream/bed1/raw", seen_by=a)
             assert isinstance(await hello(dev), P.Welcome)
             for seq in range(5):
                 await dev.send_message(frame(seq))
@@ -141,7 +148,7 @@ async def test_delivery_recovers_after_redis_restarts(redis: Redis,
                                                       nursery: trio.Nursery) -> None:
     async with node(redis, "a", nursery) as a, node(redis, "b", nursery) as b, \
             connect(url(b), P.SUBSCRIBE_PATH) as sub, connect(url(a), P.INGEST_PATH) as dev:
-            await subscribe(sub, "stream/bed1/raw")
+            await subscribe(sub, "stream/bed1/raw", seen_by=a)
             assert isinstance(await hello(dev), P.Welcome)
             await dev.send_message(frame(0))
             await samples(sub, 1)

@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import coredis
 import numpy as np
 import psutil  # type: ignore[import-untyped]
 import pytest
@@ -32,6 +33,7 @@ pytestmark = [
 
 HELLO = P.Hello("bed7", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0, 1024.0))
 FRAME = np.zeros((36, 2), np.int16)
+INTEREST_S = 0.1
 
 
 @pytest.fixture
@@ -43,11 +45,13 @@ class Workers:
     def __init__(self, redis: Redis, tmp: Path) -> None:
         self.port = free_port()
         env = {**os.environ, "VITAL_BUS__LEASE_S": "1", "VITAL_BUS__RETRY_S": "0.1",
+               "VITAL_BUS__INTEREST_S": str(INTEREST_S),
                "VITAL_STORE__DIR": str(tmp / "store")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vital_actors.cli", "serve", "--workers", "2", "--port",
              str(self.port), "--bus", redis.url], env=env, stdout=subprocess.DEVNULL)
         self.url = f"ws://127.0.0.1:{self.port}"
+        self.redis_port = redis.port
 
     def workers(self) -> list[psutil.Process]:
         return list(psutil.Process(self.process.pid).children())
@@ -138,7 +142,23 @@ async def _subscribers_on_both(w: Workers, stack: AsyncExitStack
         if len(owners) == 2:
             break
     assert len(owners) == 2, "20 connections, all on one worker"
+    await _advertised(w, "stream/bed7/raw")
     return subs
+
+
+async def _advertised(w: Workers, topic: str) -> None:
+    """Wait until both workers advertise *topic* on the bus, then for one more round of
+    learning (each worker reads the others' topics every INTEREST_S)."""
+    client = coredis.Redis(host="127.0.0.1", port=w.redis_port)
+    async with client:
+        with trio.fail_after(10):
+            while True:
+                keys = [k async for k in client.scan_iter(match="vital:interest:*")]
+                members = [await client.smembers(k) for k in keys]
+                if len(keys) == 2 and all(topic.encode() in m for m in members):
+                    break
+                await trio.sleep(INTEREST_S)
+    await trio.sleep(3 * INTEREST_S)
 
 
 async def _seqs(ws: WebSocketConnection, until: int) -> list[int]:

@@ -269,6 +269,8 @@ class BusSettings(_Section):
     outbox: int = Field(10_000, ge=1, description="messages waiting to be published")
     publish_batch: int = Field(256, ge=1, description="PUBLISH commands per pipeline")
     retry_s: float = Field(0.5, gt=0, description="pause before reconnecting to Redis")
+    interest_s: float = Field(1.0, gt=0, description="how often nodes advertise and learn "
+                              "which topics their subscribers follow")
 
     @model_validator(mode="after")
     def _redis_url(self) -> Self:

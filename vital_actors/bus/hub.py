@@ -12,22 +12,34 @@ __all__ = ["BusHub"]
 
 
 class BusHub(Hub):
-    """:class:`Hub` plus the bus: every message this node produces is delivered to its
-    own subscribers at once and published for the other nodes' subscribers.
+    """:class:`Hub` plus the bus: every message this node produces for a topic that is
+    followed here or on another node is encoded once, delivered to this node's
+    subscribers at once, and published for the others.
 
-    Subscribers may be on any node, so every topic counts as followed: the broadcaster
-    builds and encodes each message once, whether or not a local subscriber wants it.
+    Which topics other nodes follow comes from the bus (each node advertises its local
+    topics; see :class:`RedisBus`), refreshed every ``bus.interest_s``: a subscriber of a
+    new topic on another node gets it from this node within that time.
     """
 
     bus: RedisBus | None = None
 
+    def local_topics(self) -> set[str]:
+        """The topics this node's own subscribers follow."""
+        return set(self._topics)
+
+    def followed_here(self, topic: str) -> bool:
+        return super().has_subscribers(topic)
+
     def has_subscribers(self, topic: str) -> bool:
-        return True
+        return super().has_subscribers(topic) or (
+            self.bus is not None and self.bus.followed_elsewhere(topic))
 
     def publish(self, message: StreamSamples | Event) -> Outgoing | None:
+        if not self.has_subscribers(message.topic):
+            return None
         out = Outgoing.of(message, message.priority)
         self.stats.totals.encoded += 1
         self.deliver(message.topic, out)
-        if self.bus is not None:
+        if self.bus is not None and self.bus.followed_elsewhere(message.topic):
             self.bus.publish(message.topic, out)
         return out

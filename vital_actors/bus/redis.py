@@ -25,7 +25,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -34,8 +34,10 @@ import trio
 
 from protocol import Event, Hello, RemoteProtocolError, StreamSamples, decode_server
 
-from ..broadcast import Hub
 from ..edge.codecs import Outgoing
+
+if TYPE_CHECKING:
+    from .hub import BusHub
 from ..settings import BusSettings
 from ..streams import StreamInfo, StreamRegistry
 
@@ -86,7 +88,9 @@ class RedisBus:
         self._outbox_tx, self._outbox_rx = trio.open_memory_channel[tuple[str, bytes]](
             settings.outbox)
         self._client = _client(self.url)
-        self._hub: Hub | None = None
+        self._hub: BusHub | None = None
+        self._elsewhere: frozenset[str] = frozenset()  # topics other nodes' subscribers follow
+        self._learned = trio.Event()  # set (and replaced) after each refresh of _elsewhere
         self._leases_changed = trio.Event()
 
     # --- publishing (sync: called from the broadcaster's loop) -----------------------------
@@ -98,7 +102,16 @@ class RedisBus:
         except trio.WouldBlock:
             self.counters.dropped += 1
 
-    async def run(self, hub: Hub, registry: StreamRegistry, *,
+    def followed_elsewhere(self, topic: str) -> bool:
+        """Does a subscriber on another node follow *topic* (as last advertised)?"""
+        return topic in self._elsewhere
+
+    async def learned(self, topic: str) -> None:
+        """Return once this node knows that another node's subscribers follow *topic*."""
+        while topic not in self._elsewhere:
+            await self._learned.wait()
+
+    async def run(self, hub: BusHub, registry: StreamRegistry, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Publish the outbox, read the other nodes' messages into *hub*, renew the
         leases of *registry*'s streams; until cancelled. Survives Redis going away and
@@ -108,6 +121,7 @@ class RedisBus:
             nursery.start_soon(self._publisher)
             await nursery.start(self._reader)
             nursery.start_soon(self._renewer, registry)
+            nursery.start_soon(self._interest, hub)
             task_status.started()
 
     async def _publisher(self) -> None:
@@ -165,8 +179,8 @@ class RedisBus:
         if message.get("type") != "pmessage" or self._hub is None:
             return
         node, _, topic = bytes(message["channel"])[skip:].decode().partition(":")
-        if node == self.node:
-            return  # our own: delivered locally already
+        if node == self.node or not self._hub.followed_here(topic):
+            return  # our own (delivered locally already), or nobody here follows it
         try:
             decoded = decode_server(bytes(message["data"]))
         except RemoteProtocolError:
@@ -175,6 +189,30 @@ class RedisBus:
             return
         self.counters.received += 1
         self._hub.deliver(topic, Outgoing(decoded, decoded.priority, bytes(message["data"])))
+
+    async def _interest(self, hub: BusHub) -> None:
+        """Every ``interest_s``: advertise the topics this node's subscribers follow (a
+        set that expires if the node dies) and learn the other nodes' topics."""
+        mine = self._key("interest", self.node)
+        nodes = f"{self.prefix}nodes"
+        ttl = max(1, round(3 * self.settings.interest_s))
+        while True:
+            with contextlib.suppress(*_AWAY):
+                topics = hub.local_topics()
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.delete([mine])
+                    if topics:
+                        pipe.sadd(mine, list(topics))
+                    pipe.expire(mine, ttl)
+                    pipe.sadd(nodes, [self.node])
+                others = [n.decode() for n in await self._client.smembers(nodes)
+                          if n.decode() != self.node]
+                keys = [self._key("interest", n) for n in others]
+                union = await self._client.sunion(keys) if keys else set()
+                self._elsewhere = frozenset(t.decode() for t in union)
+                self._learned.set()
+                self._learned = trio.Event()
+            await trio.sleep(self.settings.interest_s)
 
     # --- stream ownership -----------------------------------------------------------------
 
