@@ -131,6 +131,7 @@ class Result:
     other_cpu: float
     stalled: dict[str, Any] | None  # the stalled subscriber's row in /api/v1/subscribers
     latency_ms: np.ndarray[Any, Any]  # every reader's, for frames sent in the window
+    second: np.ndarray[Any, Any]  # the second of the window each of them was sent in
 
 
 async def _open(port: int, *, rcvbuf: int | None = None) -> trio.SocketStream:
@@ -225,6 +226,7 @@ def _result(mode: str, plan: Plan, received: np.ndarray[Any, Any], meter: Meter,
     in_window = (sent >= t0) & (sent < t0 + args.seconds)
     ok = in_window & ~np.isnan(received)
     latency = (received[ok] - sent[ok]) * 1e3
+    second = ((sent[ok] - t0) // 1.0).astype(int)
     p50, p99, top = np.percentile(latency, [50, 99, 100])
     usage = meter.usage
     return Result(mode, float(p50), float(p99), float(top),
@@ -232,7 +234,7 @@ def _result(mode: str, plan: Plan, received: np.ndarray[Any, Any], meter: Meter,
                   int(np.count_nonzero(in_window & np.isnan(received))),
                   usage["server"].cpu_percent, usage["harness"].cpu_percent,
                   max(0.0, usage["machine"].cpu_percent - usage["server"].cpu_percent
-                      - usage["harness"].cpu_percent), stalled_row, latency)
+                      - usage["harness"].cpu_percent), stalled_row, latency, second)
 
 
 async def _run(args: argparse.Namespace, rep: int) -> tuple[Result, Result]:
@@ -250,7 +252,7 @@ async def _run(args: argparse.Namespace, rep: int) -> tuple[Result, Result]:
                     "alone": await _load(port_a, plans["alone"], args.subscribers - 1,
                                          stalled=False, nursery=nursery),
                     "stalled": await _load(port_s, plans["stalled"], args.subscribers - 1,
-                                           stalled=True, nursery=nursery)}
+                                           stalled=not args.control, nursery=nursery)}
                 # Half a frame apart, so that the two loads' frames do not collide; which
                 # one goes first alternates from run to run.
                 first, second = ("alone", "stalled") if rep % 2 == 0 else ("stalled", "alone")
@@ -261,10 +263,26 @@ async def _run(args: argparse.Namespace, rep: int) -> tuple[Result, Result]:
                     nursery.start_soon(meter.measure, start, start + args.seconds)
                 await trio.sleep_until(start + args.seconds + 0.5)
                 rows = (await _get_json(port_s, "/api/v1/subscribers"))["subscribers"]
-                stalled_row = max(rows, key=lambda r: r["depth"])
+                stalled_row = None if args.control else max(rows, key=lambda r: r["depth"])
     return (_result("alone", plans["alone"], received["alone"], meters["alone"], args, None),
-            _result("stalled", plans["stalled"], received["stalled"], meters["stalled"], args,
-                    stalled_row))
+            _result(_second(args), plans["stalled"], received["stalled"], meters["stalled"],
+                    args, stalled_row))
+
+
+def _second(args: argparse.Namespace) -> str:
+    return "control" if args.control else "stalled"
+
+
+def _paired_p99_ratios(alone: Result, stalled: Result) -> list[float]:
+    """p99 of the stalled server's readers over that of the alone one's, for each second
+    of the window: both loads ran in the same seconds, so slow swings of the machine's
+    load cancel out in each pair."""
+    out = []
+    for sec in np.intersect1d(alone.second, stalled.second):
+        a = np.percentile(alone.latency_ms[alone.second == sec], 99)
+        b = np.percentile(stalled.latency_ms[stalled.second == sec], 99)
+        out.append(float(b / a))
+    return out
 
 
 def _describe(row: dict[str, Any] | None) -> str:
@@ -300,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=12.0, help="excluded from the figures (s)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("loadtests/out/isolation"))
+    p.add_argument("--control", action="store_true",
+                   help="A/A control: the second server gets no stalled subscriber either, "
+                   "so its ratios show the noise floor")
     args = p.parse_args(argv)
     results = trio.run(_main, args)
     print("\n| run | mode | readers' p50 ms | p99 ms | max ms | msg/s | lost | server CPU % "
@@ -310,19 +331,24 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{r.delivered_per_s:.0f} | {r.lost} | {r.server_cpu:.0f} | "
               f"{r.harness_cpu:.0f} | {r.other_cpu:.0f} | "
               f"{_describe(r.stalled)} |")
-    ratios = []
+    ratios, paired = [], []
     for k in range(0, len(results), 2):
         alone, stalled = sorted(results[k:k + 2], key=lambda r: r.mode)
         ratios.append(stalled.p99_ms / alone.p99_ms)
-        print(f"run {k // 2 + 1}: p99 stalled / alone = {ratios[-1]:.2f}x, "
+        paired += _paired_p99_ratios(alone, stalled)
+        print(f"run {k // 2 + 1}: p99 {_second(args)} / alone = {ratios[-1]:.2f}x, "
               f"p50 {stalled.p50_ms / alone.p50_ms:.2f}x")
+    second = _second(args)
+    q25, q50, q75 = np.percentile(paired, [25, 50, 75])
+    print(f"p99 {second} / alone second by second ({len(paired)} paired seconds): median "
+          f"{q50:.2f}x, interquartile {q25:.2f}x-{q75:.2f}x")
     pooled = {mode: np.percentile(np.concatenate([r.latency_ms for r in results
                                                   if r.mode == mode]), [50, 99])
-              for mode in ("alone", "stalled")}
+              for mode in ("alone", second)}
     print(f"median of the runs' p99 ratios: {statistics.median(ratios):.2f}x; all runs pooled: "
-          f"p50 {pooled['stalled'][0]:.2f} / {pooled['alone'][0]:.2f} ms "
-          f"({pooled['stalled'][0] / pooled['alone'][0]:.2f}x), p99 {pooled['stalled'][1]:.2f}"
-          f" / {pooled['alone'][1]:.2f} ms ({pooled['stalled'][1] / pooled['alone'][1]:.2f}x)")
+          f"p50 {pooled[second][0]:.2f} / {pooled['alone'][0]:.2f} ms "
+          f"({pooled[second][0] / pooled['alone'][0]:.2f}x), p99 {pooled[second][1]:.2f}"
+          f" / {pooled['alone'][1]:.2f} ms ({pooled[second][1] / pooled['alone'][1]:.2f}x)")
 
 
 if __name__ == "__main__":
