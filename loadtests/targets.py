@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -43,9 +44,10 @@ class Target:
     argv: tuple[str, ...]
     kind: str = "raw"
     has_api: bool = True  # serves GET /api/v1/stats (ours does, the relay does not)
+    needs_redis: bool = False  # the harness starts a redis-server and fills in {redis}
 
-    def command(self, port: int) -> list[str]:
-        return [a.format(port=port) for a in self.argv]
+    def command(self, port: int, redis: str = "") -> list[str]:
+        return [a.format(port=port, redis=redis) for a in self.argv]
 
 
 #: Settings of our server under load: the per-address and stream caps protect a
@@ -70,6 +72,11 @@ TARGETS: dict[str, Target] = {
     "relay": RELAY,
     "vital-raw": Target("vital-raw", _SERVE, "raw"),
     "vital-filtered": Target("vital-filtered", _SERVE, "filtered"),
+    # Beyond one process (issue 9): one server on the Redis bus, and two workers sharing
+    # the port over the bus (the supervisor's whole process tree is measured).
+    "vital-1w": Target("vital-1w", (*_SERVE, "--bus", "{redis}"), "raw", needs_redis=True),
+    "vital-2w": Target("vital-2w", (*_SERVE, "--workers", "2", "--bus", "{redis}"), "raw",
+                       needs_redis=True),
 }
 
 
@@ -127,16 +134,39 @@ async def _wait_ready(process: trio.Process, port: int, log: Path) -> None:
 async def running(target: Target, log: Path) -> AsyncIterator[tuple[psutil.Process, int]]:
     """Run *target* on a free port for the block: yields (its process, the port)."""
     port = free_port()
+    async with _redis(target, log) as redis:
+        with log.open("ab") as out:
+            process = await trio.lowlevel.open_process(target.command(port, redis),
+                                                       stdout=out, stderr=out,
+                                                       env={**os.environ, **LOAD_ENV})
+            try:
+                await _wait_ready(process, port, log)
+                yield psutil.Process(process.pid), port
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _stop(process)
+
+
+@asynccontextmanager
+async def _redis(target: Target, log: Path) -> AsyncIterator[str]:
+    """A redis-server of the run's own on loopback, if *target* needs one: its URL."""
+    if not target.needs_redis:
+        yield ""
+        return
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise TargetError(f"{target.name} needs redis-server (apt-get install redis-server)")
+    port = free_port()
     with log.open("wb") as out:
-        process = await trio.lowlevel.open_process(target.command(port), stdout=out,
-                                                   env={**os.environ, **LOAD_ENV},
-                                                   stderr=out)
-        try:
-            await _wait_ready(process, port, log)
-            yield psutil.Process(process.pid), port
-        finally:
-            with trio.CancelScope(shield=True):
-                await _stop(process)
+        process = await trio.lowlevel.open_process(
+            [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+            stdout=out, stderr=out)
+    try:
+        yield f"redis://{HOST}:{port}"
+    finally:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
 
 
 async def _stop(process: trio.Process) -> None:
@@ -159,9 +189,35 @@ class Usage:
     rss_mb: float
 
 
+def _tree(p: psutil.Process) -> list[psutil.Process]:
+    """*p* and its children (the workers of ``serve --workers``)."""
+    try:
+        return [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return [p]
+
+
 def _cpu_s(p: psutil.Process) -> float:
-    t = p.cpu_times()
-    return float(t.user + t.system)
+    """CPU seconds of *p* and its children."""
+    total = 0.0
+    for q in _tree(p):
+        try:
+            t = q.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _rss(p: psutil.Process) -> int:
+    """Resident bytes of *p* and its children."""
+    total = 0
+    for q in _tree(p):
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
 
 
 def _busy_s() -> float:
@@ -190,7 +246,7 @@ class Meter:
             tick += 1
             await trio.sleep_until(t0 + tick * RSS_EVERY_S)
             try:
-                cpu, rss = _cpu_s(server), server.memory_info().rss / 2**20
+                cpu, rss = _cpu_s(server), _rss(server) / 2**20
             except psutil.Error:  # the server is gone
                 return
             now = trio.current_time()
@@ -209,7 +265,7 @@ class Meter:
         last, other_peak = (busy0, sum(cpu0.values()), wall0), 0.0
         for tick in range(int((stop - start) / RSS_EVERY_S) + 1):
             for k, p in self.processes.items():
-                peak[k] = max(peak[k], p.memory_info().rss)
+                peak[k] = max(peak[k], _rss(p))
             await trio.sleep_until(min(stop, start + (tick + 1) * RSS_EVERY_S))
             now = (_busy_s(), sum(_cpu_s(p) for p in self.processes.values()),
                    trio.current_time())
