@@ -124,6 +124,7 @@ async function fetchView() {
   if (pending) pending.abort();
   const controller = (pending = new AbortController());
   const q = wanted();
+  const t0 = performance.now();
   viewer.fetches += 1;
   try {
     const [got, ev] = await Promise.all([ // the trace and its overlay, shown together
@@ -134,7 +135,8 @@ async function fetchView() {
     data = { ...got, points: q.points };
     events = ev.available ? ev : null;
     viewer.events = events && { beats: ev.beat_count, alerts: ev.alerts.length };
-    viewer.views.push({ start: got.start, end: got.end, points: q.points, mode: got.mode });
+    viewer.views.push({ start: got.start, end: got.end, points: q.points, mode: got.mode,
+      ms: performance.now() - t0 }); // request to data in hand (envelope and overlay)
     if (viewer.views.length > 20) viewer.views.shift();
     $("overlay-info").textContent = events
       ? `${ev.beat_count} beats, ${ev.alerts.length} alerts in view` : "";
