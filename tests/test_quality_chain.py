@@ -37,7 +37,7 @@ def slices(mitdb: Path) -> dict[str, tuple[F64, list[int]]]:
 def test_beats_match_the_reference_annotations(slices: dict[str, tuple[F64, list[int]]]) -> None:
     tp = ref_n = det_n = 0
     for name, (mv, ref) in slices.items():
-        beats = of_type(feed(QualityChain(SETTINGS), name, 360.0, mv, [36] * (len(mv) // 36)),
+        beats = of_type(feed(QualityChain(SETTINGS), name, 360.0, mv, [360] * (len(mv) // 360)),
                         "beat")
         det = [int(b.body["r"]) for b in beats]
         hits = match_count(ref, det, 54)  # 150 ms
