@@ -29,26 +29,36 @@ __all__ = ["STATIC", "register"]
 STATIC = Path(__file__).parent / "static"
 
 
-async def _page(name: str) -> Response:
+async def _file(name: str) -> Response:
+    """A file of ``static/``, revalidated on every use (ETag: a 304 costs little), so the
+    pages and scripts of a new version show together, never an old script in a new
+    page (Quart's default would let browsers cache them for 12 hours)."""
     response = await send_from_directory(STATIC, name)
-    response.cache_control.no_cache = True  # revalidate: a new version shows at once
+    response.cache_control.no_cache = True
+    response.cache_control.max_age = None
+    response.expires = None
     return response
 
 
 def register(app: QuartTrio, server: Server) -> None:
     """Serve the monitor at ``/``, the viewer at ``/viewer``, assets under ``/ui/``."""
-    web = Blueprint("web", __name__, static_folder="static", static_url_path="/ui")
+    web = Blueprint("web", __name__)
     cache = EventsCache()
 
     @web.get("/")
     async def monitor() -> Response:
         """The live monitor (HTML): streams, waveforms, heart rate, quality, alerts."""
-        return await _page("monitor.html")
+        return await _file("monitor.html")
 
     @web.get("/viewer")
     async def viewer() -> Response:
         """The recording viewer (HTML): zoom and pan, beats and alerts, jobs, upload."""
-        return await _page("viewer.html")
+        return await _file("viewer.html")
+
+    @web.get("/ui/<path:name>")
+    async def asset(name: str) -> Response:
+        """Scripts, styles and the vendored msgpack build (404 for anything else)."""
+        return await _file(name)
 
     @web.get("/ui/recordings/<rec_id>/events")
     async def events(rec_id: str) -> dict[str, Any] | tuple[dict[str, Any], int]:
