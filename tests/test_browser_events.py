@@ -101,3 +101,23 @@ async def test_route_answers_404_for_an_unknown_recording_and_empty_without_even
         get, f"/ui/recordings/{meta['id']}/events?start=x")
     assert status == 400
     srv.shutdown()
+
+
+async def test_assets_are_revalidated_and_confined_to_the_static_folder(
+        nursery: trio.Nursery) -> None:
+    srv = Server(load_settings(server={"port": 0}))
+    await nursery.start(srv.run)
+
+    def head(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=10) as r:
+                return r.status, r.headers.get("cache-control", "")
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+
+    for path in ("/", "/viewer", "/ui/monitor.js", "/ui/vendor/msgpack.min.js"):
+        status, cache = await trio.to_thread.run_sync(head, path)
+        assert status == 200 and "no-cache" in cache and "max-age" not in cache, path
+    for path in ("/ui/../__init__.py", "/ui/%2e%2e/events.py", "/ui/nothing.js"):
+        assert (await trio.to_thread.run_sync(head, path))[0] == 404, path
+    srv.shutdown()
