@@ -15,7 +15,7 @@ import trio.testing
 from trio.testing import MockClock
 
 from protocol import Event, Hello, Priority, ServerMessage, StreamSamples, decode_server
-from vital_actors.broadcast import Hub, run_broadcast
+from vital_actors.broadcast import Hub, run_broadcast, run_hub_rates
 from vital_actors.edge.codecs import PLAIN, Outgoing
 from vital_actors.lanes import Lanes
 from vital_actors.messages import Block, Filtered, Item, Publication
@@ -244,3 +244,20 @@ async def test_unsubscribing_the_last_member_forgets_the_topic() -> None:
     assert not hub.has_subscribers("alerts")
     assert hub.has_subscribers("streams")
     assert hub.stats.subscribers == 1
+
+
+async def test_run_hub_rates_sets_each_subscribers_messages_per_second(
+        autojump_clock: MockClock) -> None:
+    hub = make_hub()
+    busy, idle = hub.add(), hub.add()
+    hub.subscribe(busy, ["alerts"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_hub_rates, hub, interval=2.0))
+        for k in range(10):
+            hub.publish(alert(k).message)
+            busy.lanes.mark_sent(busy.lanes.take_nowait())
+        await trio.sleep(2.5)
+        assert (busy.rate, idle.rate) == (5.0, 0.0)  # 10 messages in 2 s
+        await trio.sleep(2)
+        assert busy.rate == 0.0  # nothing in the last interval
+        nursery.cancel_scope.cancel()
