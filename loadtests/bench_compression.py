@@ -189,6 +189,7 @@ def _load(names: Sequence[str], minutes: float) -> list[Recording]:
 
 def run(args: argparse.Namespace) -> None:
     recs = _load(DS1, args.minutes)
+    n = round(FRAME_S * recs[0].fs)
     half = len(recs) // 2
     folds = [(recs[:half], recs[half:]), (recs[half:], recs[:half])]
     totals: dict[str, int] = {}
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> None:
     for train_on, test_on in folds:
         samples += _sizes(test_on, train(train_on, dict_id=ECG_DICTIONARY_ID + 1), totals)
     print(f"{len(recs)} DS1 records, {samples:,} samples, "
-          f"{samples // (2 * 36):,} messages of 100 ms (2 x 36 int16)\n")
+          f"{samples // (2 * n):,} messages of {FRAME_S * 1000:g} ms (2 x {n} int16)\n")
     raw16 = 16.0
     json_bits = totals["json mV (original design)"] * 8 / samples
     print("| Encoding | bits/sample | vs 16-bit raw | saving vs JSON mV |")
@@ -226,8 +227,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="run: sizes and timing; timing: only the timing, with the shipped "
                    "dictionary; train: rewrite the shipped dictionary")
     p.add_argument("--minutes", type=float, default=0, help="per record; 0 for all 30")
-    p.add_argument("--timing", type=int, default=20000, help="messages timed per codec")
+    p.add_argument("--timing", type=int, default=20000,
+                   help="messages timed per codec (0: no timing)")
+    p.add_argument("--frame-ms", type=float, default=100.0,
+                   help="frame length (run only; the dictionary ships for 100 ms)")
     args = p.parse_args(argv)
+    if args.frame_ms != 100.0 and args.command != "run":
+        p.error("--frame-ms only applies to run")
+    global FRAME_S  # one setting for the whole script run
+    FRAME_S = args.frame_ms / 1000
     if args.command == "train":
         d = train(_load(DS1, args.minutes))
         DICT_PATH.parent.mkdir(exist_ok=True)
