@@ -175,6 +175,20 @@ def _timing(recs: Sequence[Recording], dictionary: ZstdDictionary, count: int,
     return {name: (c, d) for name, (c, d) in best.items()}
 
 
+def entropy(recs: Sequence[Recording]) -> None:
+    """Zero-order entropy of each lead's first differences: bits per sample a memoryless
+    coder of the differences could reach."""
+    rows = []
+    for r in recs:
+        d = np.diff(r.samples.astype(np.int32), axis=0)
+        for c in range(d.shape[1]):
+            _, counts = np.unique(d[:, c], return_counts=True)
+            p = counts / counts.sum()
+            rows.append(float(-(p * np.log2(p)).sum()))
+    print(f"first differences, zero-order entropy over {len(recs)} records x leads: "
+          f"mean {np.mean(rows):.2f}, min {min(rows):.2f}, max {max(rows):.2f} bits/sample")
+
+
 def _available(recs: Sequence[Recording]) -> int:
     return sum(len(r.samples) // round(FRAME_S * r.fs) // 20 for r in recs)
 
@@ -223,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench_compression",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "train", "timing"),
+    p.add_argument("command", choices=("run", "train", "timing", "entropy"),
                    help="run: sizes and timing; timing: only the timing, with the shipped "
                    "dictionary; train: rewrite the shipped dictionary")
     p.add_argument("--minutes", type=float, default=0, help="per record; 0 for all 30")
@@ -241,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         DICT_PATH.parent.mkdir(exist_ok=True)
         DICT_PATH.write_bytes(d.data)
         print(f"wrote {DICT_PATH} ({len(d.data)} bytes, id {d.id})")
+    elif args.command == "entropy":
+        entropy(_load(DS1, args.minutes))
     elif args.command == "timing":
         timing_table(_load(DS1, args.minutes), ecg_dictionary(), args.timing)
     else:
