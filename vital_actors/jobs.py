@@ -31,7 +31,7 @@ from protocol import Event, Priority
 
 from .filtering import FilterSettingsError
 from .messages import Item, Publication
-from .processing import Processing
+from .processing import Computed, Processing
 from .settings import FilterSettings, JobSettings, ScreenSettings
 from .store import RecordingStore
 from .store.store import new_id
@@ -203,6 +203,8 @@ class JobRunner:
         try:
             await self._chunks(job, work)
         except Exception as exc:  # e.g. its recording was deleted under it
+            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]  # the one error of a chunk's two threads
             work.close()
             self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
             return
@@ -218,17 +220,26 @@ class JobRunner:
         self._finish(job, "done")
 
     async def _chunks(self, job: Job, work: Processing) -> None:
+        """Compute chunk k+1 while chunk k is written (two worker threads), until done
+        or cancelled; progress and the checkpoint follow the written chunks."""
         t_start, f_start = time.monotonic(), work.next_frame
-        while not work.done and job.id not in self._cancel:
-            await trio.to_thread.run_sync(work.step)
-            elapsed = time.monotonic() - t_start
-            job.frames_done = work.next_frame
-            job.progress = work.next_frame / max(1, work.total)
-            job.rate = (work.next_frame - f_start) / elapsed if elapsed > 0 else None
-            left = work.total - work.next_frame
-            job.eta_s = left / job.rate if job.rate else None
-            self._save(job)
-            self._publish(job)
+        ready: list[Computed] = []
+        while (ready or not work.computed_all) and job.id not in self._cancel:
+            written, ready = ready, []
+            async with trio.open_nursery() as nursery:
+                if not work.computed_all:
+                    nursery.start_soon(_compute, work, ready)
+                for chunk in written:
+                    nursery.start_soon(partial(trio.to_thread.run_sync, work.write, chunk))
+            if written:
+                elapsed = time.monotonic() - t_start
+                job.frames_done = work.next_frame
+                job.progress = work.next_frame / max(1, work.total)
+                job.rate = (work.next_frame - f_start) / elapsed if elapsed > 0 else None
+                left = work.total - work.next_frame
+                job.eta_s = left / job.rate if job.rate else None
+                self._save(job)
+                self._publish(job)
 
     def _finish(self, job: Job, state: Any, error: str | None = None) -> None:
         job.state, job.error, job.finished = state, error, time.time()
@@ -251,3 +262,7 @@ class JobRunner:
                                  trio.BrokenResourceError):
             self.outbox.send_nowait(Publication(Event("progress", f"job/{job.id}",
                                                       Priority.BULK, body)))
+
+
+async def _compute(work: Processing, into: list[Computed]) -> None:
+    into.append(await trio.to_thread.run_sync(work.compute))

@@ -32,7 +32,7 @@ from .quality import QualityChain
 from .settings import FilterSettings, ScreenSettings
 from .store import Meta, Reader, RecordingStore, Writer, WriterState
 
-__all__ = ["Processing", "screen_chunk"]
+__all__ = ["Computed", "Processing", "screen_chunk"]
 
 F64 = npt.NDArray[np.float64]
 _CHECKPOINT = "checkpoint.pkl"
@@ -64,8 +64,26 @@ def screen_chunk(state: _Screening, t0: int, mv: F64, filtered: F64) -> list[Eve
     return state.chain.feed_one(state.key, state.fs, t0, mv, filtered)
 
 
+@dataclass(slots=True)
+class Computed:
+    """One chunk, filtered and screened, waiting to be written (see Processing)."""
+
+    start: int
+    end: int
+    out: npt.NDArray[np.float32]
+    events: list[Event]
+    state: bytes  # pickled (zi, screening) after this chunk: its checkpoint's state
+
+
 class Processing:
-    """Processes one recording into a result recording inside *jobdir*."""
+    """Processes one recording into a result recording inside *jobdir*.
+
+    :meth:`compute` (read, filter, screen) and :meth:`write` (append, checkpoint) may
+    run in two threads at once, compute on chunk k+1 while write finishes chunk k:
+    compute alone touches ``zi`` and the screening, write alone the writer and the
+    events file, and each checkpoint holds the state *compute* snapshotted right after
+    the chunk it records. :meth:`step` does both in turn.
+    """
 
     def __init__(self, jobdir: Path, reader: Reader, *, job_id: str, filter_settings:
                  FilterSettings, screen_settings: ScreenSettings | None,
@@ -85,8 +103,8 @@ class Processing:
             state, pending, events_bytes = WriterState(), None, 0
             shutil.rmtree(out, ignore_errors=True)
         else:
-            self.next_frame, self.zi, self.screening = (saved["next_frame"], saved["zi"],
-                                                        saved["screening"])
+            self.next_frame = saved["next_frame"]
+            self.zi, self.screening = pickle.loads(saved["state"])
             state, pending = WriterState.model_validate(saved["writer"]), saved["pending"]
             events_bytes = saved["events_bytes"]
         n = len(meta.channels)
@@ -96,6 +114,7 @@ class Processing:
         self._events.truncate(events_bytes)
         self._events.seek(events_bytes)
         self.events = 0
+        self.computed_to = self.next_frame  # compute's position; write's is next_frame
 
     @property
     def total(self) -> int:
@@ -104,6 +123,10 @@ class Processing:
     @property
     def done(self) -> bool:
         return self.next_frame >= self.total
+
+    @property
+    def computed_all(self) -> bool:
+        return self.computed_to >= self.total
 
     def _load(self) -> dict[str, Any] | None:
         try:
@@ -115,7 +138,13 @@ class Processing:
 
     def step(self) -> list[Event]:
         """Process the next chunk and checkpoint; return its events."""
-        start = self.next_frame
+        chunk = self.compute()
+        self.write(chunk)
+        return chunk.events
+
+    def compute(self) -> Computed:
+        """Read, filter and screen the next chunk (not yet written)."""
+        start = self.computed_to
         end = min(self.total, start + self.chunk_frames)
         raw = self.reader.read(start, end)
         # Channel-major (channels, n): sosfilt then runs along contiguous rows, without
@@ -127,19 +156,23 @@ class Processing:
             filtered_t[:, a:b], self.zi = scipy.signal.sosfilt(self.sos, mv_t[:, a:b],
                                                                axis=-1, zi=self.zi)
         events = screen_chunk(self.screening, start, mv_t.T, filtered_t.T)
-        self.writer.append(np.ascontiguousarray(filtered_t.T, dtype=np.float32))
-        for e in events:
+        self.computed_to = end
+        state = pickle.dumps((self.zi, self.screening), protocol=pickle.HIGHEST_PROTOCOL)
+        return Computed(start, end, np.ascontiguousarray(filtered_t.T, dtype=np.float32),
+                        events, state)
+
+    def write(self, chunk: Computed) -> None:
+        """Append a computed chunk to the result and checkpoint after it."""
+        assert chunk.start == self.next_frame, "chunks are written in order"
+        self.writer.append(chunk.out)
+        for e in chunk.events:
             line = {"type": e.type, "topic": e.topic, "priority": int(e.priority), **e.body}
             self._events.write(json.dumps(line).encode() + b"\n")
-        self.events += len(events)
-        self.next_frame = end
-        self._checkpoint()
-        return events
-
-    def _checkpoint(self) -> None:
+        self.events += len(chunk.events)
+        self.next_frame = chunk.end
         self.writer.flush()
         self._events.flush()
-        saved = {"next_frame": self.next_frame, "zi": self.zi, "screening": self.screening,
+        saved = {"next_frame": self.next_frame, "state": chunk.state,
                  "writer": self.writer.state.model_dump(), "pending": self.writer.pyramid.pending,
                  "events_bytes": self._events.tell()}
         tmp = self.jobdir / (_CHECKPOINT + ".tmp")
