@@ -98,6 +98,26 @@ async def test_the_sender_writes_the_most_urgent_first_framed_once_per_codec(
         hub.close_all()
 
 
+async def test_what_waits_goes_out_in_one_write(autojump_clock: MockClock) -> None:
+    hub = make_hub()
+    async with serving(hub) as [(ws, client, _)]:
+        writes: list[int] = []
+        send_all = ws.stream.send_all
+
+        async def counting(data: bytes | bytearray | memoryview) -> None:
+            writes.append(len(data))
+            await send_all(data)
+
+        ws.stream.send_all = counting  # type: ignore[method-assign]
+        for k in range(10):
+            hub.publish(event(Priority.HIGH, k))  # all waiting before the sender runs
+        got = [await client.receive() for _ in range(10)]
+        assert [m.body["k"] for m in got if isinstance(m, Event)] == list(range(10))
+        assert len(writes) == 1  # ten messages, one socket write
+        assert hub.stats.totals.messages_out == 10
+        hub.close_all()
+
+
 async def test_an_evicted_subscriber_gets_the_error_and_1013_not_the_stale_messages(
         autojump_clock: MockClock) -> None:
     hub = make_hub()  # CRITICAL lane: 30
