@@ -5,6 +5,7 @@ alert within 5 s. Screenshots are saved as artifacts (tests/browser_helpers.py).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -204,3 +205,50 @@ async def test_with_auth_the_page_passes_the_token_from_its_url(
     assert got["viewer"] == f"/viewer?token={token}"  # links keep the token
     # The only errors: the browser's report of the refused handshake (401) before.
     assert all("401" in e or "WebSocket" in e for e in run.errors), run.errors
+
+
+async def test_the_page_comes_back_after_a_server_restart(
+        browser: str, nursery: trio.Nursery, artifacts: Artifacts) -> None:
+    """The server stops (1001) and a new one starts on the same port: the page
+    reconnects by itself, subscribes again, and draws the stream's fresh run."""
+    rec = synthetic_ecg(seconds=60, heart_rate=70, seed=2)
+    first = Server(load_settings(server={"port": 0}))
+    port = await nursery.start(first.run)
+    restarted = trio.Event()
+    run = BrowserRun()
+
+    def watch(page: Page) -> dict[str, Any]:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function(f"() => {stat('bed-1', 'received')} > 360")
+        trio.from_thread.run_sync(first.shutdown)
+        page.wait_for_function("() => vitalMonitor.connection !== 'open'")
+        trio.from_thread.run(restarted.wait)
+        page.wait_for_function("() => vitalMonitor.connections >= 2 "
+                               "&& vitalMonitor.connection === 'open'")
+        before = page.evaluate(stat("bed-1", "received"))
+        page.wait_for_function(f"() => {stat('bed-1', 'received')} > {before} + 360")
+        artifacts.screenshot(page, "monitor-after-restart")
+        return {"strip": page.get_attribute(".strip[data-stream='bed-1']", "class")}
+
+    async def device(srv: Server) -> None:
+        with contextlib.suppress(Exception):  # the first server closes it (1001)
+            await run_device(f"ws://127.0.0.1:{srv.port}", "bed-1", rec, speed=1.0)
+
+    servers: list[Server] = []
+    async with trio.open_nursery() as devices:
+        async def restart() -> None:
+            await first.stopping.wait()
+            await trio.sleep(0.5)  # down for a moment: the page backs off and retries
+            second = Server(load_settings(server={"port": port}))
+            servers.append(second)
+            await nursery.start(second.run)
+            devices.start_soon(device, second)
+            restarted.set()
+
+        devices.start_soon(device, first)
+        devices.start_soon(restart)
+        got = await in_browser(watch, run=run)
+        devices.cancel_scope.cancel()
+    servers[0].shutdown()
+    assert "offline" not in got["strip"].split()
+    assert run.errors == [] or all("WebSocket" in e for e in run.errors), run.errors

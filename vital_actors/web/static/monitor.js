@@ -352,6 +352,9 @@ function onStatus(msg) {
   if (msg.state === "connected") {
     const s = strip(msg.stream);
     if (msg.fs && msg.channels) s.setFormat(msg.fs, msg.channels);
+    if (msg.run !== undefined && s.run !== null && msg.run !== s.run) {
+      forgetAlerts(msg.stream); // a fresh run: the server screens it from scratch
+    }
     s.setConnected(true, msg.run);
   } else if (msg.state === "disconnected") {
     const s = state.streams.get(msg.stream);
@@ -368,6 +371,11 @@ function onAlert(msg) {
   } else {
     state.alerts.delete(key);
   }
+  renderAlerts();
+}
+
+function forgetAlerts(stream) {
+  for (const [key, a] of state.alerts) if (a.stream === stream) state.alerts.delete(key);
   renderAlerts();
 }
 
