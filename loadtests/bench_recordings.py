@@ -251,6 +251,58 @@ async def _wait_ready(port: int) -> None:
                 await trio.sleep(0.1)
 
 
+def inprocess(frames: int, reps: int) -> dict[str, Any]:
+    """No server: a filter-only JobRunner job vs in-memory sosfilt, alternating, with a
+    10 ms trio sleep probe measuring the loop's lag during each job."""
+    from vital_actors.jobs import JobRunner, JobSpec
+    from vital_actors.settings import JobSettings, ScreenSettings
+    from vital_actors.store import RecordingStore
+
+    work = Path(tempfile.mkdtemp(prefix="bench-recordings-", dir="/tmp"))
+    try:
+        store = RecordingStore(work)
+        x = (np.random.default_rng(0).normal(0, 100, (frames, 2)) + BASE).astype(np.int16)
+        rec, writer = store.writer(fs=FS, channels=["a", "b"], dtype="int16",
+                                   gain=[GAIN] * 2, baseline=[BASE] * 2)
+        writer.append(x)
+        store.commit(rec, writer, source_format="npy")
+        sos = design(FilterSettings(), FS).sos
+
+        async def job() -> tuple[float, float]:
+            lags: list[float] = []
+            runner = JobRunner(store, JobSettings(), ScreenSettings())
+
+            async def probe() -> None:
+                while True:
+                    t = trio.current_time()
+                    await trio.sleep(0.01)
+                    lags.append(trio.current_time() - t - 0.01)
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runner.run)
+                nursery.start_soon(probe)
+                j = runner.submit(JobSpec(recording=rec, screen=False))
+                await runner.wait(j.id, lambda j: not j.active)
+                nursery.cancel_scope.cancel()
+            assert j.started is not None and j.finished is not None
+            return j.finished - j.started, float(np.percentile(lags, 99)) * 1000
+
+        jobs, lags, scipys = [], [], []
+        for _ in range(reps):
+            took, lag = trio.run(job)
+            jobs.append(took)
+            lags.append(lag)
+            t0 = time.perf_counter()
+            scipy.signal.sosfilt(sos, (x.astype(np.float64) - BASE) / GAIN, axis=0)
+            scipys.append(time.perf_counter() - t0)
+        ratios = np.array(jobs) / np.array(scipys)
+        return {"frames": frames, "job_s": jobs, "scipy_s": scipys, "lag_p99_ms": lags,
+                "min_over_min": min(jobs) / min(scipys),
+                "median_of_pairs": float(np.median(ratios))}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=float, default=2.0)
@@ -259,7 +311,13 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="alternating job/scipy pairs (min)")
     p.add_argument("--views", type=int, default=400)
     p.add_argument("--tmp", type=Path, default=Path("/tmp"))
+    p.add_argument("--inprocess-frames", type=int, default=0,
+                   help="only the in-process job vs sosfilt comparison over this many frames")
     args = p.parse_args()
+    if args.inprocess_frames:
+        result = inprocess(args.inprocess_frames, args.reps)
+        print(json.dumps({k: _round(v) for k, v in result.items()}, indent=1))
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-recordings-", dir=args.tmp))
     try:
         result = trio.run(bench, args, work)
