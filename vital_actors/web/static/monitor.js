@@ -115,7 +115,11 @@ class Strip {
     this.node.classList.toggle("offline", !connected);
     this.status.title = connected ? "connected" : "disconnected";
     if (run !== undefined && run !== null && this.run !== null && run !== this.run) {
-      this.reset(); // a fresh run starts its sample count from 0 again
+      this.reset(); // a fresh run starts its sample count from 0 again ...
+      this.stats.hr = null; // ... and its screening from scratch
+      this.showHr();
+      this.quality.className = "quality q-none";
+      this.quality.textContent = "no quality yet";
     }
     if (run !== undefined && run !== null) this.run = run;
   }
