@@ -1,6 +1,6 @@
 """What durable acks cost, and a whole DS1 record through connections cut at random.
 
-    python -m loadtests.bench_durability [--devices 50] [--frames 600] [--kill-record 100]
+    python -m loadtests.bench_durability [--devices 50] [--frames 600] [--kill-record 101]
 
 Part 1, side by side in one run: a server process per archive setting (off, fsync
 never, interval = the default group commit, always), D SDK devices each sending F
@@ -188,7 +188,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--devices", type=int, default=50)
     p.add_argument("--frames", type=int, default=600)
-    p.add_argument("--kill-record", default="100", help="MIT-BIH record for part 2")
+    p.add_argument("--kill-record", default="101", help="MIT-BIH record for part 2")
     p.add_argument("--seed", type=int, default=6)
     p.add_argument("--skip-throughput", action="store_true")
     args = p.parse_args()

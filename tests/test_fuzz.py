@@ -3,7 +3,8 @@ connection. Every input is either accepted or answered with RemoteProtocolError 
 ``error`` and a close code); nothing else escapes, nothing crashes.
 
 CI runs a modest number of examples; ``python -m loadtests.fuzz`` sets
-``VITAL_FUZZ_EXAMPLES`` (100,000 for the decoders) and reports the run.
+``VITAL_FUZZ_EXAMPLES`` (100,000 for the decoders, a twentieth of that for the session
+and a live connection) and reports the run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from vital_actors.stats import Stats
 from vital_actors.streams import StreamRegistry
 
 EXAMPLES = int(os.environ.get("VITAL_FUZZ_EXAMPLES", "100"))
-SESSIONS = max(50, EXAMPLES // 10)  # a live connection per example costs more
+SESSIONS = max(50, EXAMPLES // 20)  # a session or live connection per example costs more
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
                 suppress_health_check=[HealthCheck.too_slow])
 CODES = {int(c) for c in P.CloseCode}
@@ -77,7 +78,8 @@ def _valid_frame(seq: int, n: int, channels: int, dtype: str) -> P.Samples:
     return P.Samples(seq, n, np.zeros((n, channels), dtype).tobytes())
 
 
-@FUZZ
+@settings(max_examples=SESSIONS, deadline=None, derandomize=EXAMPLES <= 100,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(payloads | st.builds(lambda s, n: P.encode(_valid_frame(s, n, 2, "<i2")),
                                      st.integers(0, 20), st.integers(1, 40)),
                 max_size=12))
