@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 import zstandard
+from httpclient import request
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -364,3 +365,13 @@ def test_what_the_settings_let_a_handshake_agree() -> None:
         assert isinstance(agreed.codec, ZstdWireCodec) and agreed.inbound is not None
         ids[(zstd.dictionary, target)] = agreed.codec.dictionary_id
     assert list(ids.values()) == [P.ECG_DICTIONARY_ID, None, None, None]
+
+
+async def test_the_dictionary_is_served_over_http(server: Server) -> None:
+    dictionary = P.ecg_dictionary()
+    status, body, headers = await request(server.port or 0, "GET",
+                                          f"/api/v1/zstd/dictionaries/{dictionary.id}")
+    assert status == 200 and body == dictionary.data
+    assert headers["content-type"] == "application/octet-stream"
+    status, _, _ = await request(server.port or 0, "GET", "/api/v1/zstd/dictionaries/7")
+    assert status == 404

@@ -19,6 +19,8 @@ from quart_schema import (
 )
 from quart_trio import QuartTrio
 
+from protocol import ecg_dictionary
+
 from ..filtering import FilterSettingsError, design
 from ..settings import FilterSettings
 from ..streams import StreamInfo
@@ -218,6 +220,15 @@ def create_app(server: Server) -> QuartTrio:
         except FilterSettingsError as exc:
             return _problem(422, "invalid filter settings", exc.problems)
         return _stream(info)
+
+    @app.get("/api/v1/zstd/dictionaries/<int:dict_id>")
+    async def zstd_dictionary(dict_id: int) -> Response | tuple[dict[str, Any], int]:
+        """The zstd dictionary of subprotocol vital.v1.msgpack+zstd, by its id (for
+        clients in other languages; docs/protocol.md section 11.2)."""
+        shipped = ecg_dictionary()
+        if dict_id != shipped.id:
+            return _problem(404, f"no zstd dictionary {dict_id}", [f"known: {shipped.id}"])
+        return Response(shipped.data, content_type="application/octet-stream")
 
     register_recordings(app, server)
     register_web(app, server)  # issue 8: the live monitor at / and the viewer at /viewer
