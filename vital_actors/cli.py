@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--data", type=Path, help="WFDB folder; synthetic ECG when omitted")
     sim.add_argument("--frame-ms", type=float, default=100.0)
     sim.add_argument("--stagger-ms", type=float, default=500.0)
+    sim.add_argument("--zstd", action="store_true",
+                     help="speak vital.v1.msgpack+zstd (with the shipped dictionary)")
     ev = sub.add_parser("eval", help="score beats (qrs) or signal quality (sqi) on MIT-BIH")
     ev.add_argument("what", choices=("qrs", "sqi"))
     ev.add_argument("folder", type=Path, help="WFDB folder: mitdb (qrs) or nstdb (sqi)")
@@ -135,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     subs = sub.add_parser("subscribe", help="live summary per stream")
     subs.add_argument("--url", default="ws://127.0.0.1:8080")
     subs.add_argument("--stream", action="append", default=[], help="only these streams")
+    subs.add_argument("--zstd", action="store_true",
+                      help="speak vital.v1.msgpack+zstd (with the shipped dictionary)")
     up = sub.add_parser("upload", help="upload a recording (NPY, CSV, EDF, WFDB zip/tar)")
     up.add_argument("file", type=Path)
     up.add_argument("--url", default="http://127.0.0.1:8080")
@@ -214,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "simulate":
         devices = _recordings(args.data, args.devices)
         trio.run(partial(run_devices, args.url, devices, frame_s=args.frame_ms / 1000,
-                         stagger_s=args.stagger_ms / 1000, on_error=_device_error))
+                         stagger_s=args.stagger_ms / 1000, on_error=_device_error,
+                         zstd=args.zstd))
     elif args.command == "eval":
         from .quality import evaluate  # wfdb and the scoring only load for this command
 
@@ -234,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "subscribe":
         # Ctrl-C or a closed pipe (`| head`) ends a watch; neither is an error.
         with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-            trio.run(partial(run_summary, args.url, streams=args.stream, show=_show))
+            trio.run(partial(run_summary, args.url, streams=args.stream, show=_show,
+                             zstd=args.zstd))
 
 
 if __name__ == "__main__":

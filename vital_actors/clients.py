@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -177,23 +177,24 @@ async def _read_acks(ws: WebSocketConnection, report: DeviceReport) -> None:
 
 async def run_devices(ws_url: str, recordings: Sequence[tuple[str, Recording]], *,
                       frame_s: float = 0.1, stagger_s: float = 0.5,
-                      on_error: Callable[[str, BaseException], None] | None = None) -> None:
+                      on_error: Callable[[str, BaseException], None] | None = None,
+                      zstd: bool = False) -> None:
     """Run one looping device per (stream id, recording), staggered, reconnecting on error
     with exponential backoff. Runs until cancelled."""
     async with trio.open_nursery() as nursery:
         for i, (stream, rec) in enumerate(recordings):
-            nursery.start_soon(_keep_device, ws_url, stream, rec, frame_s, i * stagger_s,
-                               on_error)
+            nursery.start_soon(partial(_keep_device, ws_url, stream, rec, frame_s,
+                                       i * stagger_s, on_error, zstd=zstd))
 
 
 async def _keep_device(ws_url: str, stream: str, rec: Recording, frame_s: float,
-                       delay: float, on_error: Callable[[str, BaseException], None] | None
-                       ) -> None:
+                       delay: float, on_error: Callable[[str, BaseException], None] | None,
+                       *, zstd: bool = False) -> None:
     await trio.sleep(delay)
     backoff = 0.5
     while True:
         try:
-            await run_device(ws_url, stream, rec, frame_s=frame_s)
+            await run_device(ws_url, stream, rec, frame_s=frame_s, zstd=zstd)
         except (OSError, ConnectionClosed, HandshakeError, RuntimeError) as exc:
             if on_error is not None:
                 on_error(stream, exc)
