@@ -20,6 +20,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 import protocol as P
+from vital_actors import archive
 from vital_actors.archive import (
     RECORD,
     Append,
@@ -240,6 +241,10 @@ async def test_sigterm_acks_what_is_on_disk_and_closes_1001(tmp_path: Path) -> N
         block = np.zeros((36, 2), "<i2").tobytes()
         for seq in range(100):
             await ws.send_message(P.encode(P.Samples(seq, 36, block)))
+        with trio.fail_after(15):  # the server has read (and stored) some of them
+            while not isinstance(message := await receive(ws), P.Ack):
+                pass
+            acked.append(message.seq)
         proc.send_signal(signal.SIGTERM)
         with pytest.raises(ConnectionClosed) as closed, trio.fail_after(15):
             while True:
@@ -253,3 +258,24 @@ async def test_sigterm_acks_what_is_on_disk_and_closes_1001(tmp_path: Path) -> N
     # What the server read before it stopped reading is on disk and was acked before the
     # close; the rest was never read (the device resends it to the next server).
     assert seqs == list(range(len(seqs))) and acked == seqs
+
+
+def test_many_dirty_runs_are_made_durable_by_one_syncfs(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = archive._SYNCFS
+    if real is None:
+        pytest.skip("no syncfs(2) on this system: the archive fsyncs file by file")
+    monkeypatch.setattr(archive, "_SYNCFS", lambda fd: calls.append(fd) or real(fd))
+    fsyncs: list[int] = []
+    monkeypatch.setattr(archive.RunFiles, "sync", lambda self: fsyncs.append(1))
+    writer = archive._Writer(tmp_path)
+    streams = archive.SYNCFS_ABOVE + 1
+    writer.write([Append(f"d{k}", 0, HELLO, 0, 0, 3, bytes(12), Durable())
+                  for k in range(streams)])
+    writer.sync()
+    assert len(calls) == 1 and fsyncs == []  # one call for every stream
+    writer.write([Append("d0", 0, HELLO, 1, 3, 3, bytes(12), Durable())])
+    writer.sync()
+    assert len(calls) == 1 and fsyncs == [1]  # a single dirty run: its own fsyncs
+    writer.close_all()

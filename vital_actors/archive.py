@@ -22,14 +22,15 @@ it writes each batch in a worker thread and, per the fsync policy, advances each
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import trio
 
@@ -131,6 +132,37 @@ def _write_meta(path: Path, hello: Hello) -> None:
     os.replace(tmp, path)
 
 
+#: With more dirty runs than this, one syncfs(2) of the archive's file system replaces
+#: two fsyncs per run: measured here, 300 fsyncs took 1.16 s and one syncfs 11 ms, so a
+#: few hundred live streams need it for the interval policy to keep up.
+SYNCFS_ABOVE = 8
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs (Linux); None elsewhere."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return cast(Callable[[int], int], fn)
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs_at(path: Path) -> bool:
+    """Flush and wait for everything written to *path*'s file system; False if that
+    cannot be done here (the caller then fsyncs file by file)."""
+    if _SYNCFS is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _SYNCFS(fd) == 0
+    finally:
+        os.close(fd)
+
+
 class _Writer:
     """What the actor does with a batch, in a worker thread: group by run, write, sync."""
 
@@ -168,10 +200,12 @@ class _Writer:
             self.dirty.discard(key)
 
     def sync(self) -> None:
-        for key in self.dirty:
-            if key in self.open:
-                self.open[key].sync()
+        dirty = [self.open[key] for key in self.dirty if key in self.open]
         self.dirty.clear()
+        if len(dirty) > SYNCFS_ABOVE and _syncfs_at(self.root):
+            return  # one call made every stream's writes durable
+        for files in dirty:
+            files.sync()
 
     def close_all(self) -> None:
         self.sync()

@@ -92,8 +92,10 @@ class _Ingest:
                 await self.pending_added.wait()
                 self.pending_added = trio.Event()
             await self.durable.wait_beyond(self.pending[0] - 1)
+            acks = []
             while self.pending and self.pending[0] <= self.durable.seq:
-                await self.ws.send(Ack(self.pending.popleft()))
+                acks.append(Ack(self.pending.popleft()))
+            await self.ws.send_many(acks)  # what one sync made durable: one write
 
     async def _on(self, event: SessionEvent) -> None:
         match event:

@@ -9,7 +9,7 @@ write the same bytes to every subscriber.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -160,6 +160,12 @@ class WebSocket:
         """
         payload = encode(message)
         await self._write(lambda: self.codec.frame(message, payload))
+
+    async def send_many(self, messages: Sequence[ServerMessage]) -> None:
+        """Like :meth:`send` for several messages, in order, in one socket write."""
+        payloads = [encode(m) for m in messages]
+        await self._write(lambda: b"".join(
+            self.codec.frame(m, p) for m, p in zip(messages, payloads, strict=True)))
 
     async def send_frame(self, frame: bytes) -> None:
         """Send bytes already framed by :func:`protocol.server_frame`."""
