@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import signal
 import sys
@@ -93,10 +92,10 @@ def _device_error(stream: str, exc: BaseException) -> None:
 
 
 def _show(table: dict[str, StreamSummary], interval: float) -> None:
-    print(f"{'stream':<12}{'msg/s':>8}{'samples/s':>11}  quality   alerts")
+    print(f"{'stream':<12}{'msg/s':>8}{'samples/s':>11}{'HR':>5}  quality     alerts")
     for stream, row in sorted(table.items()):
-        print(f"{stream:<12}{row.messages / interval:>8.1f}{row.samples / interval:>11.0f}  "
-              f"{row.quality:<9} {'; '.join(row.alerts)}")
+        print(f"{stream:<12}{row.messages / interval:>8.1f}{row.samples / interval:>11.0f}"
+              f"{row.hr:>5}  {row.quality:<11} {'; '.join(row.alerts)}")
     print(flush=True)
 
 
@@ -210,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         url = f"http://{settings.server.host}:{settings.server.port}"
         print(f"demo: {len(devices)} devices replaying "
               f"{'MIT-BIH records from ' + str(use) if use else 'synthetic ECG'}\n"
-              f"  open   {url}/  (streams, stats, API links)\n"
+              f"  open   {url}/  (live monitor: waveforms, heart rate, quality, alerts)\n"
+              f"         {url}/viewer  (recordings: upload, zoom, jobs)\n"
               f"  watch  vital-actors subscribe --url {_ws_url(url)}\n"
               f"  API    {url}/api/v1/streams   {url}/openapi.json   {url}/metrics\n"
               "  Ctrl-C stops cleanly.", flush=True)
@@ -237,10 +237,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         except SettingsError as exc:
             raise SystemExit(str(exc)) from None
     elif args.command == "subscribe":
-        # Ctrl-C or a closed pipe (`| head`) ends a watch; neither is an error.
-        with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        # Ctrl-C or a closed pipe (`| head`) ends a watch; neither is an error, also
+        # when it comes out of a nursery wrapped in an exception group.
+        try:
             trio.run(partial(run_summary, args.url, streams=args.stream, show=_show,
                              zstd=args.zstd))
+        except* (KeyboardInterrupt, BrokenPipeError):
+            pass
 
 
 if __name__ == "__main__":

@@ -207,6 +207,7 @@ class StreamSummary:
     messages: int = 0
     samples: int = 0
     quality: str = "-"
+    hr: str = "-"  # heart rate (bpm, 10-s median) from the last quality event
     alerts: list[str] = field(default_factory=list)
 
 
@@ -249,7 +250,9 @@ async def _tally(msg: object, table: dict[str, StreamSummary],
             await follow(stream)
         elif msg.type == "quality" and stream in table:
             bad = [k for k in ("flatline", "lead_off", "out_of_range") if msg.body.get(k)]
-            table[stream].quality = ",".join(bad) or "ok"
+            table[stream].quality = ",".join(bad) or str(msg.body.get("class", "ok"))
+            hr = msg.body.get("hr")
+            table[stream].hr = f"{hr:.0f}" if isinstance(hr, int | float) else "-"
         elif msg.type == "alert" and msg.topic == "alerts" and stream in table:
             table[stream].alerts.append(f"{msg.body['alert']} {msg.body['state']}")
 
