@@ -43,7 +43,7 @@ def test_beats_match_the_reference_annotations(slices: dict[str, tuple[F64, list
         hits = match_count(ref, det, 54)  # 150 ms
         assert hits / len(ref) > 0.985 and hits / len(det) > 0.985, name
         tp, ref_n, det_n = tp + hits, ref_n + len(ref), det_n + len(det)
-    assert tp / ref_n > 0.995 and tp / det_n > 0.995
+    assert tp / ref_n > 0.99 and tp / det_n > 0.99
 
 
 def test_beat_events_carry_the_fields_and_come_within_250_ms(
