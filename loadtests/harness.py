@@ -10,6 +10,8 @@ A progress line is printed every second while it runs.
 
 from __future__ import annotations
 
+import io
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from vital_actors.sources import Recording, data_dir, list_records, load_record,
 from .clients import Book, Plan, connect_idle, make_plan, run_load
 from .report import Row, series, summarize
 from .scenario import Scenario
-from .targets import HOST, Meter, Target, TargetError, get_json, running
+from .targets import HOST, Meter, Target, TargetError, get_json, http, running
 
 __all__ = ["Outcome", "load_recordings", "run_scenario"]
 
@@ -45,8 +47,8 @@ class Outcome:
     errors: list[str]
 
 
-def load_recordings(count: int, *, seconds: float,
-                    source: str = "mitdb") -> tuple[list[Recording], str]:
+def load_recordings(count: int, *, seconds: float, source: str = "mitdb", fs: float = 360.0,
+                    channels: int = 2) -> tuple[list[Recording], str]:
     """Up to *count* MIT-BIH records (their first *seconds*), or synthetic ECG if asked
     for or if the data folder is absent; and a line saying which."""
     folder = (data_dir() or Path("/nonexistent")) / "mitdb"
@@ -55,7 +57,8 @@ def load_recordings(count: int, *, seconds: float,
     if paths:
         recs = [load_record(p, stop=stop) for p in paths]
         return recs, f"MIT-BIH {', '.join(r.name for r in recs)} from {folder}"
-    recs = [synthetic_ecg(seconds=seconds, heart_rate=60 + 7 * i, seed=i, name=f"syn{i}")
+    recs = [synthetic_ecg(seconds=seconds, heart_rate=60 + 7 * i, seed=i, name=f"syn{i}",
+                          fs=fs, channels=channels)
             for i in range(count)]
     why = "as asked" if source == "synthetic" else "no MIT-BIH data folder found"
     return recs, f"synthetic ECG ({why})"
@@ -107,6 +110,29 @@ async def _server_stats(target: Target, port: int) -> dict[str, Any] | None:
     return stats
 
 
+async def _upload_for_jobs(target: Target, port: int, minutes: float) -> str | None:
+    """Upload a synthetic recording for the jobs that run alongside; its id."""
+    if not target.has_api:
+        return None
+    rec = synthetic_ecg(seconds=minutes * 60, seed=99, name="jobs")
+    buf = io.BytesIO()
+    np.save(buf, rec.samples)
+    status, body = await http(port, "POST", "/api/v1/recordings?fs=360&gain=200"
+                              "&baseline=1024&channels=MLII,V1&name=jobs.npy",
+                              buf.getvalue(), "application/octet-stream")
+    if status != 201:
+        raise TargetError(f"upload for jobs: HTTP {status} {body}")
+    return str(body["id"])
+
+
+async def _start_jobs(port: int, recording: str, count: int) -> None:
+    for _ in range(count):
+        status, body = await http(port, "POST", "/api/v1/jobs", json.dumps(
+            {"recording": recording, "priority": "low"}).encode())
+        if status != 201:
+            raise TargetError(f"starting a job: HTTP {status} {body}")
+
+
 def _dropped(stats: dict[str, Any] | None) -> int:
     """Messages the server dropped for slow subscribers (all priorities), from its
     ``lanes.dropped`` figures in /api/v1/stats."""
@@ -125,6 +151,8 @@ async def run_scenario(target: Target, devices: int, recordings: Sequence[Record
         meter = Meter(server)
         stats = None
         planned = timing.sending_s + load.ramp_s + timing.grace_s
+        recording = (await _upload_for_jobs(target, port, load.job_minutes) if load.jobs
+                     else None)
         async with trio.open_nursery() as idle:
             done = trio.Event()
             idle_kb = await _idle_kb_each(target, port, meter, load.idle_subscribers, idle, done)
@@ -135,6 +163,8 @@ async def run_scenario(target: Target, devices: int, recordings: Sequence[Record
                                                churn_recording=recordings[0],
                                                on_start=started))
                     await started.wait()
+                    if recording is not None:
+                        await _start_jobs(port, recording, load.jobs)
                     start = book.t0 + timing.warmup_s + load.ramp_s
                     nursery.start_soon(meter.measure, start, start + timing.measure_s)
                     nursery.start_soon(meter.track, book.t0, book.deadline)
@@ -142,6 +172,8 @@ async def run_scenario(target: Target, devices: int, recordings: Sequence[Record
                                        f"{target.name} N={devices}")
                     await trio.sleep_until(start + timing.measure_s + timing.tail_s)
                     stats = await _server_stats(target, port)
+                    if stats is not None and recording is not None:
+                        stats["jobs"] = (await get_json(port, "/api/v1/jobs"))["jobs"]
             done.set()
     return _outcome(target, plan, book, meter, scenario, stats, idle_kb)
 

@@ -76,7 +76,8 @@ def _scenario(args: argparse.Namespace) -> Scenario:
 async def _run(scenario: Scenario, out: Path) -> list[Outcome]:
     load = scenario.load
     seconds = scenario.timing.sending_s + load.ramp_s + 30
-    recordings, source = load_recordings(load.records, seconds=seconds, source=load.source)
+    recordings, source = load_recordings(load.records, seconds=seconds, source=load.source,
+                                         fs=load.fs, channels=load.channels)
     print(f"scenario {scenario.name}; signal: {source}", flush=True)
     outcomes: list[Outcome] = []
     for rep in range(scenario.repeat):

@@ -14,6 +14,10 @@
     churn_per_s = 0.0            # short-lived extra devices and subscribers per second
     ramp_s = 0.0                 # devices start spread over this long (an overload ramp)
     idle_subscribers = 0         # connected, subscribed to nothing busy: memory per idle one
+    fs = 360.0                   # synthetic source only (MIT-BIH is 360 Hz x 2 channels)
+    channels = 2
+    jobs = 0                     # processing jobs (filter + screening) running alongside
+    job_minutes = 10.0           # on an uploaded synthetic recording this long
     [timing]
     warmup_s = 4
     measure_s = 20
@@ -50,6 +54,10 @@ class Load:
     churn_per_s: float = 0.0
     ramp_s: float = 0.0
     idle_subscribers: int = 0
+    fs: float = 360.0  # synthetic source only (MIT-BIH is 360 Hz x 2)
+    channels: int = 2
+    jobs: int = 0  # processing jobs started alongside, on an uploaded recording
+    job_minutes: float = 10.0  # length of that recording
 
     @property
     def frame_s(self) -> float:
@@ -129,6 +137,11 @@ def parse_scenario(raw: dict[str, Any], *, name: str) -> Scenario:
     load = _section(Load, raw.get("load", {}), "load")
     if load.source not in ("mitdb", "synthetic"):
         raise ScenarioError(f"[load].source must be 'mitdb' or 'synthetic', got {load.source!r}")
+    if load.source == "mitdb" and (load.fs, load.channels) != (360.0, 2):
+        raise ScenarioError("[load] fs and channels apply to source = 'synthetic' only "
+                            "(MIT-BIH is 360 Hz x 2 channels)")
+    if load.fs <= 0 or load.channels < 1:
+        raise ScenarioError("[load] needs fs > 0 and channels >= 1")
     if load.frame_ms <= 0 or load.listeners < 1:
         raise ScenarioError("[load] needs frame_ms > 0 and at least one measured subscriber "
                             "(subscribers_per_stream + wall_subscribers >= 1)")

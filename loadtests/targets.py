@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h11
 import psutil  # type: ignore[import-untyped]  # no stubs in the project's deps
 import trio
 
-__all__ = ["TARGETS", "Meter", "Target", "TargetError", "Usage", "free_port", "get_json",
+__all__ = ["TARGETS", "Meter", "Target", "TargetError", "Usage", "free_port", "get_json", "http",
            "running"]
 
 HOST = "127.0.0.1"
@@ -80,33 +81,37 @@ TARGETS: dict[str, Target] = {
 }
 
 
-async def get_json(port: int, path: str) -> Any:
-    """GET *path* from the target's HTTP API on *port* (one HTTP/1.1 request; the body
-    is read by its content-length, since the server may keep the connection open)."""
+async def http(port: int, method: str, path: str, body: bytes = b"",
+               content_type: str = "application/json") -> tuple[int, Any]:
+    """One HTTP/1.1 request to the target's API (h11); (status, decoded JSON body)."""
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("host", HOST), ("content-length", str(len(body))),
+               ("content-type", content_type)]
     stream = await trio.open_tcp_stream(HOST, port)
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nhost: {HOST}\r\n"
-                              "connection: close\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += await _more(stream)
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise TargetError(f"GET {path}: {head.splitlines()[0]!r}")
-        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), None)
-        if length is None:
-            raise TargetError(f"GET {path}: no content-length")
-        while len(body) < length:
-            body += await _more(stream)
-    return json.loads(body[:length])
+        await stream.send_all(conn.send(h11.Request(method=method, target=path,
+                                                    headers=headers))
+                              + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        status, data = 0, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                data += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+    return status, json.loads(data) if data else None
 
 
-async def _more(stream: trio.SocketStream) -> bytes:
-    chunk = await stream.receive_some(65536)
-    if not chunk:
-        raise TargetError("the server closed the connection mid-answer")
-    return chunk
+async def get_json(port: int, path: str) -> Any:
+    """GET *path* from the target's HTTP API; its JSON (TargetError unless 200)."""
+    status, body = await http(port, "GET", path)
+    if status != 200:
+        raise TargetError(f"GET {path}: HTTP {status}")
+    return body
 
 
 def free_port() -> int:

@@ -30,6 +30,7 @@ def test_smoke_scenario_writes_a_complete_report(tmp_path: Path, mitdb: Path) ->
         assert run["series"]["t"] and run["server_series"]["rss_mb"]
     vital = next(r for r in report["runs"] if r["row"]["target"] == "vital-raw")
     assert vital["server_stats"]["loop_lag"]["samples"] > 0
+    assert len(vital["server_stats"]["jobs"]) == 1  # a processing job ran alongside
     assert math.isfinite(vital["row"]["loop_lag_p99_ms"])
     for name in PLOTS:
         assert (tmp_path / name).stat().st_size > 1000, name
