@@ -308,7 +308,11 @@ async def _churn_once(plan: Plan, book: Book, k: int, frame: bytes, rec: Recordi
 
 async def connect_idle(url: str, count: int, *, done: trio.Event,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Hold *count* subscriber connections (subscribed to ``alerts`` only) until *done*."""
+    """Hold *count* subscriber connections (subscribed to ``alerts`` only) until *done*.
+
+    Thousands closing at once may not all finish their close handshake in time: that is
+    after the measurement, not a failure of it (:func:`_tolerant`).
+    """
     book = Book(np.empty((0, 0)), np.empty((0, 0, 0)))
 
     async def one(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -318,8 +322,8 @@ async def connect_idle(url: str, count: int, *, done: trio.Event,
             await done.wait()
 
     async with trio.open_nursery() as nursery:
-        for _ in range(count):
-            await nursery.start(one)
+        for k in range(count):
+            await nursery.start(partial(_tolerant, one, f"idle subscriber {k}", book))
         task_status.started()
 
 
