@@ -139,6 +139,17 @@ def test_a_pickled_chain_resumes_where_it_stopped(
     assert first + rest == whole
 
 
+def test_an_empty_block_changes_nothing() -> None:
+    mv = to_mv(synthetic_ecg(seconds=6, seed=2))
+    f = bandpass(mv, 360.0)
+    whole = QualityChain(SETTINGS).feed_one("s", 360.0, 0, mv, f)
+    chain = QualityChain(SETTINGS)
+    got = chain.feed_one("s", 360.0, 0, mv[:1000], f[:1000])
+    assert chain.feed_one("s", 360.0, 1000, mv[:0], f[:0]) == []
+    got += chain.feed_one("s", 360.0, 1000, mv[1000:], f[1000:])
+    assert got == whole
+
+
 def test_a_fresh_run_or_a_jump_in_t0_starts_over() -> None:
     mv = to_mv(synthetic_ecg(seconds=12, seed=2))
     f = bandpass(mv, 360.0)

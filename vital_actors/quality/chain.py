@@ -96,6 +96,8 @@ class QualityChain:
         seen: dict[str, int] = defaultdict(int)
         rounds: dict[int, list[int]] = defaultdict(list)
         for i, f in enumerate(frames):  # a stream's k-th frame of the batch in round k
+            if f.mv.shape[0] == 0:
+                continue  # nothing to do, and no state to move
             rounds[seen[f.key]].append(i)
             seen[f.key] += 1
         for k in sorted(rounds):
