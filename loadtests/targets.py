@@ -195,7 +195,10 @@ class Usage:
 
 
 def _tree(p: psutil.Process) -> list[psutil.Process]:
-    """*p* and its children (the workers of ``serve --workers``)."""
+    """*p* and its children (the workers of ``serve --workers``); the harness itself
+    alone (its children are the servers it measures)."""
+    if p.pid == os.getpid():
+        return [p]
     try:
         return [p, *p.children(recursive=True)]
     except psutil.Error:
