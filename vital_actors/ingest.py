@@ -143,7 +143,13 @@ class _Ingest:
         self.info = info
         self.stats.devices += 1
         self.session.next_seq, self.session.t0 = info.next_seq, info.t0
-        self.durable = Durable(info.next_seq - 1)  # what came before is on disk already
+        if self.archive is not None:
+            # One mark per run, shared by its connections: frames a previous connection
+            # sent to the archive must be on disk before welcome says "resume after them".
+            if info.durable is None or info.durable[0] != info.run:
+                info.durable = (info.run, Durable(info.next_seq - 1))  # new run, or restored
+            self.durable = info.durable[1]
+            await self.durable.wait_beyond(info.next_seq - 2)
         info.clock = self.clock.estimate
         await self.ws.send(Welcome(info.id, info.next_seq))
         await self._status("connected", fs=info.fs, channels=list(info.channels),

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from protocol import Hello
 
+from .archive import Durable
 from .clock import ClockEstimate
 from .filtering import FilterDesign, design
 from .settings import FilterSettings
@@ -44,6 +45,7 @@ class StreamInfo:
     missing_frames: int = 0
     duplicates: int = 0
     clock: ClockEstimate | None = None  # the device's clock against ours (ping/pong)
+    durable: tuple[int, Durable] | None = None  # (run, its mark in the live archive)
     scale: npt.NDArray[np.float64] = field(init=False)
     offset: npt.NDArray[np.float64] = field(init=False)
 
