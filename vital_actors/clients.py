@@ -5,6 +5,7 @@ These speak protocol v1 exactly as third-party devices and dashboards do.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -75,8 +76,12 @@ async def connect(ws_url: str, path: str, *,
     stream = await trio.open_tcp_stream(host, port)
     async with stream, trio.open_nursery() as nursery:
         target = f"{path}?zstd_dict={ECG_DICTIONARY_ID}" if zstd else path
+        # A token for servers with auth (issue 6): VITAL_TOKEN, from `vital-actors token`.
+        token = os.environ.get("VITAL_TOKEN")
+        headers = [(b"authorization", b"Bearer " + token.encode())] if token else None
         ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", target,
-                                      subprotocols=[ZSTD, SUBPROTOCOL] if zstd else [SUBPROTOCOL])
+                                      subprotocols=[ZSTD, SUBPROTOCOL] if zstd else [SUBPROTOCOL],
+                                      extra_headers=headers)
         try:
             yield ws
         finally:
