@@ -18,7 +18,7 @@ import numpy.typing as npt
 import scipy.signal
 import trio
 
-from .messages import Block, Filtered, Item
+from .messages import Block, Filtered, Item, take_batch
 from .settings import FilterSettings
 
 __all__ = ["FilterBank", "FilterDesign", "FilterSettingsError", "design", "run_filter"]
@@ -157,24 +157,23 @@ async def run_filter(
     outbox: trio.MemorySendChannel[Item],
     *,
     max_batch: int,
+    linger: float = 0.0,
     bank: FilterBank | None = None,
     task_status: trio.TaskStatus[FilterBank] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Filter the blocks from *inbox*; pass everything else through, in order.
 
-    Takes whatever is waiting (up to *max_batch* items) as one batch. Owns both ends:
-    returns, closing *outbox*, when *inbox* ends.
+    Takes whatever is waiting (up to *max_batch* items, lingering *linger* s for more)
+    as one batch. Owns both ends: returns, closing *outbox*, when *inbox* ends.
     """
     bank = bank or FilterBank()
     with inbox, outbox:
         task_status.started(bank)
-        async for first in inbox:
-            batch = [first]
-            while len(batch) < max_batch:
-                try:
-                    batch.append(inbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+        while True:
+            try:
+                batch = await take_batch(inbox, max_batch=max_batch, linger=linger)
+            except trio.EndOfChannel:
+                break
             for item in _filter_batch(bank, batch):
                 await outbox.send(item)
 

@@ -120,9 +120,11 @@ class Server:
                         run_archive, archive_rx, root=self.archive_root, fsync=s.archive.fsync,
                         interval_s=s.archive.fsync_interval_s, max_batch=s.buffers.max_batch))
                 await root.start(partial(run_filter, ingest_rx, filtered_tx,
-                                         max_batch=s.buffers.max_batch, bank=self.filter_bank))
+                                         max_batch=s.buffers.max_batch, bank=self.filter_bank,
+                                         linger=s.buffers.linger_ms / 1000))
                 await root.start(partial(run_screen, filtered_rx, screened_tx,
-                                         settings=s.screen))
+                                         settings=s.screen, max_batch=s.buffers.max_batch,
+                                         linger=s.buffers.linger_ms / 1000))
                 await root.start(partial(run_broadcast, screened_rx, hub=self.hub,
                                          filtered_dtype=s.filtered_dtype))
                 bus = trio.CancelScope()

@@ -14,7 +14,7 @@ import trio
 
 from protocol import Event
 
-from .messages import Filtered, Item, Publication
+from .messages import Filtered, Item, Publication, take_batch
 from .quality import Frame, QualityChain
 from .settings import ScreenSettings
 
@@ -63,23 +63,22 @@ async def run_screen(
     *,
     settings: ScreenSettings,
     max_batch: int = 512,
+    linger: float = 0.0,
     chain: QualityChain | None = None,
     task_status: trio.TaskStatus[QualityChain] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Screen the filtered blocks from *inbox*; pass every item on, then its events.
 
-    Takes whatever is waiting (up to *max_batch* items) as one batch. Owns both ends:
-    returns, closing *outbox*, when *inbox* ends.
+    Takes whatever is waiting (up to *max_batch* items, lingering *linger* s for more)
+    as one batch. Owns both ends: returns, closing *outbox*, when *inbox* ends.
     """
     chain = chain or QualityChain(settings)
     with inbox, outbox:
         task_status.started(chain)
-        async for first in inbox:
-            batch = [first]
-            while len(batch) < max_batch:
-                try:
-                    batch.append(inbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+        while True:
+            try:
+                batch = await take_batch(inbox, max_batch=max_batch, linger=linger)
+            except trio.EndOfChannel:
+                break
             for item in screen_batch(chain, batch):
                 await outbox.send(item)

@@ -109,6 +109,8 @@ class BufferSettings(_Section):
     subscriber: int = Field(10_000, ge=5, description="broadcast -> one subscriber's sender, "
                             "all five priority lanes together (split by lanes.quotas)")
     max_batch: int = Field(512, ge=1, description="blocks the filter takes per batch")
+    linger_ms: float = Field(5.0, ge=0, le=50, description="how long the filter and the "
+                             "screen wait for more blocks before a batch that is not full")
     archive: int = Field(1024, ge=1, description="ingest connections -> archive writer")
 
 
