@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
-from urllib.parse import urlsplit
 
 import numpy as np
 import trio
@@ -18,7 +17,6 @@ from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
     WebSocketConnection,
-    wrap_client_stream,
 )
 
 from protocol import (
@@ -43,6 +41,7 @@ from protocol import (
 )
 from protocol import ZSTD_SUBPROTOCOL as ZSTD
 
+from .sdk import open_connection
 from .sources import Recording
 
 __all__ = ["DeviceReport", "StreamSummary", "receive", "run_device", "run_devices", "run_summary",
@@ -63,30 +62,18 @@ class DeviceReport:
 @asynccontextmanager
 async def connect(ws_url: str, path: str, *,
                   zstd: bool = False) -> AsyncIterator[WebSocketConnection]:
-    """A trio-websocket client connection to *ws_url* + *path* offering protocol v1.
+    """A connection to *ws_url* + *path* offering protocol v1 (the SDK's
+    :func:`~vital_actors.sdk.open_connection`), with the token in ``VITAL_TOKEN`` if set
+    (servers with auth, issue 6; ``vital-actors token`` makes one).
 
     With *zstd*, it offers ``vital.v1.msgpack+zstd`` first (with the shipped dictionary);
     :func:`send` and :func:`receive` then compress and decompress.
-
-    We open and close the TCP stream ourselves (``wrap_client_stream``): trio-websocket's
-    own client leaves its socket open when the server closes first.
     """
-    parts = urlsplit(ws_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    stream = await trio.open_tcp_stream(host, port)
-    async with stream, trio.open_nursery() as nursery:
-        target = f"{path}?zstd_dict={ECG_DICTIONARY_ID}" if zstd else path
-        # A token for servers with auth (issue 6): VITAL_TOKEN, from `vital-actors token`.
-        token = os.environ.get("VITAL_TOKEN")
-        headers = [(b"authorization", b"Bearer " + token.encode())] if token else None
-        ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", target,
-                                      subprotocols=[ZSTD, SUBPROTOCOL] if zstd else [SUBPROTOCOL],
-                                      extra_headers=headers)
-        try:
-            yield ws
-        finally:
-            await ws.aclose()
-            nursery.cancel_scope.cancel()
+    target = f"{path}?zstd_dict={ECG_DICTIONARY_ID}" if zstd else path
+    async with open_connection(ws_url, target, token=os.environ.get("VITAL_TOKEN"),
+                               subprotocols=[ZSTD, SUBPROTOCOL] if zstd else [SUBPROTOCOL]
+                               ) as ws:
+        yield ws
 
 
 async def receive(ws: WebSocketConnection) -> ServerMessage:

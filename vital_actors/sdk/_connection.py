@@ -69,9 +69,10 @@ def is_fatal(exc: BaseException, last_error: str | None) -> bool:
 @asynccontextmanager
 async def open_connection(url: str, path: str, *, token: str | None = None,
                           headers: Sequence[tuple[bytes, bytes]] = (),
+                          subprotocols: Sequence[str] = (SUBPROTOCOL,),
                           timeout_s: float = 10.0) -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket to *url* (``ws://host:port``) + *path*, offering protocol v1, with the
-    token (if any) in ``Authorization: Bearer``.
+    """A WebSocket to *url* (``ws://host:port``) + *path*, offering *subprotocols*
+    (protocol v1 by default), with the token (if any) in ``Authorization: Bearer``.
 
     The TCP stream is ours to close (trio-websocket's own client can leave it open when
     the server closes first). Connecting and the handshake get *timeout_s* seconds
@@ -88,7 +89,7 @@ async def open_connection(url: str, path: str, *, token: str | None = None,
         async with stream, trio.open_nursery() as nursery:
             with trio.fail_after(timeout_s):
                 ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", path,
-                                              subprotocols=[SUBPROTOCOL],
+                                              subprotocols=list(subprotocols),
                                               extra_headers=extra)
             try:
                 yield ws
