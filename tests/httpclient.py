@@ -32,18 +32,40 @@ async def request(port: int, method: str, path: str, body: Any = None,
             conn.send(request)  # h11 must believe it sent a request to read the reply
             conn.send(h11.EndOfMessage())
             await stream.send_all(head)
-        status, out, got = 0, b"", {}
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-                got = {k.decode(): v.decode() for k, v in event.headers}
-            elif isinstance(event, h11.Data):
-                out += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return status, out, got
+        return await read_response(conn, stream)
+
+
+async def read_response(conn: h11.Connection, stream: trio.SocketStream
+                        ) -> tuple[int, bytes, dict[str, str]]:
+    """Read the answer to the request *conn* sent on *stream*: (status, body, headers)."""
+    status, out, got = 0, b"", {}
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+            got = {k.decode(): v.decode() for k, v in event.headers}
+        elif isinstance(event, h11.Data):
+            out += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return status, out, got
+
+
+async def post_chunked(port: int, path: str, data: bytes, size: int = 65536
+                       ) -> tuple[int, Any]:
+    """POST *data* with Transfer-Encoding: chunked; return (status, JSON body)."""
+    conn = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(conn.send(h11.Request(method="POST", target=path, headers=[
+            ("host", "127.0.0.1"), ("transfer-encoding", "chunked"),
+            ("connection", "close")])))
+        for i in range(0, len(data), size):
+            await stream.send_all(conn.send(h11.Data(data=data[i:i + size])))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        status, body, _ = await read_response(conn, stream)
+    return status, json.loads(body)
 
 
 async def get_json(port: int, path: str) -> Any:

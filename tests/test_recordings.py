@@ -10,12 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import h11
 import msgpack
 import numpy as np
 import pytest
 import trio
-from httpclient import get_json, request
+from httpclient import get_json, post_chunked, request
 
 import protocol as P
 from vital_actors.clients import connect, receive
@@ -47,30 +46,6 @@ def _signal(n: int, channels: int = 2, seed: int = 0) -> Array:
     return np.cumsum(rng.integers(-20, 21, (n, channels)), axis=0).astype(np.int16)
 
 
-async def chunked(port: int, path: str, data: bytes, size: int = 65536) -> tuple[int, Any]:
-    """POST *data* with Transfer-Encoding: chunked; return (status, JSON body)."""
-    conn = h11.Connection(h11.CLIENT)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(conn.send(h11.Request(method="POST", target=path, headers=[
-            ("host", "127.0.0.1"), ("transfer-encoding", "chunked"),
-            ("connection", "close")])))
-        for i in range(0, len(data), size):
-            await stream.send_all(conn.send(h11.Data(data=data[i:i + size])))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
-        status, body = 0, b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return status, json.loads(body)
-
-
 async def test_upload_both_ways_then_list_get_and_delete(server: Server) -> None:
     port = server.port or 0
     x = _signal(100_000)
@@ -79,7 +54,7 @@ async def test_upload_both_ways_then_list_get_and_delete(server: Server) -> None
     assert status == 201, body
     first = json.loads(body)
     assert headers["location"] == f"/api/v1/recordings/{first['id']}"
-    status, second = await chunked(port, "/api/v1/recordings?fs=360&format=npy", _npy(x))
+    status, second = await post_chunked(port, "/api/v1/recordings?fs=360&format=npy", _npy(x))
     assert status == 201, second
     assert first["checksum"] == second["checksum"] and first["frames"] == len(x)
     listed = await get_json(port, "/api/v1/recordings")
@@ -98,7 +73,7 @@ async def test_mit_bih_record_uploads_as_a_wfdb_tar(server: Server, mitdb: Path)
     with tarfile.open(fileobj=buf, mode="w") as t:
         for ext in ("hea", "dat"):
             t.add(mitdb / f"101.{ext}", f"101.{ext}")
-    status, meta = await chunked(server.port or 0, "/api/v1/recordings", buf.getvalue())
+    status, meta = await post_chunked(server.port or 0, "/api/v1/recordings", buf.getvalue())
     assert status == 201, meta
     rec = load_record(mitdb / "101")
     assert meta["frames"] == len(rec.samples) and meta["fs"] == rec.fs
