@@ -27,7 +27,6 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,8 @@ from protocol import Hello
 from vital_actors.archive import read_frames
 from vital_actors.sdk import Backoff, DeviceClient
 from vital_actors.sources import Recording, data_dir, load_record
+
+from .proxy import killing_proxy
 
 CONFIGS = {"off": {"VITAL_ARCHIVE__ENABLED": "false"},
            "never": {"VITAL_ARCHIVE__FSYNC": "never"},
@@ -120,48 +121,14 @@ async def throughput(rec: Recording, devices: int, frames: int, paced: bool) -> 
               f"{ms.max():.1f} |", flush=True)
 
 
-async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
-    try:
-        while data := await src.receive_some(65536):
-            await dst.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
 async def killed_replay(rec: Recording, seed: int) -> None:
-    rng = random.Random(seed)
-    live: set[trio.CancelScope] = set()
-    kills = 0
-
     with tempfile.TemporaryDirectory(prefix="bench-kill-") as tmp:
         async with server(CONFIGS["interval"], Path(tmp)) as url:
             upstream = int(url.rsplit(":", 1)[1])
-
-            async def handle(client: trio.SocketStream) -> None:
-                with trio.CancelScope() as scope:
-                    live.add(scope)
-                    try:
-                        up = await trio.open_tcp_stream("127.0.0.1", upstream)
-                        async with client, up, trio.open_nursery() as n:
-                            n.start_soon(_pump, client, up)
-                            n.start_soon(_pump, up, client)
-                    finally:
-                        live.discard(scope)
-
-            async def killer() -> None:
-                nonlocal kills
-                while True:
-                    await trio.sleep(rng.uniform(0.05, 0.5))
-                    for scope in list(live):
-                        scope.cancel()
-                        kills += 1
-
             start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(partial(trio.serve_tcp, handle, 0,
-                                                        host="127.0.0.1"))
-                port = listeners[0].socket.getsockname()[1]
-                nursery.start_soon(killer)
+            async with killing_proxy(upstream, rng=random.Random(seed),
+                                     every_s=(0.05, 0.5)) as (port, cuts), \
+                    trio.open_nursery() as nursery:
                 client = DeviceClient(f"ws://127.0.0.1:{port}", _hello(rec, "kill"),
                                       max_unacked=500, backoff=Backoff(0.01, 0.2))
                 await nursery.start(client.run)
@@ -178,7 +145,7 @@ async def killed_replay(rec: Recording, seed: int) -> None:
     duplicated = len(seqs) - len(set(seqs))
     same = data == np.ascontiguousarray(rec.samples, "<i2").tobytes()
     print(f"killed replay of {rec.name} ({len(rec.samples)} samples, {expected} frames): "
-          f"{kills} connections cut, {client.counters.connections} connections, "
+          f"{len(cuts)} connections cut, {client.counters.connections} connections, "
           f"{client.counters.resent} frames resent, {len(runs)} run(s); "
           f"lost {lost}, duplicated {duplicated}, archive == source: {same}; "
           f"{elapsed:.1f} s", flush=True)

@@ -9,9 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 import protocol as P
+from loadtests.proxy import killing_proxy
 from vital_actors import archive
 from vital_actors.archive import (
     RECORD,
@@ -95,46 +93,6 @@ def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
 
 
 # --- connections killed at random during a replay ---------------------------------------
-
-
-async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
-    try:
-        while data := await src.receive_some(65536):
-            await dst.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-@asynccontextmanager
-async def killing_proxy(upstream_port: int, *, rng: random.Random,
-                        every_s: tuple[float, float]) -> AsyncIterator[tuple[int, list[int]]]:
-    """A TCP proxy to *upstream_port* that cuts its live connections at random moments."""
-    live: set[trio.CancelScope] = set()
-    kills: list[int] = []
-
-    async def handle(client: trio.SocketStream) -> None:
-        with trio.CancelScope() as scope:
-            live.add(scope)
-            try:
-                upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
-                async with client, upstream, trio.open_nursery() as n:
-                    n.start_soon(_pump, client, upstream)
-                    n.start_soon(_pump, upstream, client)
-            finally:
-                live.discard(scope)
-
-    async def killer() -> None:
-        while True:
-            await trio.sleep(rng.uniform(*every_s))
-            for scope in list(live):
-                scope.cancel()  # closes both sockets: an abrupt end (no close frame)
-                kills.append(1)
-
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
-        nursery.start_soon(killer)
-        yield listeners[0].socket.getsockname()[1], kills
-        nursery.cancel_scope.cancel()
 
 
 def archived(root: Path, stream: str) -> tuple[list[int], np.ndarray]:
