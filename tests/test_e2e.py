@@ -285,6 +285,32 @@ async def test_http_api_on_the_same_port(server: Server) -> None:
     assert status == 200 and b"vital-actors" in body
 
 
+async def _read_to_eof(port: int, head: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(head)
+        answer = b""
+        while data := await stream.receive_some(65536):
+            answer += data
+    return answer
+
+
+async def test_api_connection_ends_after_the_answer_when_asked(server: Server) -> None:
+    # hypercorn answers "Connection: close" but leaves the connection open
+    # (pgjones/hypercorn#330); the front door ends it after the answer.
+    port = server.port or 0
+    with trio.fail_after(10):
+        answer = await _read_to_eof(port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n"
+                                          b"connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status":"ok"}\n')
+        answer = await _read_to_eof(port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert b" 200 " in answer.split(b"\r\n")[0] and b'"ok"' in answer
+        answer = await _read_to_eof(port, b"POST /api/v1/streams/x/nothing HTTP/1.1\r\n"
+                                          b"host: x\r\ncontent-length: 2\r\n"
+                                          b"connection: close\r\n\r\n{}")
+        assert answer.startswith(b"HTTP/1.1 40")
+
+
 async def test_shutdown_closes_websockets_with_1001() -> None:
     srv = Server(load_settings(server={"port": 0}))
     async with trio.open_nursery() as nursery:

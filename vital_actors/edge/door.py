@@ -40,33 +40,70 @@ async def read_head(stream: trio.abc.Stream, *, limit: int) -> bytes:
     return head
 
 
-def _websocket_target(head: bytes) -> str | None:
-    """The path of a WebSocket upgrade request; None for any other request."""
-    return _path(_upgrade_request(head))
-
-
 def _path(request: h11.Request | None) -> str | None:
     return None if request is None else request.target.decode("ascii", "replace").split("?")[0]
 
 
-def _upgrade_request(head: bytes) -> h11.Request | None:
-    """The WebSocket upgrade request in *head*; None for any other request."""
+def _request(head: bytes) -> h11.Request:
+    """The request whose head is *head*."""
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(head)
     event = conn.next_event()
     if not isinstance(event, h11.Request):
         raise _BadHead("not an HTTP/1.1 request")
-    upgrade = {v.lower() for k, v in event.headers if k == b"upgrade"}
-    return event if b"websocket" in upgrade else None
+    return event
 
 
-async def splice(client: trio.abc.Stream, head: bytes, upstream_path: str) -> None:
-    """Relay *client* to the unix socket at *upstream_path*, starting with *head*."""
+def _is_upgrade(request: h11.Request) -> bool:
+    return b"websocket" in {v.lower() for k, v in request.headers if k == b"upgrade"}
+
+
+def _wants_close(request: h11.Request) -> bool:
+    """Whether the client asked for the connection to end after this request's answer."""
+    tokens = {t.strip().lower() for k, v in request.headers if k == b"connection"
+              for t in v.split(b",")}
+    return b"close" in tokens or (request.http_version == b"1.0"
+                                  and b"keep-alive" not in tokens)
+
+
+async def splice(client: trio.abc.Stream, head: bytes, upstream_path: str,
+                 request: h11.Request | None = None) -> None:
+    """Relay *client* to the unix socket at *upstream_path*, starting with *head*.
+
+    When *request* asked to close (``connection: close``, or HTTP/1.0), the answer is
+    followed with h11 and the connection ends after it: hypercorn answers
+    ``Connection: close`` but then leaves the connection open (pgjones/hypercorn#330),
+    so a client reading to EOF would wait forever.
+    """
     upstream = await trio.open_unix_socket(upstream_path)
     async with upstream, client, trio.open_nursery() as nursery:
         await upstream.send_all(head)
         nursery.start_soon(_pump, client, upstream, nursery.cancel_scope)
-        nursery.start_soon(_pump, upstream, client, nursery.cancel_scope)
+        if request is not None and _wants_close(request):
+            nursery.start_soon(_pump_answer, upstream, client, request, nursery.cancel_scope)
+        else:
+            nursery.start_soon(_pump, upstream, client, nursery.cancel_scope)
+
+
+async def _pump_answer(src: trio.abc.Stream, dst: trio.abc.Stream, request: h11.Request,
+                       scope: trio.CancelScope) -> None:
+    """Relay one HTTP answer from *src* to *dst*, then end both directions."""
+    tracker = h11.Connection(h11.CLIENT)
+    # Only the method shapes the answer (HEAD has no body); the rest just satisfies h11.
+    tracker.send(h11.Request(method=request.method, target=request.target,
+                             headers=[(b"host", b"door"), (b"content-length", b"0")]))
+    done = False
+    try:
+        while not done and (data := await src.receive_some(65536)):
+            await dst.send_all(data)
+            tracker.receive_data(bytes(data))
+            while (event := tracker.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    done = True
+                    break
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+        pass
+    scope.cancel()  # leaving the splice closes the client: it reads EOF
 
 
 async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:
@@ -91,9 +128,9 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
     try:
         with trio.fail_after(handshake_timeout):
             head = await read_head(stream, limit=head_limit)
-            request = _upgrade_request(head)
-            target = _path(request)
-            if request is None or target is None or target not in routes:
+            request = _request(head)
+            target = _path(request) if _is_upgrade(request) else None
+            if target is None or target not in routes:
                 route = None
             else:
                 route = routes[target]
@@ -110,7 +147,7 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
         await _refuse(stream)
         return
     if route is None:
-        await splice(stream, head, upstream_path)
+        await splice(stream, head, upstream_path, request)
     elif ws is not None:
         GRANT.set(grant)  # this task (and those it starts) serve the connection
         await route(ws)
