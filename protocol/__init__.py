@@ -32,6 +32,7 @@ from ._messages import Hello as Hello
 from ._messages import Message as Message
 from ._messages import Ping as Ping
 from ._messages import Pong as Pong
+from ._messages import Position as Position
 from ._messages import Priority as Priority
 from ._messages import Samples as Samples
 from ._messages import ServerMessage as ServerMessage
@@ -40,6 +41,7 @@ from ._messages import Subscribe as Subscribe
 from ._messages import SubscriberMessage as SubscriberMessage
 from ._messages import Unsubscribe as Unsubscribe
 from ._messages import Welcome as Welcome
+from ._messages import position as position
 from ._session import DeviceSession as DeviceSession
 from ._session import Duplicate as Duplicate
 from ._session import Frame as Frame

@@ -27,6 +27,7 @@ from ._messages import (
     Message,
     Ping,
     Pong,
+    Position,
     Priority,
     Samples,
     ServerMessage,
@@ -55,6 +56,7 @@ TOPIC = re.compile(
 )
 MAX_CHANNELS = 16
 MAX_TOPICS = 256
+MAX_EPOCH = 64  # characters of an epoch in ``subscribe.since``
 Fields = Mapping[str, Any]
 
 
@@ -94,7 +96,10 @@ def _to_map(m: Message) -> dict[str, Any]:
         case Error():
             return {"type": "error", "code": m.code, "message": m.message}
         case Subscribe():
-            return {"type": "subscribe", "topics": list(m.topics)}
+            d = {"type": "subscribe", "topics": list(m.topics)}
+            if m.since:
+                d["since"] = {t: [e, o] for t, (e, o) in m.since.items()}
+            return d
         case Unsubscribe():
             return {"type": "unsubscribe", "topics": list(m.topics)}
         case StreamSamples():
@@ -230,6 +235,37 @@ def _topics(d: Fields) -> tuple[str, ...]:
     return topics
 
 
+def _bad_since(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, code=CloseCode.INVALID_PAYLOAD, reason="bad-since")
+
+
+def _subscribe(d: Fields) -> Subscribe:
+    topics = _topics(d)
+    raw = d.get("since")
+    if raw is None:
+        return Subscribe(topics)
+    if not isinstance(raw, dict):
+        raise _bad_since(f"'subscribe.since' must be a map {{topic: [epoch, offset]}}, got "
+                         f"{type(raw).__name__}")
+    since: dict[str, Position] = {}
+    for topic, value in raw.items():
+        if topic not in topics:
+            raise _bad_since(f"'subscribe.since' names {topic!r}, which is not in 'topics'")
+        if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str)
+                or not isinstance(value[1], int) or isinstance(value[1], bool)):
+            raise _bad_since(f"'subscribe.since[{topic!r}]' must be [epoch (str), offset "
+                             f"(int)], got {value!r}")
+        epoch, offset = value
+        if not 1 <= len(epoch) <= MAX_EPOCH:
+            raise _bad_since(f"'subscribe.since[{topic!r}]': epoch must be 1 to {MAX_EPOCH} "
+                             f"characters, got {len(epoch)}")
+        if offset < -1:
+            raise _bad_since(f"'subscribe.since[{topic!r}]': offset must be >= -1, got "
+                             f"{offset}")
+        since[topic] = (epoch, offset)
+    return Subscribe(topics, since)
+
+
 def _stream_samples(d: Fields) -> StreamSamples:
     channels = _strings(d, "channels", limit=MAX_CHANNELS)
     dtype = _req(d, "dtype", str, "a dtype")
@@ -265,7 +301,7 @@ def _event(d: Fields) -> Event:
 Decoder = Callable[[Fields], Message]
 _DEVICE: dict[str, Decoder] = {"hello": _hello, "samples": _samples, "ping": _ping}
 _SUBSCRIBER: dict[str, Decoder] = {
-    "subscribe": lambda d: Subscribe(_topics(d)),
+    "subscribe": _subscribe,
     "unsubscribe": lambda d: Unsubscribe(_topics(d)),
     "ping": _ping,
 }

@@ -24,6 +24,7 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
+    "Position",
     "Priority",
     "Samples",
     "ServerMessage",
@@ -32,6 +33,7 @@ __all__ = [
     "SubscriberMessage",
     "Unsubscribe",
     "Welcome",
+    "position",
 ]
 
 Dtype = Literal["int16", "float32", "float64"]
@@ -130,9 +132,17 @@ class Error:
 # --- subscriber <-> server ------------------------------------------------------------------
 
 
+#: A topic's position: its epoch and the offset of the last message counted as received.
+Position = tuple[str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class Subscribe:
+    """Follow *topics*; for those in *since*, first replay what came after that position
+    (subscriber recovery, docs/protocol.md 4.4)."""
+
     topics: tuple[str, ...]
+    since: Mapping[str, Position] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,3 +190,15 @@ DeviceMessage = Hello | Samples | Ping
 SubscriberMessage = Subscribe | Unsubscribe | Ping
 ServerMessage = Welcome | Ack | Pong | Error | StreamSamples | Event
 Message = DeviceMessage | SubscriberMessage | ServerMessage
+
+
+def position(message: ServerMessage) -> Position | None:
+    """The topic position a subscriber message carries (``epoch``, ``offset``), if any."""
+    fields = message.extra if isinstance(message, StreamSamples) else (
+        message.body if isinstance(message, Event) else None)
+    if not fields:
+        return None
+    epoch, offset = fields.get("epoch"), fields.get("offset")
+    if isinstance(epoch, str) and isinstance(offset, int) and not isinstance(offset, bool):
+        return epoch, offset
+    return None

@@ -1,0 +1,259 @@
+"""Topic history for subscriber recovery: positions, the in-memory ring, history sources.
+
+Every message on a topic has a *position* (``epoch``, ``offset``). The epoch names one
+unbroken history of the topic; it changes when history was lost (a new server run
+without the archive, a new device run). Offsets increase within an epoch:
+
+- ``stream/<id>/raw`` and ``stream/<id>/filtered``: the offset of a ``samples`` message
+  is its frame's ``seq``, the epoch ``<token>.<run>`` (the stream run's, where
+  ``token`` belongs to the live archive, so it survives a restart of the server). The
+  ``status`` events of a raw topic carry no position; the ring replays them in order
+  with the samples around them.
+- every other topic: 0, 1, 2 ... counted by the hub for as long as it keeps the topic's
+  :class:`TopicLog`; each new log starts a new epoch.
+
+**The interface for other history sources** (the Redis bus, issue 9, implements it over
+Redis Streams so that a subscriber reconnecting to another worker recovers too)::
+
+    class History(Protocol):
+        async def covers(self, topic, epoch, after) -> bool
+        async def read(self, topic, epoch, after, upto, limit) -> list[tuple[int, Outgoing]]
+
+``read`` returns, in order, at most *limit* messages of *topic* in *epoch* with
+``after < offset <= upto`` as ``(offset, Outgoing)``; an empty list means it has nothing
+more there. The hub asks a source only for what its ring no longer holds, and only
+when ``covers`` said the source holds the whole history of that epoch after *after*.
+:class:`ArchiveHistory` serves raw topics from the live archive (vital_actors/archive.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import trio
+
+from protocol import TOPIC, Event, Priority, StreamSamples
+
+from .archive import RECORD, _hello, run_dir
+from .edge.codecs import Outgoing
+
+__all__ = ["ArchiveHistory", "Entry", "History", "Ring", "TopicLog", "archive_token",
+           "is_sample_topic", "stamp"]
+
+_PROCESS = secrets.token_hex(4)  # names the epochs of this server run's event topics
+_logs = itertools.count()
+
+
+class History(Protocol):
+    """Where a topic's older messages come from once the ring no longer holds them."""
+
+    async def covers(self, topic: str, epoch: str, after: int) -> bool:
+        """Whether every message of *topic* in *epoch* after offset *after* is here."""
+        ...
+
+    async def read(self, topic: str, epoch: str, after: int, upto: int,
+                   limit: int) -> list[tuple[int, Outgoing]]:
+        """Up to *limit* messages with ``after < offset <= upto``, in order."""
+        ...
+
+
+def is_sample_topic(topic: str) -> bool:
+    return topic.endswith(("/raw", "/filtered")) and topic.startswith("stream/")
+
+
+def stamp(message: StreamSamples | Event, epoch: str, offset: int) -> StreamSamples | Event:
+    """*message* with its position among its extra fields (allowed in protocol v1)."""
+    if isinstance(message, StreamSamples):
+        return replace(message, extra={**message.extra, "epoch": epoch, "offset": offset})
+    return replace(message, body={**message.body, "epoch": epoch, "offset": offset})
+
+
+@dataclass(slots=True)
+class Entry:
+    offset: int | None  # None: an unpositioned status event of a raw topic
+    out: Outgoing
+    t: float  # trio.current_time() when it was published
+    size: int  # bytes counted against recovery.max_bytes
+
+
+class TopicLog:
+    """One topic's position and its ring: entries in publication order, addressed by an
+    absolute index (``base`` is the index of the oldest entry still held).
+
+    ``floor`` is the offset up to which the ring cannot vouch for anything: every
+    message with a greater offset is held (or not published yet). None: unknown yet.
+    """
+
+    def __init__(self, topic: str, epoch: str | None, last: int, floor: int | None) -> None:
+        self.topic = topic
+        self.epoch = epoch  # None: a sample topic whose stream has not published yet
+        self.last = last  # offset of the last message published in this epoch (-1: none)
+        self.floor = floor
+        self.entries: deque[Entry] = deque()
+        self.base = 0
+        self.idle_since: float | None = None  # when its last subscriber left
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.entries)
+
+    def at(self, index: int) -> Entry:
+        return self.entries[index - self.base]
+
+    def index_after(self, offset: int) -> int:
+        """The index of the first entry that follows position *offset*: just after the
+        entry at that offset (so unpositioned entries after it are kept), else the first
+        with a greater offset."""
+        for i in range(len(self.entries) - 1, -1, -1):
+            o = self.entries[i].offset
+            if o is not None and o <= offset:
+                return self.base + i + 1
+        return self.base
+
+    def new_epoch(self, epoch: str, last: int) -> None:
+        """History broke (a new device run): what the ring holds is of the old epoch."""
+        self.entries.clear()
+        self.base += 1  # indices held by catch-up tasks are gone
+        self.epoch, self.last, self.floor = epoch, last, last
+
+
+class Ring:
+    """Every topic log, and the bound over all of them: entries older than *seconds* or
+    beyond *max_bytes* in all go, oldest first (the oldest entry overall is always the
+    oldest of its topic, so one deque in publication order finds it)."""
+
+    def __init__(self, *, seconds: float, max_bytes: int,
+                 clock: Callable[[], float] = trio.current_time) -> None:
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.logs: dict[str, TopicLog] = {}
+        self.bytes = 0
+        self._order: deque[tuple[TopicLog, Entry]] = deque()
+
+    @property
+    def enabled(self) -> bool:
+        return self.seconds > 0 and self.max_bytes > 0
+
+    def open(self, topic: str, *, epoch: str | None = None, last: int = -1) -> TopicLog:
+        """The log of *topic*, made if need be: a sample topic's with its stream's
+        position (*epoch*, *last*), any other topic's with a new epoch."""
+        log = self.logs.get(topic)
+        if log is None:
+            if not is_sample_topic(topic):
+                epoch, last = f"{_PROCESS}-{next(_logs)}", -1
+            log = self.logs[topic] = TopicLog(topic, epoch, last, last)
+        return log
+
+    def append(self, log: TopicLog, offset: int | None, out: Outgoing) -> None:
+        if offset is not None:
+            log.last = offset
+        if not self.enabled:
+            log.floor = log.last
+            return
+        now = self.clock()
+        entry = Entry(offset, out, now, len(out.payload))
+        log.entries.append(entry)
+        self._order.append((log, entry))
+        self.bytes += entry.size
+        self.trim(now)
+
+    def trim(self, now: float) -> None:
+        order, horizon = self._order, now - self.seconds
+        while order and (self.bytes > self.max_bytes or order[0][1].t < horizon):
+            log, entry = order.popleft()
+            self.bytes -= entry.size
+            if log.entries and log.entries[0] is entry:
+                log.entries.popleft()
+                log.base += 1
+                if entry.offset is not None:
+                    log.floor = max(log.floor if log.floor is not None else -1, entry.offset)
+
+    def drop(self, topic: str) -> None:
+        """Forget *topic*'s log (its entries leave the byte count as they age out)."""
+        log = self.logs.pop(topic, None)
+        if log is not None:
+            log.entries.clear()
+
+
+def archive_token(root: Path) -> str:
+    """The live archive's name in epochs, kept in ``<root>/epoch-token`` (made once):
+    a raw topic's epoch survives a restart of the server over the same archive and
+    changes if the archive is a new one."""
+    path = root / "epoch-token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    root.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(token)
+    os.replace(tmp, path)
+    return token
+
+
+class ArchiveHistory:
+    """Raw topics from the live archive: frame *seq* of a run is offset *seq* of the raw
+    topic in the run's epoch ``<token>.<run>``. Reads in a worker thread."""
+
+    def __init__(self, root: Path, token: str) -> None:
+        self.root = root
+        self.token = token
+
+    def _run(self, topic: str, epoch: str) -> Path | None:
+        m = TOPIC.fullmatch(topic)
+        token, _, run = epoch.rpartition(".")
+        if m is None or m["kind"] != "raw" or token != self.token or not run.isdigit():
+            return None
+        return run_dir(self.root, m["stream"], int(run))
+
+    async def covers(self, topic: str, epoch: str, after: int) -> bool:
+        path = self._run(topic, epoch)
+        return path is not None and await trio.to_thread.run_sync(
+            (path / "frames.bin").exists)
+
+    async def read(self, topic: str, epoch: str, after: int, upto: int,
+                   limit: int) -> list[tuple[int, Outgoing]]:
+        path = self._run(topic, epoch)
+        if path is None:
+            return []
+        return await trio.to_thread.run_sync(_read_run, path, topic, epoch, after, upto,
+                                             limit)
+
+
+_RECORDS = np.dtype([("seq", "<u8"), ("t0", "<u8"), ("n", "<u4"), ("t", "<f8")])
+
+
+def _read_run(path: Path, topic: str, epoch: str, after: int, upto: int,
+              limit: int) -> list[tuple[int, Outgoing]]:
+    """Frames ``after < seq <= upto`` of the run at *path*: found by binary search in
+    ``frames.bin``; a frame's samples start at ``t0 x frame width`` in ``samples.bin``."""
+    hello = _hello(json.loads((path / "meta.json").read_text()))
+    width = len(hello.channels) * (2 if hello.dtype == "int16" else 4)
+    raw = (path / "frames.bin").read_bytes()
+    records = np.frombuffer(raw, _RECORDS, count=len(raw) // RECORD.size)
+    first = int(np.searchsorted(records["seq"], after, side="right"))
+    out: list[tuple[int, Outgoing]] = []
+    with open(path / "samples.bin", "rb") as samples:
+        for seq, t0, n, _t in records[first:first + limit].tolist():
+            if seq > upto:
+                break
+            samples.seek(t0 * width)
+            data = samples.read(n * width)
+            if len(data) < n * width:
+                break  # indexed, samples not written yet: the rest is not here yet
+            message = StreamSamples(topic, hello.stream, seq, t0, hello.fs, hello.channels,
+                                    hello.dtype, hello.gain, hello.baseline, data,
+                                    extra={"epoch": epoch, "offset": seq})
+            out.append((seq, Outgoing.of(message, Priority.HIGH)))
+    return out
