@@ -6,13 +6,17 @@ Layout, one directory per stream run (beside the recording store's ``recordings/
     <dir>/<stream>/run-<run>/samples.bin  interleaved little-endian frames, as a recording's
     <dir>/<stream>/run-<run>/frames.bin   one record per device frame: seq, t0, n, t (<QQId)
 
+    <dir>/<stream>/run-<run>/pyr<k>.bin   the view pyramid's complete buckets (store/live.py)
+
 ``t`` is the server's clock (Unix s) at the frame's first sample: the device's own
 timestamp mapped through its clock estimate (:mod:`clock`) when it sent one, else the
 arrival time less the frame's duration. ``samples.bin`` and ``meta.json`` follow the
-recording layout (store/recording.py), so a finished run can be read like a recording.
-Appends go samples first, index second; a record in ``frames.bin`` is only trusted
-when its samples are all there, so a server killed mid-write restarts from the last
-whole frame (:func:`scan`).
+recording layout (store/recording.py), so a run, finished or growing, is read like a
+recording (:class:`store.live.LiveReader`, GET /api/v1/streams/{id}/view and /data).
+Appends go samples first, pyramid second, index third; a record in ``frames.bin`` is
+only trusted when its samples are all there, so a server killed mid-write restarts from
+the last whole frame (:func:`scan`), and the pyramid is trimmed (or rebuilt) to match
+when the run is next opened.
 
 :func:`run_archive` is the writer actor. Ingest connections send it :class:`Append` and
 :class:`Close` over one bounded channel (``buffers.archive``, a clone per connection);
@@ -32,9 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
 
+import numpy as np
 import trio
 
 from protocol import Hello
+
+from .store.live import PyramidFiles
 
 __all__ = ["RECORD", "Append", "ArchiveItem", "Close", "Durable", "RunFiles", "Stored",
            "read_frames", "read_records", "repair", "run_archive", "run_dir", "scan"]
@@ -45,15 +52,20 @@ Fsync = Literal["always", "interval", "never"]
 
 
 class Durable:
-    """How far one stream run is safely on disk: frames up to :attr:`seq` (-1: none)."""
+    """How far one stream run is safely on disk: frames up to :attr:`seq` (-1: none),
+    which end at sample :attr:`samples` of the run's ``samples.bin`` (None: not known
+    here, as for a run restored from disk until its next frame is durable)."""
 
-    def __init__(self, seq: int = -1) -> None:
+    def __init__(self, seq: int = -1, samples: int | None = None) -> None:
         self.seq = seq
+        self.samples = 0 if seq == -1 and samples is None else samples
         self._changed = trio.Event()
 
-    def advance(self, seq: int) -> None:
+    def advance(self, seq: int, samples: int | None = None) -> None:
         if seq > self.seq:
             self.seq = seq
+            if samples is not None:
+                self.samples = samples
             self._changed.set()
             self._changed = trio.Event()
 
@@ -87,6 +99,7 @@ class Close:
 
 
 ArchiveItem = Append | Close
+Written = tuple[Append, int]  # a frame written, and its run's sample count after it
 
 
 def run_dir(root: Path, stream: str, run: int) -> Path:
@@ -101,6 +114,8 @@ class RunFiles:
     hello: Hello
     samples: int = field(init=False)
     frames: int = field(init=False)
+    pyramid: PyramidFiles = field(init=False)
+    count: int = field(init=False)  # samples (per channel) in samples.bin
 
     def __post_init__(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -109,17 +124,32 @@ class RunFiles:
             _write_meta(meta, self.hello)
         self.samples = os.open(self.path / "samples.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self.frames = os.open(self.path / "frames.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.count = os.fstat(self.samples).st_size // self.frame_bytes
+        self.pyramid = PyramidFiles(self.path, len(self.hello.channels), self.hello.dtype,
+                                    self.count)
 
-    def write(self, items: list[Append]) -> None:
-        os.write(self.samples, b"".join(i.data for i in items))
+    @property
+    def frame_bytes(self) -> int:
+        return len(self.hello.channels) * _ITEMSIZE[self.hello.dtype]
+
+    def write(self, items: list[Append]) -> list[int]:
+        """Append *items*; return the run's sample count after each of them."""
+        data = b"".join(i.data for i in items)
+        os.write(self.samples, data)
+        dtype = np.dtype(self.hello.dtype).newbyteorder("<")
+        self.pyramid.append(np.frombuffer(data, dtype).reshape(-1, len(self.hello.channels)))
         os.write(self.frames, b"".join(RECORD.pack(i.seq, i.t0, i.n, i.t) for i in items))
+        ends = (self.count + np.cumsum([i.n for i in items])).tolist()
+        self.count = ends[-1]
+        return ends  # type: ignore[no-any-return]
 
     def sync(self) -> None:
-        os.fsync(self.samples)
+        os.fsync(self.samples)  # not the pyramid: derived, it is trimmed or rebuilt on open
         os.fsync(self.frames)
 
     def close(self) -> None:
         os.close(self.samples)
+        self.pyramid.close()
         os.close(self.frames)
 
 
@@ -171,26 +201,30 @@ class _Writer:
         self.open: dict[tuple[str, int], RunFiles] = {}
         self.dirty: set[tuple[str, int]] = set()
 
-    def write(self, batch: list[ArchiveItem]) -> None:
+    def write(self, batch: list[ArchiveItem]) -> list[Written]:
+        """Write *batch*; return each Append written, with its run's sample count."""
         groups: dict[tuple[str, int], list[Append]] = {}
+        written: list[Written] = []
         for item in batch:
             key = (item.stream, item.run)
             if isinstance(item, Close):
-                self._flush_group(key, groups.pop(key, []))
+                written += self._flush_group(key, groups.pop(key, []))
                 self._close(key)
             else:
                 groups.setdefault(key, []).append(item)
         for key, items in groups.items():
-            self._flush_group(key, items)
+            written += self._flush_group(key, items)
+        return written
 
-    def _flush_group(self, key: tuple[str, int], items: list[Append]) -> None:
+    def _flush_group(self, key: tuple[str, int], items: list[Append]) -> list[Written]:
         if not items:
-            return
+            return []
         files = self.open.get(key)
         if files is None:
             files = self.open[key] = RunFiles(run_dir(self.root, *key), items[0].hello)
-        files.write(items)
+        ends = files.write(items)
         self.dirty.add(key)
+        return list(zip(items, ends, strict=True))
 
     def _close(self, key: tuple[str, int]) -> None:
         files = self.open.pop(key, None)
@@ -233,7 +267,7 @@ async def run_archive(
     last fsync, when every sender has closed *inbox*.
     """
     writer = _Writer(root)
-    unsynced: list[Append] = []
+    unsynced: list[Written] = []
     deadline = math.inf
     with inbox:
         task_status.started()
@@ -251,8 +285,7 @@ async def run_archive(
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                 if batch:
-                    await trio.to_thread.run_sync(writer.write, batch)
-                    unsynced += [i for i in batch if isinstance(i, Append)]
+                    unsynced += await trio.to_thread.run_sync(writer.write, batch)
                 idle = inbox.statistics().current_buffer_used == 0
                 if unsynced and (fsync != "interval" or idle):
                     deadline = trio.current_time()  # sync (or not) right now
@@ -269,9 +302,9 @@ async def run_archive(
             _mark(unsynced)
 
 
-def _mark(items: list[Append]) -> None:
-    for item in items:
-        item.durable.advance(item.seq)
+def _mark(items: list[Written]) -> None:
+    for item, samples in items:
+        item.durable.advance(item.seq, samples)
 
 
 # --- reading back -------------------------------------------------------------------------

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -22,10 +25,12 @@ from quart import Response, request
 from quart_schema import validate_request
 from quart_trio import QuartTrio
 
+from ..archive import run_dir
 from ..filtering import FilterSettingsError
-from ..jobs import JobSpec, QueueFullError
-from ..store import FormatError, RecordingNotFoundError, UploadParams, receive_upload
-from ..store.formats import declared_format
+from ..jobs import JobBoardUnavailableError, JobSpec, QueueFullError
+from ..store import Meta, Reader, RecordingNotFoundError, UploadParams, receive_upload
+from ..store.formats import FormatError, declared_format
+from ..store.live import LiveReader, disk_frames, live_meta
 from ..store.views import view
 from ..streams import StreamBusyError
 
@@ -146,6 +151,7 @@ def register(app: QuartTrio, server: Server) -> None:
     """Add the recording, replay and job routes to *app*; wrap it for uploads."""
     app.asgi_app = UploadApp(app.asgi_app, server)  # type: ignore[method-assign,assignment]
     _recordings(app, server)
+    _live(app, server)
     _jobs(app, server)
 
 
@@ -176,46 +182,18 @@ def _recordings(app: QuartTrio, server: Server) -> None:
         """min/max envelope (or LTTB points up close) of one channel over [start, end)."""
         try:
             reader = server.store.reader(rec_id)
-            channel = _channel(reader.meta.channels, request.args.get("channel", "0"))
-            start, end = _int("start", 0), _int("end", reader.frames)
-            points = _int("points", 2000)
         except RecordingNotFoundError:
             return _problem(404, f"no recording {rec_id!r}")
-        except ValueError as exc:
-            return _problem(400, "bad view parameters", [str(exc)])
-        if not 2 <= points <= 100_000 or end < start:
-            return _problem(400, "bad view parameters",
-                            ["points must be 2..100000 and end >= start"])
-        t0 = time.perf_counter()
-        out = view(reader, lambda a, b: server.loader.read(rec_id, a, b), channel=channel,
-                   start=start, end=end, points=points)
-        body = json.dumps(out)
-        took = (time.perf_counter() - t0) * 1000  # the view's own cost, JSON included
-        return Response(body, content_type="application/json",
-                        headers={"server-timing": f"view;dur={took:.3f}"})
+        return _view(reader, lambda a, b: server.loader.read(rec_id, a, b))
 
     @app.get("/api/v1/recordings/<rec_id>/data")
     async def recording_data(rec_id: str) -> Response | Problem:
         """Raw samples [start, end): NPY for Accept application/x-npy, else msgpack."""
         try:
             meta = server.store.meta(rec_id)
-            start, end = _int("start", 0), _int("end", meta.frames)
         except RecordingNotFoundError:
             return _problem(404, f"no recording {rec_id!r}")
-        except ValueError as exc:
-            return _problem(400, "bad data parameters", [str(exc)])
-        if end - start > server.settings.store.max_data_frames:
-            return _problem(413, f"ask for at most {server.settings.store.max_data_frames} "
-                            "frames at a time")
-        frames = await trio.to_thread.run_sync(server.loader.read, rec_id, start, end)
-        if "application/x-npy" in request.headers.get("accept", ""):
-            buf = io.BytesIO()
-            np.save(buf, frames)
-            return Response(buf.getvalue(), content_type="application/x-npy")
-        body = {"recording": rec_id, "start": max(0, start), "n": len(frames),
-                "channels": meta.channels, "dtype": meta.dtype, "fs": meta.fs,
-                "gain": meta.gain, "baseline": meta.baseline, "data": frames.tobytes()}
-        return Response(msgpack.packb(body), content_type="application/msgpack")
+        return await _data(server, meta, partial(server.loader.read, rec_id))
 
     @app.post("/api/v1/recordings/<rec_id>/replay")
     @validate_request(ReplayIn)
@@ -242,6 +220,124 @@ def _recordings(app: QuartTrio, server: Server) -> None:
             return _problem(404, f"no replay on stream {stream!r}")
 
 
+def _view(reader: Reader, read: Callable[[int, int], Any]) -> Response | Problem:
+    """GET …/view of *reader* (a recording or a live run), from the request's query."""
+    try:
+        channel = _channel(reader.meta.channels, request.args.get("channel", "0"))
+        start, end = _int("start", 0), _int("end", reader.frames)
+        points = _int("points", 2000)
+    except ValueError as exc:
+        return _problem(400, "bad view parameters", [str(exc)])
+    if not 2 <= points <= 100_000 or end < start:
+        return _problem(400, "bad view parameters",
+                        ["points must be 2..100000 and end >= start"])
+    t0 = time.perf_counter()
+    out = view(reader, read, channel=channel, start=start, end=end, points=points)
+    body = json.dumps(out)
+    took = (time.perf_counter() - t0) * 1000  # the view's own cost, JSON included
+    return Response(body, content_type="application/json",
+                    headers={"server-timing": f"view;dur={took:.3f}"})
+
+
+async def _data(server: Server, meta: Meta, read: Callable[[int, int], Any]
+                ) -> Response | Problem:
+    """GET …/data: frames [start, end) through *read*, as NPY or msgpack."""
+    try:
+        start, end = _int("start", 0), _int("end", meta.frames)
+    except ValueError as exc:
+        return _problem(400, "bad data parameters", [str(exc)])
+    if end - start > server.settings.store.max_data_frames:
+        return _problem(413, f"ask for at most {server.settings.store.max_data_frames} "
+                        "frames at a time")
+    frames = await trio.to_thread.run_sync(read, start, end)
+    if "application/x-npy" in request.headers.get("accept", ""):
+        buf = io.BytesIO()
+        np.save(buf, frames)
+        return Response(buf.getvalue(), content_type="application/x-npy")
+    body = {"recording": meta.id, "start": max(0, start), "n": len(frames),
+            "channels": meta.channels, "dtype": meta.dtype, "fs": meta.fs,
+            "gain": meta.gain, "baseline": meta.baseline, "data": frames.tobytes()}
+    return Response(msgpack.packb(body), content_type="application/msgpack")
+
+
+def _live(app: QuartTrio, server: Server) -> None:
+    """A live stream's archive run, read as a recording that grows (store/live.py)."""
+
+    def reader(stream_id: str) -> LiveReader | Problem:
+        try:
+            run = _int("run", -1)
+        except ValueError as exc:
+            return _problem(400, "bad run", [str(exc)])
+        try:
+            return open_run(server, stream_id, None if run < 0 else run)
+        except LookupError as exc:
+            return _problem(404, str(exc.args[0]))
+
+    @app.get("/api/v1/streams/<stream_id>/archive")
+    async def stream_archive(stream_id: str) -> dict[str, Any] | Problem:
+        """The stream's archive run (default: its latest; ?run=) as a recording's
+        metadata, ``live: true``, with the runs on disk and whether a device sends."""
+        got = reader(stream_id)
+        if not isinstance(got, LiveReader):
+            return got
+        info = server.registry.get(stream_id)
+        runs = sorted(int(p.name.removeprefix("run-"))
+                      for p in (server.archive_root / stream_id).glob("run-*"))
+        connected = info is not None and info.connected and info.run == _run_of(got)
+        return {**json.loads(got.meta.model_dump_json()), "stream": stream_id,
+                "run": _run_of(got), "runs": runs, "connected": connected}
+
+    @app.get("/api/v1/streams/<stream_id>/view")
+    async def stream_view(stream_id: str) -> Response | Problem:
+        """As GET /api/v1/recordings/{id}/view, over the frames acked so far."""
+        got = reader(stream_id)
+        return _view(got, got.read) if isinstance(got, LiveReader) else got
+
+    @app.get("/api/v1/streams/<stream_id>/data")
+    async def stream_data(stream_id: str) -> Response | Problem:
+        """As GET /api/v1/recordings/{id}/data: exactly the samples acked so far."""
+        got = reader(stream_id)
+        if not isinstance(got, LiveReader):
+            return got
+        return await _data(server, got.meta, got.read)
+
+
+_STREAM = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+
+
+def _run_of(reader: LiveReader) -> int:
+    return int(reader.path.name.removeprefix("run-"))
+
+
+def open_run(server: Server, stream_id: str, run: int | None) -> LiveReader:
+    """A reader of *stream_id*'s archive run *run* (None: the latest), up to the frames
+    acked to its device (all of them once it is closed).
+
+    Raises:
+        LookupError: no such stream, run or archive.
+    """
+    if not server.settings.archive.enabled:
+        raise LookupError("the live archive is disabled (archive.enabled = false)")
+    folder = server.archive_root / stream_id
+    if not _STREAM.match(stream_id) or not folder.is_dir():
+        raise LookupError(f"no archived stream {stream_id!r}")
+    info = server.registry.get(stream_id)
+    if run is None:
+        runs = sorted(folder.glob("run-*"))
+        run = info.run if info is not None else int(runs[-1].name.removeprefix("run-")) \
+            if runs else 0
+    path = run_dir(server.archive_root, stream_id, run)
+    if not (path / "meta.json").exists():
+        raise LookupError(f"stream {stream_id!r} has no archived run {run}")
+    acked = None
+    if info is not None and info.durable is not None and info.durable[0] == run:
+        acked = info.durable[1].samples
+    if acked is None:  # closed, or restored and nothing new durable yet: all on disk
+        hello = json.loads((path / "meta.json").read_text())
+        acked = disk_frames(path, len(hello["channels"]), hello["dtype"])
+    return LiveReader(path, live_meta(path, frames=acked, id=stream_id))
+
+
 def _channel(names: list[str], value: str) -> int:
     if value in names:
         return names.index(value)
@@ -258,29 +354,39 @@ def _jobs(app: QuartTrio, server: Server) -> None:
     @app.post("/api/v1/jobs")
     @validate_request(JobSpec)
     async def submit(data: JobSpec) -> tuple[dict[str, Any], int] | Problem:
-        """Queue a processing job: filter + screening in chunks into a result recording."""
+        """Queue a processing job: filter + screening in chunks into a result recording.
+        With the bus, any node with a free slot runs it."""
         try:
-            job = server.jobs.submit(data)
+            job = await server.jobs.create(data)
         except RecordingNotFoundError:
             return _problem(404, f"no recording {data.recording!r}")
         except FilterSettingsError as exc:
             return _problem(422, "invalid filter settings", exc.problems)
-        except QueueFullError as exc:
+        except (QueueFullError, JobBoardUnavailableError) as exc:
             return _problem(503, str(exc))
         return public(job), 201
 
     @app.get("/api/v1/jobs")
-    async def jobs() -> dict[str, Any]:
-        return {"jobs": [public(j) for j in server.jobs.jobs.values()]}
+    async def jobs() -> dict[str, Any] | Problem:
+        try:
+            return {"jobs": [public(j) for j in await server.jobs.all_jobs()]}
+        except JobBoardUnavailableError as exc:
+            return _problem(503, str(exc))
 
     @app.get("/api/v1/jobs/<job_id>")
     async def job(job_id: str) -> dict[str, Any] | Problem:
-        found = server.jobs.jobs.get(job_id)
+        try:
+            found = await server.jobs.get(job_id)
+        except JobBoardUnavailableError as exc:
+            return _problem(503, str(exc))
         return public(found) if found else _problem(404, f"no job {job_id!r}")
 
     @app.post("/api/v1/jobs/<job_id>/cancel")
     async def cancel(job_id: str) -> dict[str, Any] | Problem:
-        """Stop a job: a queued one now, a running one after its current chunk."""
-        if job_id not in server.jobs.jobs:
-            return _problem(404, f"no job {job_id!r}")
-        return public(server.jobs.cancel(job_id))
+        """Stop a job: a queued one now, a running one after its current chunk (on
+        whichever node runs it)."""
+        try:
+            found = await server.jobs.stop(job_id)
+        except JobBoardUnavailableError as exc:
+            return _problem(503, str(exc))
+        return public(found) if found else _problem(404, f"no job {job_id!r}")

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["BASE", "FACTOR", "LEVELS", "PyramidBuilder", "bucket", "envelope", "lttb",
-           "pick_level"]
+           "minmax", "pick_level", "reduce"]
 
 BASE = 64  # frames per level-0 bucket
 FACTOR = 8  # buckets of level k per bucket of level k+1
@@ -32,17 +32,19 @@ def bucket(level: int) -> int:
     return int(BASE * FACTOR**level)
 
 
-def _reduce(entries: Array, group: int) -> Array:
-    """Min/max over each run of *group* entries (n, ch, 2); n a multiple of *group*."""
-    g = entries.reshape(-1, group, *entries.shape[1:])
+def reduce(entries: Array, group: int | None) -> Array:
+    """Min/max over each run of *group* entries (n, ch, 2); n a multiple of *group*
+    (None: all of them, one entry)."""
+    g = entries.reshape(-1, group or len(entries), *entries.shape[1:])
     return np.stack([g[..., 0].min(axis=1), g[..., 1].max(axis=1)], axis=-1)
 
 
-def _minmax(frames: Array, group: int) -> Array:
-    """Min/max over each run of *group* frames (n, ch); n a multiple of *group*."""
+def minmax(frames: Array, group: int | None) -> Array:
+    """Min/max over each run of *group* frames (n, ch); n a multiple of *group* (None:
+    all of them, one entry)."""
     # Channel-major copy first: reducing along the contiguous last axis is ~10x faster
     # than along the middle axis of interleaved frames.
-    g = np.ascontiguousarray(frames.T).reshape(frames.shape[1], -1, group)
+    g = np.ascontiguousarray(frames.T).reshape(frames.shape[1], -1, group or len(frames))
     return np.stack([g.min(axis=2).T, g.max(axis=2).T], axis=-1)
 
 
@@ -65,14 +67,17 @@ class PyramidBuilder:
         out: list[Array] = []
         data = np.concatenate([self.pending[0], frames]) if len(self.pending[0]) else frames
         whole = len(data) // BASE * BASE
-        new = _minmax(data[:whole], BASE) if whole else np.empty((0, self.channels, 2),
+        new = minmax(data[:whole], BASE) if whole else np.empty((0, self.channels, 2),
                                                                    self.dtype)
         self.pending[0] = data[whole:].copy()
         out.append(new)
         for k in range(1, LEVELS):
+            if not len(new):  # nothing new below: this level and those above wait too
+                out += [new] * (LEVELS - k)
+                break
             data = np.concatenate([self.pending[k], new]) if len(self.pending[k]) else new
             whole = len(data) // FACTOR * FACTOR
-            new = _reduce(data[:whole], FACTOR) if whole else data[:0]
+            new = reduce(data[:whole], FACTOR) if whole else data[:0]
             self.pending[k] = data[whole:].copy()
             out.append(new)
         return out
@@ -81,12 +86,12 @@ class PyramidBuilder:
         """The last, partial bucket of each level (empty where a level has none)."""
         out: list[Array] = []
         tail = self.pending[0]
-        new = _minmax(tail, len(tail)) if len(tail) else np.empty((0, self.channels, 2),
+        new = minmax(tail, None) if len(tail) else np.empty((0, self.channels, 2),
                                                                     self.dtype)
         out.append(new)
         for k in range(1, LEVELS):
             data = np.concatenate([self.pending[k], new])
-            new = _reduce(data, len(data)) if len(data) else data
+            new = reduce(data, None) if len(data) else data
             out.append(new)
         return out
 

@@ -49,11 +49,14 @@ class Meta(BaseModel):
     duration_s: float
     source_format: str = Field(description="npy, csv, edf, wfdb, or job")
     source_name: str | None = None
-    checksum: str = Field(description="crc32 of samples.bin, as crc32:<8 hex digits>")
+    checksum: str | None = Field(description="crc32 of samples.bin, as crc32:<8 hex "
+                                 "digits>; null for a live archive, which still grows")
     source_sha256: str | None = Field(None, description="of the uploaded bytes")
     created: float
     bytes: int
     job: str | None = Field(None, description="the job whose result this is")
+    live: bool = Field(False, description="a live stream's archive run (source_format "
+                       "live): it grows while its device sends")
 
 
 class WriterState(BaseModel):
