@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -38,10 +39,13 @@ HELLO = P.Hello("bed1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0,
 
 
 @asynccontextmanager
-async def node(redis: Redis, name: str, nursery: trio.Nursery) -> AsyncIterator[Server]:
+async def node(redis: Redis, name: str, nursery: trio.Nursery, **sections: Any
+               ) -> AsyncIterator[Server]:
+    """A whole server on the bus, with *sections* of settings besides its own."""
     srv = Server(load_settings(server={"port": 0}, archive={"enabled": False},
                                bus={"url": redis.url, "node": name, "lease_s": 1.0,
-                                    "retry_s": 0.1, "interest_s": 0.1}))
+                                    "retry_s": 0.1, "interest_s": 0.1, "job_poll_s": 0.05},
+                               **sections))
     await nursery.start(srv.run)
     try:
         yield srv

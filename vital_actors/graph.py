@@ -30,11 +30,12 @@ from .api.app import create_app
 from .archive import ArchiveItem, run_archive, scan
 from .auth import Gate, check_startup
 from .broadcast import Hub, run_broadcast, run_hub_rates
-from .bus import BusHub, RedisBus
+from .bus import BusHub, RedisBus, RedisJobBoard
 from .edge.door import Route, serve_door
 from .edge.handshake import Compression
 from .edge.websocket import WebSocket
 from .filtering import FilterBank, run_filter
+from .history import ArchiveHistory, archive_token
 from .ingest import run_ingest
 from .jobs import JobRunner
 from .lag import LoopLag, run_lag_probe
@@ -69,7 +70,8 @@ class Server:
         self.registry = StreamRegistry(settings.filter)
         hub_class = Hub if settings.bus.url is None else BusHub
         self.hub = hub_class(buffer=settings.buffers.subscriber, settings=settings.lanes,
-                             stats=self.stats)
+                             stats=self.stats, recovery=settings.recovery,
+                             registry=self.registry)
         # Beyond one process (issue 9): live topics and stream leases over Redis.
         self.bus = None if settings.bus.url is None else RedisBus(settings.bus)
         if isinstance(self.hub, BusHub):
@@ -168,6 +170,9 @@ class Server:
         self.archive_root = s.archive.dir or (s.store.dir / "live" if s.store.dir else fallback)
         if not s.archive.enabled:
             return None
+        if s.recovery.archive:  # raw topics' epochs survive a restart over this archive
+            self.hub.epoch_token = archive_token(self.archive_root)
+            self.hub.history = ArchiveHistory(self.archive_root, self.hub.epoch_token)
         for stored in scan(self.archive_root):
             self.registry.restore(stored.hello, run=stored.run, next_seq=stored.next_seq,
                                   t0=stored.t0)
@@ -179,7 +184,9 @@ class Server:
         self.store = RecordingStore(s.store.dir or fallback)
         self.loader = ChunkLoader(self.store, cache_bytes=s.store.cache_bytes,
                                   chunk_bytes=s.store.chunk_bytes)
-        self.jobs = JobRunner(self.store, s.jobs, s.screen)
+        # With the bus (issue 9) the job queue is shared: any node runs any job.
+        board = None if self.bus is None else RedisJobBoard(s.bus, node=self.bus.node)
+        self.jobs = JobRunner(self.store, s.jobs, s.screen, board=board)
         self.replays = Replays(self.loader, self.registry, self.stats)
 
     async def _recordings(self, scope: trio.CancelScope, inlet: trio.MemorySendChannel[Item],

@@ -6,6 +6,14 @@ from its last checkpoint. A running job does one chunk at a time in a worker thr
 (numpy releases the GIL; the event loop keeps serving), checks for cancellation
 between chunks, and publishes ``progress`` events on topic ``job/<id>``.
 
+With a :class:`JobBoard` (the Redis bus, ``vital_actors/bus/jobs.py``) the queue is
+shared: a job queued on any node is run by whichever node has a free slot, under a
+lease; a node that dies loses its jobs to another, which resumes them from their
+checkpoints in the shared store. The async methods (:meth:`JobRunner.create`,
+:meth:`~JobRunner.get`, :meth:`~JobRunner.all_jobs`, :meth:`~JobRunner.stop`) serve the
+API in both modes; :meth:`~JobRunner.submit` and :meth:`~JobRunner.cancel` are the
+in-process ones.
+
 Progress goes to the broadcaster's inbox with ``send_nowait``: a full pipeline skips a
 progress update (the next one supersedes it) rather than stall the job.
 """
@@ -19,10 +27,11 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import trio
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,7 +45,8 @@ from .settings import FilterSettings, JobSettings, ScreenSettings
 from .store import RecordingStore
 from .store.store import new_id
 
-__all__ = ["Job", "JobRunner", "JobSpec", "QueueFullError", "rank"]
+__all__ = ["Job", "JobBoard", "JobBoardUnavailableError", "JobRunner", "JobSpec",
+           "QueueFullError", "rank"]
 
 PriorityName = Literal["low", "normal", "high", "urgent"]
 _RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
@@ -45,6 +55,14 @@ _seq = itertools.count()
 
 class QueueFullError(Exception):
     pass
+
+
+class JobBoardUnavailableError(Exception):
+    """The shared queue cannot be reached (Redis is away): try again shortly."""
+
+
+class _LostError(Exception):
+    """Another node holds this job's lease now: stop touching its files."""
 
 
 class JobSpec(BaseModel):
@@ -77,6 +95,8 @@ class Job(BaseModel):
     result: str | None = Field(None, description="id of the result recording")
     events: int = 0
     error: str | None = None
+    node: str | None = Field(None, description="the node running (or that ran) it, with "
+                             "the Redis bus; null in one process")
 
     @property
     def active(self) -> bool:
@@ -94,43 +114,119 @@ class _Entry:
     job: Job = field(compare=False)
 
 
+class JobBoard(Protocol):
+    """A job queue shared by several nodes (implemented over Redis in
+    ``vital_actors/bus/jobs.py``). The API calls (put, queued, get, all, cancel) raise
+    :class:`JobBoardUnavailableError` when it cannot be reached; the runner's calls
+    (take, check, save, release) ride that out."""
+
+    node: str
+
+    def open(self, seed: Iterable[Job]) -> AbstractAsyncContextManager[Any]: ...
+    async def put(self, job: Job) -> None: ...
+    async def queued(self) -> int: ...
+    async def get(self, job_id: str) -> Job | None: ...
+    async def all(self) -> list[Job]: ...
+    async def cancel(self, job_id: str) -> Literal["queued", "running", ""]: ...
+    async def take(self) -> Job: ...
+    async def check(self, job_id: str) -> tuple[bool, bool]: ...
+    async def save(self, job: Job) -> None: ...
+    async def release(self, job: Job, *, requeue: bool = False) -> None: ...
+
+
 class JobRunner:
-    """Owns the job queue; :meth:`run` serves it with ``max_concurrent`` workers."""
+    """Owns the job queue; :meth:`run` serves it with ``max_concurrent`` workers.
+
+    With *board* the queue is the board's, shared with other nodes; ``jobs`` then holds
+    the jobs this node created or ran.
+    """
 
     def __init__(self, store: RecordingStore, settings: JobSettings,
-                 screen: ScreenSettings) -> None:
+                 screen: ScreenSettings, *, board: JobBoard | None = None) -> None:
         self.store, self.settings, self.screen = store, settings, screen
+        self.board = board
         self.jobs: dict[str, Job] = {}
         self._queue: list[_Entry] = []
         self._wakeup = trio.Event()
         self._cancel: set[str] = set()
         self._changed = trio.Event()  # set (and replaced) whenever a job changes
         self.outbox: trio.MemorySendChannel[Item] | None = None
-        for path in sorted(store.jobs.glob("*/job.json")):
-            job = Job.model_validate_json(path.read_text())
+        if board is not None:
+            return  # the board adopts the store's unfinished jobs (see _unfinished)
+        for job in self._on_disk():
             if job.active:  # the last server stopped (or died) before it finished
                 job.state = "queued"
                 self._push(job)
             self.jobs[job.id] = job
 
+    def _on_disk(self) -> Iterator[Job]:
+        for path in sorted(self.store.jobs.glob("*/job.json")):
+            with contextlib.suppress(OSError, ValueError):  # another node is replacing it
+                yield Job.model_validate_json(path.read_text())
+
+    def _unfinished(self) -> Iterator[Job]:
+        return (job for job in self._on_disk() if job.active)
+
     def submit(self, spec: JobSpec) -> Job:
-        """Queue a job.
+        """Queue a job (in this process; see :meth:`create` for either mode).
 
         Raises:
             RecordingNotFoundError, FilterSettingsError (not at the recording's rate),
             QueueFullError.
         """
+        job = self._new(spec, sum(j.state == "queued" for j in self.jobs.values()))
+        self._push(job)
+        return job
+
+    def _new(self, spec: JobSpec, queued: int) -> Job:
         meta = self.store.meta(spec.recording)
         problems = spec.filter.problems_at(meta.fs)
         if problems:
             raise FilterSettingsError(problems)
-        if sum(j.state == "queued" for j in self.jobs.values()) >= self.settings.max_queued:
+        if queued >= self.settings.max_queued:
             raise QueueFullError(f"{self.settings.max_queued} jobs are waiting")
         job = Job(id=new_id("job"), spec=spec, frames_total=meta.frames)
         (self.store.jobs / job.id).mkdir()
         self.jobs[job.id] = job
         self._save(job)
-        self._push(job)
+        return job
+
+    # --- the API's calls, in either mode -----------------------------------------------------
+
+    async def create(self, spec: JobSpec) -> Job:
+        """Queue a job where any node may run it (this process without a board).
+
+        Raises:
+            what :meth:`submit` raises, and JobBoardUnavailableError.
+        """
+        if self.board is None:
+            return self.submit(spec)
+        job = self._new(spec, await self.board.queued())
+        await self.board.put(job)
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        if self.board is None:
+            return self.jobs.get(job_id)
+        return await self.board.get(job_id)
+
+    async def all_jobs(self) -> list[Job]:
+        if self.board is None:
+            return list(self.jobs.values())
+        return await self.board.all()
+
+    async def stop(self, job_id: str) -> Job | None:
+        """Cancel a job wherever it runs: a queued one at once, a running one after its
+        chunk. None: no such job."""
+        if self.board is None:
+            return self.cancel(job_id) if job_id in self.jobs else None
+        found = await self.board.cancel(job_id)
+        job = await self.board.get(job_id)
+        if found == "queued" and job is not None:
+            self._finish(job, "cancelled")
+            await self.board.save(job)
+        elif found == "running" and job_id in self.jobs:
+            self._cancel.add(job_id)  # running here: no need to wait for the board
         return job
 
     def cancel(self, job_id: str) -> Job:
@@ -147,9 +243,9 @@ class JobRunner:
         self._wakeup.set()
 
     async def wait(self, job_id: str, until: Callable[[Job], bool]) -> Job:
-        """Return job *job_id* once ``until(job)`` holds (checked after each change)."""
-        job = self.jobs[job_id]
-        while not until(job):
+        """Return job *job_id* once ``until(job)`` holds (checked after each change;
+        with a board, also waiting for this node to run it)."""
+        while (job := self.jobs.get(job_id)) is None or not until(job):
             await self._changed.wait()
         return job
 
@@ -171,14 +267,19 @@ class JobRunner:
         """
         self.outbox = outbox
         sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
+        board = (self.board.open(_Rereadable(self._unfinished)) if self.board is not None
+                 else contextlib.nullcontext())
         with outbox if outbox is not None else contextlib.nullcontext():
-            async with trio.open_nursery() as nursery:
+            async with board, trio.open_nursery() as nursery:
                 for _ in range(self.settings.max_concurrent):
                     nursery.start_soon(self._worker)
                 task_status.started()
 
     async def _worker(self) -> None:
         while True:
+            if self.board is not None:
+                await self._run_job(await self.board.take())
+                continue
             while not self._queue:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
@@ -187,6 +288,9 @@ class JobRunner:
                 await self._run_job(job)
 
     async def _run_job(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        if self.board is not None:
+            job.node = self.board.node
         jobdir = self.store.jobs / job.id
         try:
             reader = self.store.reader(job.spec.recording)
@@ -195,36 +299,80 @@ class JobRunner:
                 screen_settings=self.screen if job.spec.screen else None,
                 chunk_frames=self.settings.chunk_frames))
         except Exception as exc:  # the recording was deleted, or the settings do not fit
-            self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
+            await self._finished(job, "failed", f"{type(exc).__name__}: {exc}")
             return
         job.state, job.started = "running", time.time()
         job.resumed_from = work.next_frame or None
         self._save(job)
+        await self._share(job)
         try:
             await self._chunks(job, work)
+        except _LostError:
+            work.close()  # another node runs it now: its files are that node's
+            return
         except Exception as exc:  # e.g. its recording was deleted under it
             while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
                 exc = exc.exceptions[0]  # the one error of a chunk's two threads
             work.close()
-            self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
+            await self._finished(job, "failed", f"{type(exc).__name__}: {exc}")
             return
         except BaseException:
             work.close()  # cancelled (shutdown): the checkpoint stays for the next start
+            await self._hand_back(job)
             raise
         if job.id in self._cancel:
             work.close()
-            self._finish(job, "cancelled")
+            await self._finished(job, "cancelled")
             return
         meta = await trio.to_thread.run_sync(work.commit, self.store, new_id())
         job.result, job.events = meta.id, work.events
-        self._finish(job, "done")
+        await self._finished(job, "done")
+
+    async def _share(self, job: Job) -> None:
+        if self.board is not None:
+            await self.board.save(job)
+
+    async def _finished(self, job: Job, state: Any, error: str | None = None) -> None:
+        self._finish(job, state, error)
+        if self.board is not None:
+            await self.board.save(job)
+            await self.board.release(job)
+
+    async def _hand_back(self, job: Job) -> None:
+        """This node stops (shutdown) in the middle of *job*: with a board, queue it
+        again at once for another node, which resumes it from its checkpoint."""
+        if self.board is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            job.state, job.rate, job.eta_s = "queued", None, None
+            self._save(job)
+            await self.board.save(job)
+            await self.board.release(job, requeue=True)
+
+    async def _check(self, job: Job) -> None:
+        """With a board: renew the lease; note a cancel asked on any node.
+
+        Raises:
+            _LostError: another node holds the job now (this one stalled past its lease).
+        """
+        if self.board is None:
+            return
+        ours, cancel = await self.board.check(job.id)
+        if not ours:
+            raise _LostError(job.id)
+        if cancel:
+            self._cancel.add(job.id)
 
     async def _chunks(self, job: Job, work: Processing) -> None:
         """Compute chunk k+1 while chunk k is written (two worker threads), until done
-        or cancelled; progress and the checkpoint follow the written chunks."""
+        or cancelled; progress and the checkpoint follow the written chunks. With a
+        board, each round first checks the lease and a cancel from another node."""
         t_start, f_start = time.monotonic(), work.next_frame
         ready: list[Computed] = []
-        while (ready or not work.computed_all) and job.id not in self._cancel:
+        while ready or not work.computed_all:
+            await self._check(job)
+            if job.id in self._cancel:
+                break
             written, ready = ready, []
             async with trio.open_nursery() as nursery:
                 if not work.computed_all:
@@ -239,6 +387,7 @@ class JobRunner:
                 left = work.total - work.next_frame
                 job.eta_s = left / job.rate if job.rate else None
                 self._save(job)
+                await self._share(job)
                 self._publish(job)
 
     def _finish(self, job: Job, state: Any, error: str | None = None) -> None:
@@ -262,6 +411,16 @@ class JobRunner:
                                  trio.BrokenResourceError):
             self.outbox.send_nowait(Publication(Event("progress", f"job/{job.id}",
                                                       Priority.BULK, body)))
+
+
+@dataclass(slots=True)
+class _Rereadable:
+    """An iterable that calls *make* afresh on each iteration (the store's jobs now)."""
+
+    make: Callable[[], Iterator[Job]]
+
+    def __iter__(self) -> Iterator[Job]:
+        return self.make()
 
 
 async def _compute(work: Processing, into: list[Computed]) -> None:

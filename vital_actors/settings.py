@@ -289,6 +289,8 @@ class Settings(BaseSettings):
     )
 
     server: ServerSettings = ServerSettings()
+    job_poll_s: float = Field(0.25, gt=0, description="how often a node with a free job "
+                              "slot looks for a job queued on another node")
     limits: LimitSettings = LimitSettings()
     buffers: BufferSettings = BufferSettings()
     filter: FilterSettings = FilterSettings()

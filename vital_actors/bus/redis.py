@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 from ..settings import BusSettings
 from ..streams import StreamInfo, StreamRegistry
 
-__all__ = ["BusCounters", "RedisBus", "default_node_id"]
+__all__ = ["AWAY", "BusCounters", "RedisBus", "client_for", "default_node_id"]
 
 #: Renew a lease only if this node still holds it (compare and extend, atomically).
 _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -49,7 +49,7 @@ _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
 _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
             "return redis.call('del', KEYS[1]) else return 0 end")
 #: Errors that mean "Redis is not there right now": retry, never crash the node.
-_AWAY = (coredis.exceptions.ConnectionError, TimeoutError, OSError,
+AWAY = (coredis.exceptions.ConnectionError, TimeoutError, OSError,
          trio.BrokenResourceError)
 
 
@@ -67,7 +67,7 @@ class BusCounters:
     leases: set[str] = field(default_factory=set)  # streams this node owns now
 
 
-def _client(url: str) -> coredis.Redis[bytes]:
+def client_for(url: str) -> coredis.Redis[bytes]:
     parts = urlsplit(url)
     if parts.scheme != "redis":
         raise ValueError(f"bus URL must be redis://host:port, got {url!r}")
@@ -87,7 +87,7 @@ class RedisBus:
         self.counters = BusCounters()
         self._outbox_tx, self._outbox_rx = trio.open_memory_channel[tuple[str, bytes]](
             settings.outbox)
-        self._client = _client(self.url)
+        self._client = client_for(self.url)
         self._hub: BusHub | None = None
         self._elsewhere: frozenset[str] = frozenset()  # topics other nodes' subscribers follow
         self._learned = trio.Event()  # set (and replaced) after each refresh of _elsewhere
@@ -138,7 +138,7 @@ class RedisBus:
                     for channel, payload in batch:
                         pipe.publish(channel, payload)
                 self.counters.published += len(batch)
-            except _AWAY:
+            except AWAY:
                 self.counters.dropped += len(batch)
                 await trio.sleep(self.settings.retry_s)
 
@@ -170,7 +170,7 @@ class RedisBus:
 
     @contextlib.asynccontextmanager
     async def _subscription(self, pattern: str) -> AsyncIterator[AsyncIterator[Any]]:
-        client = _client(self.url)  # its own connection: pub/sub holds it
+        client = client_for(self.url)  # its own connection: pub/sub holds it
         async with client, client.pubsub(patterns=[pattern],
                                          ignore_subscribe_messages=True) as pubsub:
             yield pubsub
@@ -197,7 +197,7 @@ class RedisBus:
         nodes = f"{self.prefix}nodes"
         ttl = max(1, round(3 * self.settings.interest_s))
         while True:
-            with contextlib.suppress(*_AWAY):
+            with contextlib.suppress(*AWAY):
                 topics = hub.local_topics()
                 async with self._client.pipeline(transaction=True) as pipe:
                     pipe.delete([mine])
@@ -236,7 +236,7 @@ class RedisBus:
                     _RENEW, keys=[key], args=[self.node, px]):
                 return False
             saved = await self._client.hgetall(self._key("stream", stream))
-        except _AWAY:
+        except AWAY:
             saved = {}
         self.counters.leases.add(stream)
         info = registry.get(stream)
@@ -249,7 +249,7 @@ class RedisBus:
     async def release(self, info: StreamInfo) -> None:
         """Save *info*'s position for whichever node serves its device next, and give
         up the lease."""
-        with contextlib.suppress(*_AWAY):
+        with contextlib.suppress(*AWAY):
             await self._save(info)
             await self._client.eval(_RELEASE, keys=[self._key("lease", info.id)],
                                     args=[self.node])
@@ -272,7 +272,7 @@ class RedisBus:
             await trio.sleep(self.settings.lease_s / 3)
             for stream in list(self.counters.leases):
                 info = registry.get(stream)
-                with contextlib.suppress(*_AWAY):
+                with contextlib.suppress(*AWAY):
                     await self._client.eval(_RENEW, keys=[self._key("lease", stream)],
                                             args=[self.node, px])
                     if info is not None:
