@@ -14,9 +14,10 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from protocol import Event, Hello, Priority, ServerMessage, StreamSamples, decode_server
+from protocol import Event, Hello, Priority, ServerMessage, StreamSamples, decode_server, position
 from vital_actors.broadcast import Hub, run_broadcast, run_hub_rates
 from vital_actors.edge.codecs import PLAIN, Outgoing
+from vital_actors.history import stamp
 from vital_actors.lanes import Lanes
 from vital_actors.messages import Block, Filtered, Item, Publication
 from vital_actors.settings import FilterSettings, LaneSettings
@@ -87,7 +88,11 @@ async def test_one_message_object_goes_to_every_subscriber_encoded_once(
         assert outs[0] is outs[1] is outs[2]
         assert outs[0].priority is Priority.CRITICAL
         assert outs[0].frame_for(PLAIN) is outs[1].frame_for(PLAIN)  # framed once
-        assert unframe(outs[0].frame_for(PLAIN)) == message.message
+        got = unframe(outs[0].frame_for(PLAIN))
+        assert isinstance(got, Event)
+        assert {k: v for k, v in got.body.items() if k not in ("epoch", "offset")} == \
+            message.message.body  # the message, with its position on the topic (issue 6)
+        assert position(got) == (hub.ring.logs["alerts"].epoch, 0)
         assert hub.stats.totals.encoded == 1
         assert [sub.lanes.counts.queued for sub in subs] == [[1, 0, 0, 0, 0]] * 3
         assert drain(other.lanes) == ([], False)  # not its topic
@@ -127,7 +132,8 @@ async def test_topics_without_subscribers_are_not_encoded(autojump_clock: MockCl
         filtered_message = unframe(outs[1].frame_for(PLAIN))
         assert isinstance(filtered_message, StreamSamples)
         assert filtered_message.topic == "stream/s1/filtered"
-        assert filtered_message.extra == {"filter_version": 3}
+        assert filtered_message.extra == {"filter_version": 3, "epoch": hub.stream_epoch(0),
+                                          "offset": 7}  # positioned by its frame's seq
         np.testing.assert_array_equal(
             np.frombuffer(filtered_message.data, "<f4").reshape(10, 2),
             filtered.astype(np.float32))
@@ -181,7 +187,7 @@ async def test_a_subscriber_that_closed_its_end_does_not_break_the_broadcast(
         await inbox.send(message)
         await trio.testing.wait_all_tasks_blocked()
         (out,), _ = drain(live.lanes)
-        assert out.message == message.message
+        assert out.message == stamp(message.message, hub.ring.logs["alerts"].epoch or "", 0)
         assert gone.evicted is None and hub.stats.totals.evicted_subscribers == 0
 
 

@@ -6,6 +6,11 @@ decides per message whether it is queued or dropped, or whether the subscriber i
 hopelessly behind (a CRITICAL message found its lane full): then it is evicted (told
 why, closed with 1013 so it reconnects) rather than losing an alert silently or slowing
 anyone else down.
+
+Subscriber recovery (issue 6): the hub gives every message it encodes a position on its
+topic and keeps it in the ring (:mod:`vital_actors.history`) while anyone follows the
+topic and for ``recovery.seconds`` after the last one left; :meth:`Hub.recover` decides
+what a ``subscribe.since`` gets (:mod:`vital_actors.recovery` replays it).
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ from typing import cast
 import numpy as np
 import trio
 
-from protocol import Dtype, Event, StreamSamples
+from protocol import Dtype, Event, Position, StreamSamples, position
 
 from .edge.codecs import Outgoing
+from .history import PROCESS_TOKEN, History, Ring, TopicLog, is_sample_topic, stamp
 from .lanes import LaneCounts, Lanes, State, Verdict
 from .messages import Filtered, Item, Publication
-from .settings import LaneSettings
+from .settings import LaneSettings, RecoverySettings
 from .stats import Stats
+from .streams import StreamRegistry
 
-__all__ = ["Hub", "Subscriber", "run_broadcast", "run_hub_rates", "sample_messages"]
+__all__ = ["Hub", "Resume", "Subscriber", "run_broadcast", "run_hub_rates", "sample_messages"]
 
 _ids = itertools.count(1)
 
@@ -52,6 +59,19 @@ class Subscriber:
         return self.lanes.evicted
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What a ``subscribe.since`` gets for one topic: whether nothing is lost, and the
+    position after which messages follow; *replay* says whether a replay must run
+    (:func:`vital_actors.recovery.run_catch_up`), *history* whether from the archive."""
+
+    recovered: bool
+    epoch: str | None
+    offset: int
+    replay: bool = False
+    history: bool = False
+
+
 class Hub:
     """Who listens to which topic, and each subscriber's lanes. Single-threaded (trio).
 
@@ -59,10 +79,13 @@ class Hub:
         buffer: messages one subscriber's lanes hold together (``buffers.subscriber``).
         settings: quotas, watermarks and the drop draws' seed.
         rng: the drop draws (seeded from ``settings.seed`` by default).
+        recovery: positions and the ring (None: the defaults).
+        registry: where restored streams' positions come from (after a restart).
     """
 
     def __init__(self, *, buffer: int, settings: LaneSettings, stats: Stats,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, recovery: RecoverySettings | None = None,
+                 registry: StreamRegistry | None = None) -> None:
         self.capacities = settings.capacities(buffer)
         self.settings = settings
         self.stats = stats
@@ -70,6 +93,13 @@ class Hub:
         self._topics: dict[str, set[Subscriber]] = defaultdict(set)
         self.subscribers: set[Subscriber] = set()
         self.departed = LaneCounts.zero()  # the counters of subscribers that have left
+        self.recovery = recovery or RecoverySettings()
+        self.ring = Ring(seconds=self.recovery.seconds, max_bytes=self.recovery.max_bytes)
+        self.registry = registry
+        self.history: History | None = None  # older raw messages (set by the server)
+        self.epoch_token = PROCESS_TOKEN  # names stream runs in epochs (the archive's, if any)
+        self.published: dict[str, tuple[int, int]] = {}  # stream -> (run, last seq out)
+        self._catching: dict[str, set[Subscriber]] = defaultdict(set)  # replays running
 
     def add(self, remote: str = "", codec: str = "plain") -> Subscriber:
         """A new subscriber; its connection's sender drains ``sub.lanes``."""
@@ -89,32 +119,137 @@ class Hub:
             self.departed.add(sub.lanes.snapshot())
             self.stats.subscribers = len(self.subscribers)
 
-    def subscribe(self, sub: Subscriber, topics: Iterable[str]) -> None:
+    def subscribe(self, sub: Subscriber, topics: Iterable[str]) -> dict[str, Position]:
+        """Follow *topics* live from now; each one's position now (when it has one):
+        what follows it comes to *sub*."""
+        out: dict[str, Position] = {}
         if sub.evicted is not None:
-            return
+            return out
         for topic in topics:
             sub.topics.add(topic)
+            self._catching.get(topic, set()).discard(sub)
             self._topics[topic].add(sub)
+            log = self._log(topic)
+            if log is not None and log.epoch is not None:
+                out[topic] = (log.epoch, log.last)
+        return out
+
+    def recover(self, sub: Subscriber, topic: str, since: Position) -> Resume:
+        """Follow *topic* after position *since*: live at once when nothing was missed or
+        nothing can be replayed (``recovered`` false), else in catch-up (the caller
+        starts the replay; it joins the live stream at the ring's head)."""
+        log = self._log(topic)
+        epoch, offset = since
+        if sub.evicted is not None or log is None or log.epoch != epoch or offset > log.last:
+            self.subscribe(sub, [topic])
+            return Resume(False, None if log is None else log.epoch,
+                          -1 if log is None else log.last)
+        if offset == log.last:
+            self.subscribe(sub, [topic])
+            return Resume(True, epoch, offset)
+        self._topics.get(topic, set()).discard(sub)
+        sub.topics.add(topic)
+        self._catching[topic].add(sub)
+        log.idle_since = None
+        if log.floor is not None and offset >= log.floor:
+            return Resume(True, epoch, offset, replay=True)
+        if self.history is not None and topic.endswith("/raw"):
+            return Resume(True, epoch, offset, replay=True, history=True)
+        return self.partly(log)
+
+    def partly(self, log: TopicLog) -> Resume:
+        """What was missed is partly gone: replay what the ring holds, from its floor."""
+        floor = log.floor if log.floor is not None else log.last
+        return Resume(False, log.epoch, floor, replay=True)
+
+    def catching_up(self, sub: Subscriber, topic: str) -> bool:
+        return sub in self._catching.get(topic, ())
+
+    def go_live(self, sub: Subscriber, topic: str) -> None:
+        """End *sub*'s replay of *topic*: from the next message on, it gets it live."""
+        if self.catching_up(sub, topic):
+            self.subscribe(sub, [topic])
 
     def unsubscribe(self, sub: Subscriber, topics: Iterable[str]) -> None:
         for topic in topics:
             sub.topics.discard(topic)
-            members = self._topics.get(topic)
-            if members is not None:
-                members.discard(sub)
-                if not members:
-                    del self._topics[topic]
+            for table in (self._topics, self._catching):
+                members = table.get(topic)
+                if members is not None:
+                    members.discard(sub)
+                    if not members:
+                        del table[topic]
+            log = self.ring.logs.get(topic)
+            if log is not None and not self._followed(topic):
+                log.idle_since = trio.current_time()  # kept recovery.seconds more
+
+    def _followed(self, topic: str) -> bool:
+        return topic in self._topics or topic in self._catching
 
     def has_subscribers(self, topic: str) -> bool:
-        return topic in self._topics
+        """Whether anyone follows *topic* (live, or catching up)."""
+        return self._followed(topic)
+
+    def wants(self, topic: str) -> bool:
+        """Whether messages of *topic* are to be encoded here: someone follows it, or its
+        ring is still kept for subscribers that may come back (``recovery.seconds``)."""
+        if self.has_subscribers(topic):
+            return True
+        log = self.ring.logs.get(topic)
+        if log is None:
+            return False
+        if log.idle_since is not None and trio.current_time() - log.idle_since > self.ring.seconds:
+            self.ring.drop(topic)
+            return False
+        return True
+
+    def stream_epoch(self, run: int) -> str:
+        return f"{self.epoch_token}.{run}"
+
+    def _log(self, topic: str) -> TopicLog | None:
+        """*topic*'s log, opened at its current position if need be (None: positions off)."""
+        if not self.recovery.enabled:
+            return None
+        log = self.ring.logs.get(topic)
+        if log is None and is_sample_topic(topic):
+            stream = topic.split("/")[1]
+            known = self.published.get(stream)
+            info = self.registry.get(stream) if self.registry is not None else None
+            if known is None and info is not None and info.next_seq > 0:
+                known = (info.run, info.next_seq - 1)
+            if known is not None:
+                return self.ring.open(topic, epoch=self.stream_epoch(known[0]), last=known[1])
+            return self.ring.open(topic, epoch=None)
+        return log if log is not None else self.ring.open(topic)
 
     def publish(self, message: StreamSamples | Event) -> Outgoing | None:
         """Encode *message* once and offer it to its topic's subscribers (if any)."""
-        if message.topic not in self._topics:
+        if not self.wants(message.topic):
             return None
-        out = Outgoing.of(message, message.priority)
-        self.stats.totals.encoded += 1
+        out = self.encode(message)
         self.deliver(message.topic, out)
+        return out
+
+    def encode(self, message: StreamSamples | Event) -> Outgoing:
+        """*message* with its position, encoded once, and kept in its topic's ring.
+
+        Sample messages come positioned (:func:`sample_messages`); other topics' are
+        numbered here. A raw topic's ``status`` events stay unpositioned.
+        """
+        self.stats.totals.encoded += 1
+        log = self._log(message.topic)
+        if log is None:
+            return Outgoing.of(message, message.priority)
+        if is_sample_topic(message.topic):
+            pos = position(message)
+            offset = None if pos is None else pos[1]
+            if pos is not None and pos[0] != log.epoch:
+                log.new_epoch(pos[0], pos[1] - 1)
+        else:
+            offset = log.last + 1
+            message = stamp(message, log.epoch or "", offset)
+        out = Outgoing.of(message, message.priority)
+        self.ring.append(log, offset, out)
         return out
 
     def deliver(self, topic: str, out: Outgoing) -> None:
@@ -167,20 +302,25 @@ class Hub:
 
 
 def sample_messages(item: Filtered, hub: Hub, *, filtered_dtype: str) -> Iterator[StreamSamples]:
-    """The raw and filtered ``samples`` messages of a block, for topics someone follows."""
+    """The raw and filtered ``samples`` messages of a block, for topics someone follows;
+    positioned by the frame's seq in its run's epoch (when recovery is on)."""
     block, info = item.block, item.block.stream
     hello = info.hello
+    hub.published[info.id] = (block.run, block.seq)
+    where = ({"epoch": hub.stream_epoch(block.run), "offset": block.seq}
+             if hub.recovery.enabled else {})
     topic = f"stream/{info.id}/raw"
-    if hub.has_subscribers(topic):
+    if hub.wants(topic):
         yield StreamSamples(topic, info.id, block.seq, block.t0, info.fs, info.channels,
-                            hello.dtype, hello.gain, hello.baseline, block.raw.tobytes())
+                            hello.dtype, hello.gain, hello.baseline, block.raw.tobytes(),
+                            extra=where)
     topic = f"stream/{info.id}/filtered"
-    if hub.has_subscribers(topic):
+    if hub.wants(topic):
         data = item.filtered.astype(np.dtype(filtered_dtype).newbyteorder("<")).tobytes()
         n = len(info.channels)
         yield StreamSamples(topic, info.id, block.seq, block.t0, info.fs, info.channels,
                             cast(Dtype, filtered_dtype), (1.0,) * n, (0.0,) * n, data,
-                            extra={"filter_version": item.filter_version})
+                            extra={"filter_version": item.filter_version, **where})
 
 
 async def run_broadcast(

@@ -46,10 +46,12 @@ from protocol import TOPIC, Event, Priority, StreamSamples
 from .archive import RECORD, _hello, run_dir
 from .edge.codecs import Outgoing
 
-__all__ = ["ArchiveHistory", "Entry", "History", "Ring", "TopicLog", "archive_token",
-           "is_sample_topic", "stamp"]
+__all__ = ["PROCESS_TOKEN", "ArchiveHistory", "Entry", "History", "Ring", "TopicLog",
+           "archive_token", "is_sample_topic", "stamp"]
 
-_PROCESS = secrets.token_hex(4)  # names the epochs of this server run's event topics
+#: Names this server run in epochs: its event topics', and its stream runs' without an
+#: archive (the archive has a token of its own, :func:`archive_token`).
+PROCESS_TOKEN = secrets.token_hex(4)
 _logs = itertools.count()
 
 
@@ -150,7 +152,7 @@ class Ring:
         log = self.logs.get(topic)
         if log is None:
             if not is_sample_topic(topic):
-                epoch, last = f"{_PROCESS}-{next(_logs)}", -1
+                epoch, last = f"{PROCESS_TOKEN}-{next(_logs)}", -1
             log = self.logs[topic] = TopicLog(topic, epoch, last, last)
         return log
 

@@ -165,6 +165,7 @@ class Lanes:
         self._clock = clock
         self._since = clock()
         self._waiting = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()  # producers that wait for room (replays)
 
     def offer(self, out: Outgoing) -> Verdict:
         """Queue *out* in its lane if the policy admits it; never blocks.
@@ -203,6 +204,8 @@ class Lanes:
                     self.depths[i] -= 1
                     self.depth -= 1
                     self._moved()
+                    if self._room:
+                        self._room.unpark_all()
                     return out
             if not self.closed:
                 raise trio.WouldBlock
@@ -220,6 +223,18 @@ class Lanes:
             await trio.lowlevel.cancel_shielded_checkpoint()  # taken: not lost to a cancel
             return out
 
+    async def wait_for_room(self, priority: Priority, *, below: int | None = None) -> None:
+        """Return once *priority*'s lane holds fewer than *below* messages (default: its
+        capacity) and the buffer is in normal state, or the lanes are closed. A producer
+        that must not lose messages (a replay) waits here, then offers: never dropped,
+        and never crowding out what the policy would admit."""
+        i = priority - 1
+        limit = self.capacities[i] if below is None else below
+        await trio.lowlevel.checkpoint()
+        while not self.closed and (self.depths[i] >= limit or self.state is not State.NORMAL):
+            await self._room.park()
+        # No checkpoint after the last check: the caller offers before anyone else runs.
+
     def mark_sent(self, out: Outgoing) -> None:
         self.counts.sent[out.priority - 1] += 1
 
@@ -230,6 +245,7 @@ class Lanes:
         for tx in self._tx:
             tx.close()
         self._waiting.unpark_all()
+        self._room.unpark_all()
 
     def evict(self, reason: str) -> None:
         """Close, and end :meth:`take` at once: the subscriber is hopelessly behind."""

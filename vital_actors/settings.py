@@ -29,6 +29,7 @@ __all__ = [
     "LaneQuotas",
     "LaneSettings",
     "LimitSettings",
+    "RecoverySettings",
     "ScreenSettings",
     "ServerSettings",
     "Settings",
@@ -98,6 +99,21 @@ class ArchiveSettings(_Section):
         "fsync_interval_s behind; never: the OS decides (survives a crash of the server, "
         "not of the machine)")
     fsync_interval_s: float = Field(1.0, gt=0, le=60)
+
+
+class RecoverySettings(_Section):
+    """Subscriber recovery (issue 6): each topic's recent messages, kept in memory."""
+
+    enabled: bool = Field(True, description="positions on messages and replay on "
+                          "subscribe.since; false: neither (protocol v1 without them)")
+    seconds: float = Field(30.0, ge=0, le=3600, description="how long the ring keeps a "
+                           "message (0: no ring; raw topics still recover from the archive)")
+    max_bytes: int = Field(64 << 20, ge=0, le=1 << 34, description="the ring's bound over "
+                           "all topics (msgpack bytes); the oldest messages go first")
+    archive: bool = Field(True, description="replay raw topics from the live archive when "
+                          "the ring no longer holds what a subscriber missed")
+    replay_batch: int = Field(64, ge=1, le=4096, description="messages one replay step "
+                              "reads from the archive")
 
 
 class BufferSettings(_Section):
@@ -305,6 +321,7 @@ class Settings(BaseSettings):
     bus: BusSettings = BusSettings()
     auth: AuthSettings = AuthSettings()
     archive: ArchiveSettings = ArchiveSettings()
+    recovery: RecoverySettings = RecoverySettings()
 
     @classmethod
     def settings_customise_sources(

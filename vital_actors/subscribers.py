@@ -1,6 +1,7 @@
 """The subscriber actor: one per subscriber connection.
 
-Reads control messages (subscribe, unsubscribe, ping) and drains the connection's lanes
+Reads control messages (subscribe, unsubscribe, ping; a ``subscribe.since`` starts
+replays, :mod:`vital_actors.recovery`) and drains the connection's lanes
 in the hub onto the socket, most urgent first, each message framed with the
 connection's codec. The lanes end when the hub lets go: on shutdown (flush what waits,
 close 1001) or because the subscriber fell hopelessly behind (evicted: what waits is
@@ -27,6 +28,7 @@ from protocol import (
     decode_subscriber,
 )
 
+from . import recovery
 from .auth import GRANT, authorize_topics
 from .broadcast import Hub, Subscriber
 from .edge.codecs import Outgoing
@@ -63,8 +65,7 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
     ending = Ending.CLOSED
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_control, ws, hub, sub, stats, registry,
-                               nursery.cancel_scope)
+            nursery.start_soon(_read_control, ws, hub, sub, stats, registry, nursery)
             ending = await run_sender(ws, sub.lanes, stats,
                                       grace_s=hub.settings.flush_grace_s)
             nursery.cancel_scope.cancel()
@@ -140,16 +141,18 @@ def _samples(message: ServerMessage) -> int:
 
 
 async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
-                        registry: StreamRegistry, scope: trio.CancelScope) -> None:
+                        registry: StreamRegistry, nursery: trio.Nursery) -> None:
     try:
         while True:
             message = decode_subscriber(await ws.receive())
             stats.totals.messages_in += 1
+            replays: list[recovery.Replay] = []
+            reply: dict[str, object] = {}
             match message:
-                case Subscribe(topics):
+                case Subscribe(topics, since):
                     authorize_topics(GRANT.get(), topics)  # issue 6: 1008 outside the token
                     new_to_streams = "streams" in topics and "streams" not in sub.topics
-                    hub.subscribe(sub, topics)
+                    reply, replays = await recovery.subscribe(hub, sub, topics, since)
                     if new_to_streams:
                         await _snapshot(ws, registry)
                 case Unsubscribe(topics):
@@ -158,13 +161,15 @@ async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
                     await ws.send(Pong(t))
                     continue
             await ws.send(Event("status", "subscriptions", Priority.NORMAL,
-                                {"state": "subscribed", "topics": sorted(sub.topics)}))
+                                {"state": "subscribed", "topics": sorted(sub.topics), **reply}))
+            for replay in replays:  # after the reply: it tells where they start
+                nursery.start_soon(replay)
     except RemoteProtocolError as exc:
         stats.reject(exc.reason)
         await ws.fail(exc.code, exc.reason, exc.message)
     except ConnectionClosed:
         pass
-    scope.cancel()
+    nursery.cancel_scope.cancel()
 
 
 async def _snapshot(ws: WebSocket, registry: StreamRegistry) -> None:

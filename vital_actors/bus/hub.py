@@ -35,10 +35,9 @@ class BusHub(Hub):
             self.bus is not None and self.bus.followed_elsewhere(topic))
 
     def publish(self, message: StreamSamples | Event) -> Outgoing | None:
-        if not self.has_subscribers(message.topic):
+        if not self.wants(message.topic):
             return None
-        out = Outgoing.of(message, message.priority)
-        self.stats.totals.encoded += 1
+        out = self.encode(message)  # positioned, and kept in the ring (subscriber recovery)
         self.deliver(message.topic, out)
         if self.bus is not None and self.bus.followed_elsewhere(message.topic):
             self.bus.publish(message.topic, out)

@@ -1,0 +1,135 @@
+"""Replaying what a subscriber missed, then joining it to the live stream: one
+:func:`run_catch_up` task per (subscriber, topic) with a ``since`` to honour.
+
+While it runs the hub keeps the subscriber out of the topic's live delivery: live
+messages go into the ring only, and the replay walks the ring up to its head, so the
+ring itself buffers what arrives meanwhile (nothing extra in memory). What the ring no
+longer holds comes from the history source (raw topics: the live archive), a bounded
+batch at a time. Every replayed message is queued in the subscriber's BULK lane, and
+only when :meth:`Lanes.wait_for_room` says the lane has room and the buffer is in
+normal state: a replay is never dropped, never pushes out what the lanes' policy would
+admit, and never delays live CRITICAL, HIGH, NORMAL or LOW messages of other topics.
+At the head it waits until its last replayed message has left the BULK lane (a live
+HIGH message must not overtake it), then goes live with no await in between: no gap,
+no duplicate. If the ring drops entries the replay still needed (it was slower than
+``recovery.seconds``) and no source has them, the subscriber gets a ``status`` on the
+topic with ``state: "recovery"``, ``recovered: false`` and the position it resumes
+from, in order with the replay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from protocol import Event, Position, Priority
+
+from .broadcast import Hub, Subscriber
+from .edge.codecs import Outgoing
+from .history import TopicLog
+
+__all__ = ["run_catch_up", "subscribe"]
+
+
+async def run_catch_up(hub: Hub, sub: Subscriber, topic: str, cursor: int, *,
+                       history: bool, batch: int) -> None:
+    """Replay *topic* to *sub* after offset *cursor*, then make it a live subscriber.
+
+    Ends early, quietly, when *sub* unsubscribes, is evicted or its connection ends.
+    """
+    log = hub.ring.logs.get(topic)
+    if log is None or log.epoch is None:
+        hub.go_live(sub, topic)
+        return
+    try:
+        await _catch_up(hub, sub, log, cursor, history=history, batch=batch)
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        return  # its connection is going away
+
+
+async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
+                    history: bool, batch: int) -> None:
+    topic, epoch = log.topic, log.epoch
+    assert epoch is not None
+    index: int | None = None  # the next ring entry to replay, while the ring still has it
+    while hub.catching_up(sub, log.topic):
+        if log.epoch != epoch:  # a new run of the stream: what we replay is over
+            epoch, index = log.epoch or epoch, log.base
+            cursor = log.floor if log.floor is not None else log.last
+            await _offer(sub, _lost(topic, epoch, cursor))
+            continue
+        if index is None or index < log.base:
+            if log.floor is not None and cursor < log.floor:
+                got = []
+                if history and hub.history is not None:
+                    got = await hub.history.read(topic, epoch, cursor, log.floor, batch)
+                if not got:  # gone: say so, in order, and go on from what the ring has
+                    cursor = log.floor
+                    await _offer(sub, _lost(topic, epoch, cursor))
+                for offset, out in got:
+                    await _offer(sub, out)
+                    cursor = offset
+                continue
+            index = log.index_after(cursor)
+        if index < log.end:
+            await sub.lanes.wait_for_room(Priority.BULK)
+            if index < log.base or log.epoch != epoch:
+                continue  # the ring moved on while we waited
+            entry = log.at(index)
+            sub.lanes.offer(_bulk(entry.out))
+            index += 1
+            cursor = cursor if entry.offset is None else entry.offset
+        elif sub.lanes.depths[Priority.BULK - 1]:
+            await sub.lanes.wait_for_room(Priority.BULK, below=1)  # our last one leaves
+        else:
+            hub.go_live(sub, topic)  # no await since the last check: no gap, no duplicate
+            return
+
+
+def _bulk(out: Outgoing) -> Outgoing:
+    """The same frames (memoized per codec, shared with the ring), in the BULK lane."""
+    return dataclasses.replace(out, priority=Priority.BULK)
+
+
+def _lost(topic: str, epoch: str | None, offset: int) -> Outgoing:
+    return Outgoing.of(Event("status", topic, Priority.NORMAL, {
+        "state": "recovery", "recovered": False, "epoch": epoch, "offset": offset}),
+        Priority.BULK)
+
+
+async def _offer(sub: Subscriber, out: Outgoing) -> None:
+    await sub.lanes.wait_for_room(Priority.BULK)
+    sub.lanes.offer(_bulk(out))
+
+
+Replay = Callable[[], Awaitable[None]]
+
+
+async def subscribe(hub: Hub, sub: Subscriber, topics: Sequence[str],
+                    since: Mapping[str, Position]) -> tuple[dict[str, Any], list[Replay]]:
+    """Handle one ``subscribe``: the fields its reply adds (``positions`` of every topic
+    that has one, ``recovered`` per topic of *since*) and the replays to start once the
+    reply is on its way (so that it precedes what they send)."""
+    positions = hub.subscribe(sub, [t for t in topics if t not in since])
+    recovered: dict[str, bool] = {}
+    replays: list[Replay] = []
+    for topic, pos in since.items():
+        resume = hub.recover(sub, topic, pos)
+        log = hub.ring.logs.get(topic)
+        if resume.history and log is not None and hub.history is not None and not (
+                await hub.history.covers(topic, pos[0], pos[1])):
+            resume = hub.partly(log)
+        recovered[topic] = resume.recovered
+        if resume.epoch is not None:
+            positions[topic] = (resume.epoch, resume.offset)
+        if resume.replay:
+            replays.append(partial(run_catch_up, hub, sub, topic, resume.offset,
+                                   history=resume.history, batch=hub.recovery.replay_batch))
+    fields: dict[str, Any] = {"positions": {t: list(p) for t, p in positions.items()}}
+    if since:
+        fields["recovered"] = recovered
+    return fields, replays
