@@ -14,6 +14,7 @@ Both run the same :class:`~.chain.QualityChain` as the live screen, fed in frame
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import warnings
@@ -178,7 +179,8 @@ class SqiScore:
     def auc(self, key: str = "score", channel: int | None = None) -> float:
         def val(b: Mapping[str, Any]) -> float:
             v = b[key]
-            return float(v[channel] if channel is not None else v)
+            v = v[channel] if channel is not None else v
+            return -math.inf if v is None else float(v)  # no estimate ranks lowest
         return auc([val(b) for b in self.clean], [val(b) for b in self.noisy])
 
 
@@ -201,7 +203,7 @@ def score_sqi(path: Path, *, frame_s: float = 1.0) -> SqiScore:
     return SqiScore(path.name, tuple(clean), tuple(noisy))
 
 
-_SQI_KEYS = (("score", None), ("bsqi", None), ("kurtosis", 0), ("skewness", 0),
+_SQI_KEYS = (("score", None), ("snr_db", None), ("bsqi", None), ("kurtosis", 0), ("skewness", 0),
              ("bw_ratio", 0), ("hf_ratio", 0))
 
 

@@ -80,12 +80,16 @@ class FrontState:
 class FrontOut:
     """What one block yields for one stream, all indices are global sample indices.
 
-    ``peaks_a``: (decision index, MWI value, R index) of detector A's candidate peaks;
+    ``t0``: the block's first sample index; ``det_f``: the block of the filtered
+    detection channel; ``peaks_a``: (decision index, MWI value, R index) of detector A's
+    candidate peaks;
     ``beats_b``: detector B's candidate beats (R index, |x|); ``snaps``: (boundary, totals) at every
     1-s boundary in the block, totals of shape (features, channels) summed over all
     samples before the boundary.
     """
 
+    t0: int
+    det_f: F64
     peaks_a: list[tuple[int, float, int]]
     beats_b: list[tuple[int, float]]
     snaps: list[tuple[int, F64]]
@@ -129,7 +133,8 @@ def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
         if first < n:
             rows = cum[first::d.step, :, col:col + width].copy()  # not a view of scratch
             snaps = [(t0 + first + 1 + j * d.step, rows[j]) for j in range(len(rows))]
-        out.append(FrontOut([(t0 + q, v, t0 + r) for q, v, r in peaks_a.get(k, ())],
+        out.append(FrontOut(t0, det_f[:, k],
+                            [(t0 + q, v, t0 + r) for q, v, r in peaks_a.get(k, ())],
                             [(t0 + q, v) for q, v in peaks_b.get(k, ())], snaps))
         state.det, state.sqi = det_new[:, k:k + 1], sqi_new[:, col:col + width]
         state.next_t = t0 + n

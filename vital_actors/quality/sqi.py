@@ -12,7 +12,8 @@ whatever its length. The indices, per channel:
   (in mV) is below ``flatline_mv``; ``sat_fraction``: share of clipped samples (stuck at one
   value over 1 mV from the baseline);
 - and for the stream, ``bsqi``: the agreement of detectors A and B (matched beats over
-  the union, Li et al. 2008).
+  the union, Li et al. 2008), and ``snr_db``: the beat-to-beat SNR of the detection
+  channel (:mod:`.repeat`).
 
 :func:`classify` turns them into good / acceptable / unusable with the thresholds in
 :data:`THRESHOLDS` (docs/quality.md), and :func:`score` into one number in [0, 1].
@@ -44,8 +45,14 @@ THRESHOLDS = {
     "good_bsqi": 0.9,  # good needs bsqi at or above ...
     "good_kurtosis": 5.0,  # ... kurtosis at or above ...
     "good_bw": 0.8,  # ... baseline wander ratio below ...
-    "good_hf": 0.2,  # ... and high-frequency ratio below
+    "good_hf": 0.2,  # ... high-frequency ratio below ...
+    "good_snr_db": 10.0,  # ... and beat-to-beat SNR at or above (when there is one)
 }
+
+#: The score's SNR term: a logistic in ``snr_db`` (dB), 0.5 at SNR_MID_DB.
+SNR_MID_DB = 10.0
+SNR_WIDTH_DB = 4.0
+SCORE_BSQI = 0.75  # bSQI below this scales the score down in proportion
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,7 @@ class WindowSQI:
     sat_fraction: tuple[float, ...]
     std_mv: tuple[float, ...]
     bsqi: float
+    snr_db: float | None = None  # beat-to-beat SNR of the detection channel (.repeat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,16 +159,22 @@ def classify(q: WindowSQI, channel: int, *, beats: bool = True) -> str:
                 and q.bsqi < t["good_bsqi"])):
         return "unusable"
     if (q.bsqi >= t["good_bsqi"] and q.kurtosis[channel] >= t["good_kurtosis"]
-            and q.bw_ratio[channel] < t["good_bw"] and q.hf_ratio[channel] < t["good_hf"]):
+            and q.bw_ratio[channel] < t["good_bw"] and q.hf_ratio[channel] < t["good_hf"]
+            and (q.snr_db is None or q.snr_db >= t["good_snr_db"])):
         return "good"
     return "acceptable"
 
 
 def score(q: WindowSQI, channel: int) -> float:
-    """One quality number in [0, 1] (higher is cleaner): bSQI, times a saturating
-    function of the excess kurtosis (0 for Gaussian noise, 0.86 at kurtosis 13), times
-    the share of the window neither flat nor clipped."""
-    peaky = 1.0 - math.exp(-max(q.kurtosis[channel] - 3.0, 0.0) / 5.0)
+    """One quality number in [0, 1] (higher is cleaner): a logistic of the beat-to-beat
+    SNR (0.5 at 10 dB, 0.99 at 28 dB: a clean ECG), or without one (fewer than three
+    measured beats) a saturating function of the excess kurtosis (0 for Gaussian noise,
+    0.86 at kurtosis 13); times min(1, bSQI / 0.75) and the share of the window
+    neither flat nor clipped."""
+    if q.snr_db is not None:
+        clean = 1.0 / (1.0 + math.exp(-(q.snr_db - SNR_MID_DB) / SNR_WIDTH_DB))
+    else:
+        clean = 1.0 - math.exp(-max(q.kurtosis[channel] - 3.0, 0.0) / 5.0)
     usable = 1.0 - max(q.flat_fraction[channel], q.sat_fraction[channel])
-    value = q.bsqi * peaky * usable
+    value = min(1.0, q.bsqi / SCORE_BSQI) * clean * usable
     return round(value, 4) if math.isfinite(value) else 0.0

@@ -25,6 +25,7 @@ from .alerts import Alarm, Change
 from .design import FEATURES, Design
 from .front import FrontOut
 from .peaks import Beat, PeakTracker
+from .repeat import BeatNoise
 from .rhythm import HRV_WINDOW_S, Rhythm, rhythm
 from .sqi import StepRows, WindowSQI, bsqi, classify, score
 
@@ -49,6 +50,7 @@ class Step:
     prev: F64  # ... at the previous boundary ...
     first: F64  # ... and at the window's start
     bsqi: float
+    snr_db: float | None  # beat-to-beat SNR of the window (None: too few beats)
     beats: bool  # either detector found a beat in the window
     rhythm: Rhythm
 
@@ -61,6 +63,7 @@ class StreamQuality:
         self.key, self.d, self.s = key, d, settings
         self.channels, self.channel, self.start = channels, channel, t0
         self.tracker = PeakTracker(d.fs, t0)
+        self.noise = BeatNoise(d.fs, t0)
         self.beats: deque[int] = deque()  # detector A's R indices, last 60 s
         self.b_beats: deque[int] = deque()  # detector B's, last window
         self.b_level, self.b_last = 0.0, t0
@@ -87,16 +90,22 @@ class StreamQuality:
             if self._b_accepts(r, height):
                 self.b_beats.append(r)
         out: list[Event | Step] = []
+        noise = self.noise
+        full = np.concatenate([noise.history, res.det_f])
+        full_start = res.t0 - len(noise.history)
         peaks = iter(res.peaks_a)
         pending = next(peaks, None)
         for boundary, totals in res.snaps:
             while pending is not None and pending[0] < boundary:
                 out.extend(self._peak(*pending))
                 pending = next(peaks, None)
+            noise.advance(boundary, full, full_start)
             out.append(self._step(boundary, totals))
         while pending is not None:
             out.extend(self._peak(*pending))
             pending = next(peaks, None)
+        noise.advance(res.t0 + len(res.det_f), full, full_start)
+        noise.keep_history(full)
         return out
 
     def _b_accepts(self, r: int, height: float) -> bool:
@@ -114,6 +123,7 @@ class StreamQuality:
     def _peak(self, decided: int, value: float, r: int) -> Iterator[Event]:
         for beat in self.tracker.push(decided, value, r):
             self.beats.append(beat.r)
+            self.noise.beat(beat.r, beat.decided)
             yield self._beat_event(beat)
 
     def _beat_event(self, b: Beat) -> Event:
@@ -140,7 +150,8 @@ class StreamQuality:
         a = [r for r in self.beats if lo <= r < edge]
         b = [r for r in self.b_beats if r < edge]
         return Step(self, boundary, boundary - first_b, boundary - prev_b, totals, prev, first,
-                    bsqi(a, b, round(MATCH_S * fs)), bool(a or b), rhythm(self.beats, boundary, fs))
+                    bsqi(a, b, round(MATCH_S * fs)), self.noise.snr_db(round(lo)), bool(a or b),
+                    rhythm(self.beats, boundary, fs))
 
     def finish(self, st: Step, rows: StepRows, i: int) -> Iterator[Event]:
         """The quality event and alert changes of step *st*, row *i* of *rows*."""
@@ -149,7 +160,7 @@ class StreamQuality:
         flat_share = [round(sum(col) / len(self.flat), 4) for col in zip(*self.flat, strict=True)]
         q = WindowSQI(tuple(rows.kurtosis[i]), tuple(rows.skewness[i]), tuple(rows.bw_ratio[i]),
                       tuple(rows.hf_ratio[i]), tuple(flat_share), tuple(rows.sat_fraction[i]),
-                      tuple(rows.std_mv[i]), round(st.bsqi, 4))
+                      tuple(rows.std_mv[i]), round(st.bsqi, 4), st.snr_db)
         cls = classify(q, self.channel, beats=st.beats)
         lead_off = rows.lead_off[i]
         yield self._quality_event(st.boundary, st.n, q, cls, st.rhythm, lead_off, rows.clipped[i])
@@ -161,7 +172,7 @@ class StreamQuality:
         return Event("quality", self.topic_q, Priority.NORMAL, {
             "stream": self.key, "t0": boundary - n, "n": n, "class": cls,
             "score": score(q, c), "hr": rh.hr, "hr_inst": rh.hr_inst, "sdnn_ms": rh.sdnn_ms,
-            "rmssd_ms": rh.rmssd_ms, "beats": rh.beats, "bsqi": q.bsqi,
+            "rmssd_ms": rh.rmssd_ms, "beats": rh.beats, "bsqi": q.bsqi, "snr_db": q.snr_db,
             "kurtosis": list(q.kurtosis), "skewness": list(q.skewness),
             "bw_ratio": list(q.bw_ratio), "hf_ratio": list(q.hf_ratio),
             "flat_fraction": list(q.flat_fraction), "sat_fraction": list(q.sat_fraction),
