@@ -42,9 +42,9 @@ HELLO = P.Hello("bed1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0,
 async def node(redis: Redis, name: str, nursery: trio.Nursery, **sections: Any
                ) -> AsyncIterator[Server]:
     """A whole server on the bus, with *sections* of settings besides its own."""
-    srv = Server(load_settings(server={"port": 0}, archive={"enabled": False},
-                               bus={"url": redis.url, "node": name, "lease_s": 1.0,
-                                    "retry_s": 0.1, "interest_s": 0.1, "job_poll_s": 0.05},
+    bus = {"url": redis.url, "node": name, "lease_s": 1.0, "retry_s": 0.1,
+           "interest_s": 0.1, "job_poll_s": 0.05, **sections.pop("bus", {})}
+    srv = Server(load_settings(server={"port": 0}, archive={"enabled": False}, bus=bus,
                                **sections))
     await nursery.start(srv.run)
     try:

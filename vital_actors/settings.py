@@ -289,6 +289,12 @@ class BusSettings(_Section):
     retry_s: float = Field(0.5, gt=0, description="pause before reconnecting to Redis")
     interest_s: float = Field(1.0, gt=0, description="how often nodes advertise and learn "
                               "which topics their subscribers follow")
+    job_poll_s: float = Field(0.25, gt=0, description="how often a node with a free job "
+                              "slot looks for a job queued on another node")
+    history_maxlen: int = Field(10_000, ge=10, description="messages each topic's history "
+                                "stream keeps in Redis (XADD MAXLEN ~)")
+    history_s: float = Field(60.0, gt=0, description="a topic's history stream expires this "
+                             "long after its last message")
 
     @model_validator(mode="after")
     def _redis_url(self) -> Self:
@@ -305,8 +311,6 @@ class Settings(BaseSettings):
     )
 
     server: ServerSettings = ServerSettings()
-    job_poll_s: float = Field(0.25, gt=0, description="how often a node with a free job "
-                              "slot looks for a job queued on another node")
     limits: LimitSettings = LimitSettings()
     buffers: BufferSettings = BufferSettings()
     filter: FilterSettings = FilterSettings()

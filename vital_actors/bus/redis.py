@@ -12,6 +12,10 @@ Delivery across nodes is at most once, like Redis pub/sub itself: while Redis is
 ``bus_dropped`` instead of growing memory; the reader reconnects with backoff and
 delivery resumes. What must not be lost is on disk in each node's archive.
 
+History: :meth:`RedisBus.record` appends a positioned message to its topic's Redis
+Stream in the same pipelines (see ``history.py``), so that a subscriber that comes back
+on another node recovers what it missed.
+
 Stream ownership: a device's stream belongs to the node holding the lease
 ``<prefix>lease:<stream>`` (SET NX PX, renewed every lease_s / 3 while the device is
 connected, released when it leaves). A device reconnecting to another node gets its
@@ -35,6 +39,7 @@ import trio
 from protocol import Event, Hello, RemoteProtocolError, StreamSamples, decode_server
 
 from ..edge.codecs import Outgoing
+from .history import RECORD_SCRIPT, RedisHistory, history_key
 
 if TYPE_CHECKING:
     from .hub import BusHub
@@ -53,6 +58,10 @@ AWAY = (coredis.exceptions.ConnectionError, TimeoutError, OSError,
          trio.BrokenResourceError)
 
 
+#: (channel to PUBLISH on or None, payload, history (stream key, entry id, prev) or None)
+_Outgoing = tuple[str | None, bytes, tuple[str, str, int | str] | None]
+
+
 def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -61,6 +70,7 @@ def default_node_id() -> str:
 class BusCounters:
     published: int = 0  # messages sent to Redis
     received: int = 0  # messages from other nodes delivered to this hub
+    recorded: int = 0  # messages appended to the topics' history streams
     dropped: int = 0  # messages not published: the outbox was full (Redis away or slow)
     reconnects: int = 0
     connected: bool = False
@@ -85,22 +95,43 @@ class RedisBus:
         self.node = node or settings.node or default_node_id()
         self.prefix = settings.prefix
         self.counters = BusCounters()
-        self._outbox_tx, self._outbox_rx = trio.open_memory_channel[tuple[str, bytes]](
-            settings.outbox)
+        self._outbox_tx, self._outbox_rx = trio.open_memory_channel[_Outgoing](settings.outbox)
         self._client = client_for(self.url)
+        self.history = RedisHistory(self._client, self.prefix)
         self._hub: BusHub | None = None
         self._elsewhere: frozenset[str] = frozenset()  # topics other nodes' subscribers follow
         self._learned = trio.Event()  # set (and replaced) after each refresh of _elsewhere
         self._leases_changed = trio.Event()
+        self._queued = self._handled = 0  # outbox items queued, and published or dropped
+        self._progress = trio.Event()  # set (and replaced) after each batch
 
     # --- publishing (sync: called from the broadcaster's loop) -----------------------------
 
     def publish(self, topic: str, out: Outgoing) -> None:
         """Queue *out* (a message on *topic*) for the other nodes, never blocking."""
+        self._queue((f"{self.prefix}t:{self.node}:{topic}", out.payload, None))
+
+    def record(self, topic: str, out: Outgoing, *, epoch: str, offset: int,
+               prev: int | None, publish: bool) -> None:
+        """Queue *out* (at *offset* of *topic*'s *epoch*; *prev*: the offset recorded
+        before it, None if unknown) for the topic's history stream, and (*publish*) for
+        the other nodes' live subscribers; never blocking."""
+        channel = f"{self.prefix}t:{self.node}:{topic}" if publish else None
+        key = history_key(self.prefix, topic, epoch)
+        self._queue((channel, out.payload, (key, f"{offset}-1", "u" if prev is None else prev)))
+
+    def _queue(self, item: _Outgoing) -> None:
         try:
-            self._outbox_tx.send_nowait((f"{self.prefix}t:{self.node}:{topic}", out.payload))
+            self._outbox_tx.send_nowait(item)
+            self._queued += 1
         except trio.WouldBlock:
             self.counters.dropped += 1
+
+    async def flushed(self) -> None:
+        """Return once everything queued so far was written to Redis (or dropped)."""
+        target = self._queued
+        while self._handled < target:
+            await self._progress.wait()
 
     def followed_elsewhere(self, topic: str) -> bool:
         """Does a subscriber on another node follow *topic* (as last advertised)?"""
@@ -133,14 +164,28 @@ class RedisBus:
                     batch.append(self._outbox_rx.receive_nowait())
                 except trio.WouldBlock:
                     break
+            keys: list[str] = []
+            args: list[Any] = [self.settings.history_maxlen,
+                               round(self.settings.history_s * 1000)]
+            for _, payload, entry in batch:
+                if entry is not None:
+                    keys.append(entry[0])
+                    args += [entry[1], payload, entry[2]]
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for channel, payload in batch:
-                        pipe.publish(channel, payload)
-                self.counters.published += len(batch)
+                    if keys:  # first: a message received live has its past recorded
+                        pipe.eval(RECORD_SCRIPT, keys=keys, args=args)
+                    for channel, payload, _ in batch:
+                        if channel is not None:
+                            pipe.publish(channel, payload)
+                self.counters.published += sum(item[0] is not None for item in batch)
+                self.counters.recorded += len(keys)
             except AWAY:
                 self.counters.dropped += len(batch)
                 await trio.sleep(self.settings.retry_s)
+            self._handled += len(batch)
+            self._progress.set()
+            self._progress = trio.Event()
 
     async def _reader(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                       ) -> None:
