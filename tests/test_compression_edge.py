@@ -350,7 +350,7 @@ async def test_python_clients_speak_zstd(server: Server) -> None:
 
 def test_what_the_settings_let_a_handshake_agree() -> None:
     both = Compression(DeflateSettings(), ZstdSettings())
-    assert both.subprotocols == (P.SUBPROTOCOL, P.ZSTD_SUBPROTOCOL)
+    assert both.subprotocols == (P.SUBPROTOCOL, P.ZSTD_SUBPROTOCOL, P.COMPACT_SUBPROTOCOL)
     assert Compression(DeflateSettings()).subprotocols == (P.SUBPROTOCOL,)
     plain = Compression(None, ZstdSettings()).agree(P.SUBPROTOCOL, "/v1/ingest",
                                                     max_message_bytes=1024)

@@ -4,18 +4,22 @@ A connection negotiates one :class:`WireCodec` at its handshake (subprotocol and
 WebSocket extensions). The broadcaster encodes each message to msgpack once and asks
 each codec *key* for its frame once (:class:`Outgoing` memoizes), so the cost of
 encoding and compression does not grow with the number of subscribers: subscribers
-with equal keys get the very same bytes.
+with equal keys get the very same bytes. A codec with per-connection state
+(``vital.v1.compact``: its table of header entries) has no key; it frames on every
+connection, but what it compresses it memoizes in the :class:`Outgoing` (``shared``),
+so only a small header is made per connection.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, MutableMapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Protocol
 
 from protocol import (
+    CompactEncoder,
     Deflater,
     Priority,
     ServerMessage,
@@ -28,6 +32,7 @@ from protocol import (
 
 __all__ = [
     "PLAIN",
+    "CompactWireCodec",
     "DeflateCodec",
     "Outgoing",
     "PlainCodec",
@@ -37,16 +42,22 @@ __all__ = [
 ]
 
 
+Shared = MutableMapping[Hashable, bytes]
+
+
 class WireCodec(Protocol):
     """Turns a message into the bytes of one whole WebSocket frame."""
 
     @property
     def key(self) -> Hashable:
-        """Codecs with equal keys produce equal bytes for the same message."""
+        """Codecs with equal keys produce equal bytes for the same message; None: this
+        codec's frames depend on its connection and are never shared."""
         ...
 
-    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
-        """The frame for *message*, whose plain msgpack encoding is *payload*."""
+    def frame(self, message: ServerMessage, payload: bytes,
+              shared: Shared | None = None) -> bytes:
+        """The frame for *message*, whose plain msgpack encoding is *payload*; *shared*
+        memoizes work every connection's codec can reuse for this message."""
         ...
 
 
@@ -58,7 +69,8 @@ class PlainCodec:
     def key(self) -> Hashable:
         return "plain"
 
-    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
+    def frame(self, message: ServerMessage, payload: bytes,
+              shared: Shared | None = None) -> bytes:
         return server_frame(payload)
 
 
@@ -88,7 +100,8 @@ class DeflateCodec:
     def key(self) -> Hashable:
         return ("deflate", self.level, self.window_bits, self.mem_level, self.min_bytes)
 
-    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
+    def frame(self, message: ServerMessage, payload: bytes,
+              shared: Shared | None = None) -> bytes:
         if len(payload) < self.min_bytes:
             return server_frame(payload)
         deflater = _shared_deflater(self.level, self.window_bits, self.mem_level)
@@ -110,7 +123,8 @@ class TakeoverDeflateCodec:
     def key(self) -> Hashable:
         return self  # never shared
 
-    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
+    def frame(self, message: ServerMessage, payload: bytes,
+              shared: Shared | None = None) -> bytes:
         if len(payload) < self.min_bytes:
             return server_frame(payload)
         return server_frame(self._deflater.compress(payload), rsv1=True)
@@ -137,12 +151,37 @@ class ZstdWireCodec:
     def dictionary_id(self) -> int | None:
         return None if self.dictionary is None else self.dictionary.id
 
-    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
+    def frame(self, message: ServerMessage, payload: bytes,
+              shared: Shared | None = None) -> bytes:
         if isinstance(message, Welcome) and self.dictionary is not None:
             message = dataclasses.replace(message, zstd_dict=self.dictionary.id)
             payload = encode(message)
         codec = _shared_zstd(self.level, self.dictionary, self.delta)
         return server_frame(codec.compress_message(message, payload))
+
+
+class CompactWireCodec:
+    """Subprotocol ``vital.v1.compact``: int16 samples Rice-coded once per message
+    (shared), behind a header made from this connection's table of entries. Frame a
+    message only right before writing it: the table moves with every frame.
+    """
+
+    def __init__(self, *, level: int, dictionary: ZstdDictionary | None) -> None:
+        self.dictionary = dictionary
+        self._encoder = CompactEncoder(_shared_zstd(level, dictionary, True))
+
+    @property
+    def key(self) -> Hashable:
+        return None
+
+    @property
+    def dictionary_id(self) -> int | None:
+        return None if self.dictionary is None else self.dictionary.id
+
+    def frame(self, message: ServerMessage, payload: bytes,
+              shared: Shared | None = None) -> bytes:
+        body = self._encoder.encode(message, payload, {} if shared is None else shared)
+        return server_frame(body)
 
 
 @dataclass(eq=False, slots=True)
@@ -160,6 +199,8 @@ class Outgoing:
 
     def frame_for(self, codec: WireCodec) -> bytes:
         key = codec.key
+        if key is None:  # per connection; what it can share goes to the memo
+            return codec.frame(self.message, self.payload, self._frames)
         frame = self._frames.get(key)
         if frame is None:
             frame = self._frames[key] = codec.frame(self.message, self.payload)

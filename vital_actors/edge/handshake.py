@@ -1,9 +1,10 @@
 """What a WebSocket handshake settles about compression: the codec and the extensions.
 
 The subprotocol is chosen first (the first one the client offers that the server
-knows). Under ``vital.v1.msgpack+zstd`` messages are compressed by the subprotocol and
-permessage-deflate is declined (compressing zstd again gains nothing); under
-``vital.v1.msgpack`` permessage-deflate is accepted when the client offers it.
+knows). Under ``vital.v1.msgpack+zstd`` and ``vital.v1.compact`` (offered with zstd:
+it falls back to zstd for what is not int16 samples) messages are compressed by the
+subprotocol and permessage-deflate is declined (compressing them again gains nothing);
+under ``vital.v1.msgpack`` permessage-deflate is accepted when the client offers it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from functools import cache
 from urllib.parse import parse_qs, urlsplit
 
 from protocol import (
+    COMPACT_SUBPROTOCOL,
     ECG_DICTIONARY_ID,
     SUBPROTOCOL,
     ZSTD_SUBPROTOCOL,
@@ -23,7 +25,14 @@ from protocol import (
 )
 
 from ..settings import DeflateSettings, Settings, ZstdSettings
-from .codecs import PLAIN, DeflateCodec, TakeoverDeflateCodec, WireCodec, ZstdWireCodec
+from .codecs import (
+    PLAIN,
+    CompactWireCodec,
+    DeflateCodec,
+    TakeoverDeflateCodec,
+    WireCodec,
+    ZstdWireCodec,
+)
 from .deflate import ServerDeflate
 
 __all__ = ["NO_COMPRESSION", "Agreement", "Compression"]
@@ -68,15 +77,19 @@ class Compression:
 
     @property
     def subprotocols(self) -> tuple[str, ...]:
-        return (SUBPROTOCOL, ZSTD_SUBPROTOCOL) if self.zstd is not None else (SUBPROTOCOL,)
+        if self.zstd is None:
+            return (SUBPROTOCOL,)
+        return (SUBPROTOCOL, ZSTD_SUBPROTOCOL, COMPACT_SUBPROTOCOL)
 
     def agree(self, subprotocol: str, target: str, *, max_message_bytes: int) -> Agreement:
         """The codec for *subprotocol*; the deflate extension to offer wsproto, if any."""
+        if subprotocol == COMPACT_SUBPROTOCOL and self.zstd is not None:
+            # Clients send plain msgpack; the server's samples go compact, the rest zstd.
+            dictionary = _dictionary(self.zstd, target)
+            return Agreement(CompactWireCodec(level=self.zstd.level, dictionary=dictionary))
         if subprotocol == ZSTD_SUBPROTOCOL and self.zstd is not None:
             z = self.zstd
-            asked = _dictionary_asked(target)
-            dictionary = ecg_dictionary() if z.dictionary and asked == ECG_DICTIONARY_ID else None
-            codec = ZstdWireCodec(z.level, dictionary, z.delta)
+            codec = ZstdWireCodec(z.level, _dictionary(z, target), z.delta)
             return Agreement(codec, _zstd_inbound(max_message_bytes))
         if self.deflate is None:
             return Agreement(PLAIN)
@@ -87,6 +100,12 @@ class Compression:
 
 
 NO_COMPRESSION = Compression()
+
+
+def _dictionary(z: ZstdSettings, target: str) -> ZstdDictionary | None:
+    """The shipped dictionary if the server uses one and the client asked for it."""
+    return ecg_dictionary() if z.dictionary and _dictionary_asked(target) == ECG_DICTIONARY_ID \
+        else None
 
 
 def _dictionary_asked(target: str) -> int | None:

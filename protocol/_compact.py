@@ -1,0 +1,357 @@
+"""Subprotocol ``vital.v1.compact``: int16 samples in a few bits each (sans-IO).
+
+Server to subscriber only (a client sends plain msgpack). Every message starts with a
+kind byte. ``samples`` messages with int16 data are coded in two parts:
+
+- the *sample block* (:mod:`._rice`), made once per message and shared by every
+  subscriber: "chained" when predicted from the end of the previous frame of the topic
+  (for connections that were sent that frame), else "standalone";
+- a small header made per connection, HPACK-like: the connection keeps a table of
+  *entries*, one per topic, holding what does not change from message to message
+  (topic, stream, fs, channels, gain, ...; sent once, as msgpack) and the counters
+  (``seq``, ``t0``, integer extras such as ``offset``), of which only deltas travel, and
+  nothing at all when each moved by the same step as last time.
+
+Every other message falls back to msgpack, zstd-compressed when that is smaller.
+docs/protocol.md section 11.5 is the normative description.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, MutableMapping
+from typing import Any, cast
+
+import msgpack
+
+from ._codec import _stream_samples, _to_map, decode_server
+from ._errors import CloseCode, RemoteProtocolError
+from ._messages import ServerMessage, StreamSamples
+from ._rice import decode_block, encode_block
+from ._zstd import ZstdCodec
+
+__all__ = [
+    "COMPACT_SUBPROTOCOL",
+    "MAX_DEFINITION_BYTES",
+    "MAX_ENTRIES",
+    "CompactDecoder",
+    "CompactEncoder",
+]
+
+COMPACT_SUBPROTOCOL = "vital.v1.compact"
+KIND_MSGPACK = 0x00
+KIND_ZSTD = 0x01
+SAMPLES = 0x80  # the top bit: a compact samples message; the others are flags + index
+DEFINE = 0x40  # an entry definition follows
+CHAINED = 0x20  # the samples are predicted from the entry's history
+STEADY = 0x10  # n and every counter as predicted: no deltas follow
+INDEX = 0x0F  # 0..14 the entry index; 15: the index follows as a varint
+MAX_ENTRIES = 1024
+MAX_DEFINITION_BYTES = 4096
+_FIXED = ("seq", "t0")
+_SKIP = frozenset(("type", "seq", "t0", "data"))
+
+Shared = MutableMapping[Hashable, bytes]
+
+
+def _varint(value: int, out: bytearray) -> None:
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _zigzag(value: int) -> int:
+    return value << 1 if value >= 0 else (-value << 1) - 1
+
+
+def sample_block(data: bytes, channels: int, tail: bytes | None) -> bytes:
+    """The shared part of a compact ``samples`` message: chained on *tail* (the entry's
+    last two samples per channel), or standalone (the first sample raw) if None."""
+    if not data:
+        return b""
+    if tail is None:
+        first = data[:2 * channels]
+        return first + encode_block(first + data, channels)
+    return encode_block(tail + data, channels)
+
+
+def _next_tail(data: bytes, channels: int, tail: bytes | None) -> bytes | None:
+    """The entry's history after *data*: its last two samples per channel."""
+    if not data:
+        return tail
+    width = 4 * channels
+    if len(data) >= width:
+        return data[-width:]
+    return ((data if tail is None else tail) + data)[-width:]  # one sample: x0 x0 or h1 x0
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    index: int
+    key: tuple[Any, ...]
+    counters: tuple[str, ...] = ()
+    values: tuple[int, ...] = ()
+    steps: tuple[int, ...] = ()
+    n: int = 0
+    tail: bytes | None = None
+
+
+def _shape(m: StreamSamples) -> tuple[tuple[Any, ...], tuple[str, ...], tuple[int, ...]]:
+    """(static key, counter names, counter values) of a samples message."""
+    if not m.extra:
+        return ((m.topic, m.stream, m.fs, m.channels, m.gain, m.baseline, m.priority),
+                _FIXED, (m.seq, m.t0))
+    names = tuple(sorted(k for k, v in m.extra.items() if type(v) is int))
+    static = tuple(sorted((k, v) for k, v in m.extra.items() if type(v) is not int))
+    values = (m.seq, m.t0, *(m.extra[k] for k in names))
+    return ((m.topic, m.stream, m.fs, m.channels, m.gain, m.baseline, m.priority, static),
+            _FIXED + names, values)
+
+
+def _definition(m: StreamSamples, counters: tuple[str, ...]) -> bytes:
+    fields = {k: v for k, v in _to_map(m).items() if k not in _SKIP and k not in counters}
+    if len(counters) > 2:
+        fields["counters"] = list(counters[2:])
+    return cast(bytes, msgpack.packb(fields, use_bin_type=True))
+
+
+def fallback(message: ServerMessage, payload: bytes, zstd: ZstdCodec | None) -> bytes:
+    """Any message as kind 0 (msgpack) or kind 1 (zstd frame), whichever is smaller."""
+    if zstd is not None:
+        packed = zstd.compress_message(message, payload)
+        if len(packed) < len(payload):
+            return bytes((KIND_ZSTD,)) + packed
+    return bytes((KIND_MSGPACK,)) + payload
+
+
+class CompactEncoder:
+    """The server side of one ``vital.v1.compact`` connection: its table of entries.
+
+    Messages must be encoded in the order they are sent: each one moves the table.
+
+    Args:
+        zstd: how other messages are compressed (None: they go as msgpack).
+        max_entries: the table's size; past it, the oldest entry is redefined.
+    """
+
+    def __init__(self, zstd: ZstdCodec | None, *, max_entries: int = MAX_ENTRIES) -> None:
+        self.zstd = zstd
+        self.max_entries = max_entries
+        self._entries: dict[str, _Entry] = {}
+        self._fallback_key = ("compact-fallback", None if zstd is None else
+                              (zstd.level, zstd.dictionary_id, zstd.delta))
+
+    def encode(self, message: ServerMessage, payload: bytes, shared: Shared) -> bytes:
+        """The body of the WebSocket message carrying *message* (msgpack: *payload*).
+
+        *shared* memoizes what is the same on every connection (the sample blocks and
+        the fallback) for this message: pass the same mapping to every connection's
+        encoder.
+        """
+        if (not isinstance(message, StreamSamples) or message.dtype != "int16"
+                or not message.channels or len(message.data) % (2 * len(message.channels))
+                or "counters" in message.extra):
+            body = shared.get(self._fallback_key)
+            if body is None:
+                body = shared[self._fallback_key] = fallback(message, payload, self.zstd)
+            return body
+        return self._samples(message, shared)
+
+    def _samples(self, m: StreamSamples, shared: Shared) -> bytes:
+        key, counters, values = _shape(m)
+        head = bytearray(1)
+        entry = self._entries.get(m.topic)
+        flags = SAMPLES
+        if entry is None or entry.key != key:
+            entry = self._define(m, key, counters)
+            definition = _definition(m, counters)
+            flags |= DEFINE
+        channels = len(m.channels)
+        n = len(m.data) // (2 * channels)
+        steps = tuple([v - w for v, w in zip(values, entry.values, strict=True)])
+        if steps == entry.steps and n == entry.n:
+            flags |= STEADY
+        tail = entry.tail if m.seq == entry.values[0] + 1 else None
+        if tail is not None:
+            flags |= CHAINED
+        index = entry.index
+        head[0] = flags | min(index, INDEX)
+        if index >= INDEX:
+            _varint(index, head)
+        if flags & DEFINE:
+            _varint(len(definition), head)
+            head += definition
+        if not flags & STEADY:
+            _varint(n, head)
+            for step in steps:
+                _varint(_zigzag(step), head)
+        memo = ("compact", tail)
+        block = shared.get(memo)
+        if block is None:
+            block = shared[memo] = sample_block(m.data, channels, tail)
+        entry.values, entry.steps, entry.n = values, steps, n
+        entry.tail = _next_tail(m.data, channels, tail)
+        return bytes(head) + block
+
+    def _define(self, m: StreamSamples, key: tuple[Any, ...],
+                counters: tuple[str, ...]) -> _Entry:
+        # Indexes in use are always 0 .. len - 1: a redefinition or an eviction hands
+        # its index on, so the next free index is the table's length.
+        old = self._entries.pop(m.topic, None)
+        if old is not None:
+            index = old.index
+        elif len(self._entries) < self.max_entries:
+            index = len(self._entries)
+        else:  # full: the entry defined longest ago gives way
+            index = self._entries.pop(next(iter(self._entries))).index
+        entry = self._entries[m.topic] = _Entry(index, key, counters,
+                                                (0,) * len(counters), (0,) * len(counters))
+        return entry
+
+
+@dataclasses.dataclass(slots=True)
+class _Known:
+    template: StreamSamples
+    counters: tuple[str, ...]
+    values: list[int]
+    steps: list[int]
+    n: int = 0
+    tail: bytes | None = None
+
+
+class CompactDecoder:
+    """The client side of ``vital.v1.compact``: decodes every message the server sends.
+
+    Args:
+        max_size: the most bytes a message may decode to (msgpack, or samples data).
+        zstd: decompresses kind-1 messages (give it the dictionaries it may meet).
+
+    Raises (from :meth:`decode`):
+        RemoteProtocolError: 1007 (``invalid-compact``) for a message that does not
+            follow section 11.5; 1009 for one that decodes beyond *max_size*.
+    """
+
+    def __init__(self, *, max_size: int = 1 << 20, zstd: ZstdCodec | None = None) -> None:
+        self.max_size = max_size
+        self.zstd = zstd if zstd is not None else ZstdCodec(max_size=max_size)
+        self._entries: dict[int, _Known] = {}
+
+    def decode(self, data: bytes) -> ServerMessage:
+        if not data:
+            raise _invalid("an empty message")
+        kind = data[0]
+        if kind == KIND_MSGPACK:
+            return decode_server(data[1:])
+        if kind == KIND_ZSTD:
+            return self.zstd.decode_server(data[1:])
+        if not kind & SAMPLES:
+            raise _invalid(f"unknown message kind {kind:#04x}")
+        return _Reader(data).samples(self)
+
+    def _define(self, index: int, definition: bytes) -> None:
+        if len(definition) > MAX_DEFINITION_BYTES:
+            raise _invalid(f"an entry definition of {len(definition)} bytes (at most "
+                           f"{MAX_DEFINITION_BYTES})")
+        try:
+            fields = msgpack.unpackb(definition, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise _invalid(f"an entry definition is not msgpack: {exc}") from None
+        if not isinstance(fields, dict):
+            raise _invalid("an entry definition must be a msgpack map")
+        extra = fields.pop("counters", [])
+        if (not isinstance(extra, list) or not all(isinstance(c, str) for c in extra)
+                or any(c in _SKIP or c in fields for c in extra)):
+            raise _invalid(f"'counters' must be a list of new field names, got {extra!r}")
+        template = _stream_samples({**fields, "type": "samples", "seq": 0, "t0": 0,
+                                    "data": b"", **dict.fromkeys(extra, 0)})
+        if template.dtype != "int16":
+            raise _invalid(f"compact samples are int16, the definition says {template.dtype}")
+        counters = _FIXED + tuple(extra)
+        self._entries[index] = _Known(template, counters, [0] * len(counters),
+                                      [0] * len(counters))
+
+
+class _Reader:
+    """One compact samples message, read front to back."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 1
+
+    def varint(self) -> int:
+        value = shift = 0
+        while True:
+            if self.pos >= len(self.data) or shift > 63:
+                raise _invalid("a varint runs past the end of the message or beyond 64 bits")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    def take(self, size: int) -> bytes:
+        if self.pos + size > len(self.data):
+            raise _invalid("the message ends early")
+        chunk = self.data[self.pos:self.pos + size]
+        self.pos += size
+        return chunk
+
+    def samples(self, dec: CompactDecoder) -> StreamSamples:
+        flags = self.data[0]
+        index = flags & INDEX
+        if index == INDEX:
+            index = self.varint()
+            if index < INDEX:
+                raise _invalid(f"index {index} must be inline, not a varint")
+        if index >= MAX_ENTRIES:
+            raise _invalid(f"entry index {index} is beyond the table ({MAX_ENTRIES})")
+        if flags & DEFINE:
+            dec._define(index, self.take(self.varint()))
+        known = dec._entries.get(index)
+        if known is None:
+            raise _invalid(f"entry {index} is used before it is defined")
+        if flags & STEADY:
+            n = known.n
+            known.values = [v + s for v, s in zip(known.values, known.steps, strict=True)]
+        else:
+            n = self.varint()
+            steps = [self.varint() for _ in known.counters]
+            known.steps = [s >> 1 if not s & 1 else -(s >> 1) - 1 for s in steps]
+            known.values = [v + s for v, s in zip(known.values, known.steps, strict=True)]
+            known.n = n
+        return self._finish(dec, known, n, chained=bool(flags & CHAINED))
+
+    def _finish(self, dec: CompactDecoder, known: _Known, n: int, *,
+                chained: bool) -> StreamSamples:
+        t = known.template
+        c = len(t.channels)
+        if 2 * c * n > dec.max_size:
+            raise RemoteProtocolError(f"a compact message of {n} samples per channel decodes "
+                                      f"beyond the limit of {dec.max_size} bytes",
+                                      code=CloseCode.MESSAGE_TOO_BIG, reason="too-big")
+        if any(v < 0 for v in known.values[:2]):
+            raise _invalid(f"seq and t0 must stay >= 0, got {known.values[:2]}")
+        if chained and known.tail is None:
+            raise _invalid("chained samples on an entry with no history")
+        if n == 0:
+            data = b""
+            if self.pos != len(self.data):
+                raise _invalid("bytes after a message without samples")
+        elif chained:
+            assert known.tail is not None
+            data = decode_block(self.data[self.pos:], known.tail, n, c)
+        else:
+            first = self.take(2 * c)
+            data = first + decode_block(self.data[self.pos:], first + first, n - 1, c)
+        known.tail = _next_tail(data, c, known.tail if chained else None)
+        extra = dict(t.extra)
+        extra.update(zip(known.counters[2:], known.values[2:], strict=True))
+        return dataclasses.replace(t, seq=known.values[0], t0=known.values[1], data=data,
+                                   extra=extra)
+
+
+def _invalid(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"invalid compact message: {message}",
+                               code=CloseCode.INVALID_PAYLOAD, reason="invalid-compact")
