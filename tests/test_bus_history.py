@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 from redisserver import Redis, redis_server
-from test_bus import node, pytestmark
+from test_bus import frame, hello, node, pytestmark, samples, subscribe, url
 
 import protocol as P
 from vital_actors.bus import RedisBus
+from vital_actors.clients import connect, receive
 from vital_actors.edge.codecs import Outgoing
 
 __all__ = ["pytestmark"]  # test_bus's warning filters apply here too
@@ -77,3 +78,36 @@ async def test_history_is_bounded_and_what_was_trimmed_is_not_covered(
         assert await history.covers(TOPIC, "e1", 1990)
         got = await history.read(TOPIC, "e1", 1990, 1999, 100)
         assert [o for o, _ in got] == list(range(1991, 2000))
+
+
+async def test_a_subscriber_cut_from_one_node_recovers_on_another_exactly(
+        redis: Redis, nursery: trio.Nursery) -> None:
+    """The device is on p; the subscriber was on a; it comes back on b with ``since``."""
+    topic = "stream/bed1/raw"
+    async with node(redis, "p", nursery) as p, node(redis, "a", nursery) as a, \
+            node(redis, "b", nursery) as b, connect(url(p), P.INGEST_PATH) as dev:
+        assert isinstance(await hello(dev), P.Welcome)
+        async with connect(url(a), P.SUBSCRIBE_PATH) as sub:
+            await subscribe(sub, topic, seen_by=p)
+            for seq in range(5):
+                await dev.send_message(frame(seq))
+            seen = await samples(sub, 5)
+        since = P.position(seen[-1])
+        assert since is not None and since[1] == 4
+        for seq in range(5, 10):  # missed: a keeps the topic for its subscriber's return
+            await dev.send_message(frame(seq))
+        assert p.bus is not None and b.bus is not None
+        with trio.fail_after(10):
+            await p.bus.recorded(10)
+        async with connect(url(b), P.SUBSCRIBE_PATH) as sub:
+            await sub.send_message(P.encode(P.Subscribe((topic,), {topic: since})))
+            with trio.fail_after(10):
+                while not isinstance(m := await receive(sub), P.Event) or \
+                        m.topic != "subscriptions":
+                    pass
+            assert m.body["recovered"] == {topic: True}
+            replayed = await samples(sub, 5)
+            for seq in range(10, 13):
+                await dev.send_message(frame(seq))
+            live = await samples(sub, 3)
+    assert [m.seq for m in replayed + live] == list(range(5, 13))

@@ -133,6 +133,11 @@ class RedisBus:
         while self._handled < target:
             await self._progress.wait()
 
+    async def recorded(self, count: int) -> None:
+        """Return once *count* messages in all were recorded in the history streams."""
+        while self.counters.recorded < count:
+            await self._progress.wait()
+
     def followed_elsewhere(self, topic: str) -> bool:
         """Does a subscriber on another node follow *topic* (as last advertised)?"""
         return topic in self._elsewhere
@@ -224,7 +229,7 @@ class RedisBus:
         if message.get("type") != "pmessage" or self._hub is None:
             return
         node, _, topic = bytes(message["channel"])[skip:].decode().partition(":")
-        if node == self.node or not self._hub.followed_here(topic):
+        if node == self.node or not self._hub.wanted_here(topic):
             return  # our own (delivered locally already), or nobody here follows it
         try:
             decoded = decode_server(bytes(message["data"]))
@@ -233,7 +238,7 @@ class RedisBus:
         if not isinstance(decoded, StreamSamples | Event) or decoded.topic != topic:
             return
         self.counters.received += 1
-        self._hub.deliver(topic, Outgoing(decoded, decoded.priority, bytes(message["data"])))
+        self._hub.take_remote(decoded, bytes(message["data"]))
 
     async def _interest(self, hub: BusHub) -> None:
         """Every ``interest_s``: advertise the topics this node's subscribers follow (a
