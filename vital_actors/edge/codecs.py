@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Hashable, MutableMapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from protocol import (
     CompactEncoder,
@@ -42,7 +42,8 @@ __all__ = [
 ]
 
 
-Shared = MutableMapping[Hashable, bytes]
+#: Per message: frames by codec key, and what per-connection codecs share (any value).
+Shared = MutableMapping[Hashable, Any]
 
 
 class WireCodec(Protocol):
@@ -191,7 +192,7 @@ class Outgoing:
     message: ServerMessage
     priority: Priority
     payload: bytes = b""
-    _frames: dict[Hashable, bytes] = field(default_factory=dict, repr=False)
+    _frames: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, message: ServerMessage, priority: Priority) -> Outgoing:
@@ -204,4 +205,4 @@ class Outgoing:
         frame = self._frames.get(key)
         if frame is None:
             frame = self._frames[key] = codec.frame(self.message, self.payload)
-        return frame
+        return cast(bytes, frame)
