@@ -215,11 +215,9 @@ class Hub:
             stream = topic.split("/")[1]
             known = self.published.get(stream)
             info = self.registry.get(stream) if self.registry is not None else None
-            if known is None and info is not None and info.next_seq > 0:
-                known = (info.run, info.next_seq - 1)
-            if known is not None:
-                return self.ring.open(topic, epoch=self.stream_epoch(known[0]), last=known[1])
-            return self.ring.open(topic, epoch=None)
+            if known is None:  # a stream unknown here begins with run 0, seq 0
+                known = (0, -1) if info is None else (info.run, info.next_seq - 1)
+            return self.ring.open(topic, epoch=self.stream_epoch(known[0]), last=known[1])
         return log if log is not None else self.ring.open(topic)
 
     def publish(self, message: StreamSamples | Event) -> Outgoing | None:

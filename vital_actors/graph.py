@@ -35,6 +35,7 @@ from .edge.door import Route, serve_door
 from .edge.handshake import Compression
 from .edge.websocket import WebSocket
 from .filtering import FilterBank, run_filter
+from .history import ArchiveHistory, archive_token
 from .ingest import run_ingest
 from .jobs import JobRunner
 from .lag import LoopLag, run_lag_probe
@@ -69,7 +70,8 @@ class Server:
         self.registry = StreamRegistry(settings.filter)
         hub_class = Hub if settings.bus.url is None else BusHub
         self.hub = hub_class(buffer=settings.buffers.subscriber, settings=settings.lanes,
-                             stats=self.stats)
+                             stats=self.stats, recovery=settings.recovery,
+                             registry=self.registry)
         # Beyond one process (issue 9): live topics and stream leases over Redis.
         self.bus = None if settings.bus.url is None else RedisBus(settings.bus)
         if isinstance(self.hub, BusHub):
@@ -168,6 +170,9 @@ class Server:
         self.archive_root = s.archive.dir or (s.store.dir / "live" if s.store.dir else fallback)
         if not s.archive.enabled:
             return None
+        if s.recovery.archive:  # raw topics' epochs survive a restart over this archive
+            self.hub.epoch_token = archive_token(self.archive_root)
+            self.hub.history = ArchiveHistory(self.archive_root, self.hub.epoch_token)
         for stored in scan(self.archive_root):
             self.registry.restore(stored.hello, run=stored.run, next_seq=stored.next_seq,
                                   t0=stored.t0)

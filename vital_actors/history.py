@@ -236,18 +236,48 @@ class ArchiveHistory:
 _RECORDS = np.dtype([("seq", "<u8"), ("t0", "<u8"), ("n", "<u4"), ("t", "<f8")])
 
 
+class _Records:
+    """``frames.bin`` read record by record (``os.pread``): seqs increase in a run."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.count = os.fstat(fd).st_size // RECORD.size
+
+    def seq(self, k: int) -> int:
+        return int(RECORD.unpack(os.pread(self.fd, RECORD.size, k * RECORD.size))[0])
+
+    def first_after(self, seq: int) -> int:
+        """The index of the first record whose seq is greater than *seq*."""
+        lo, hi = 0, self.count
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.seq(mid) <= seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def read(self, k: int, limit: int) -> np.ndarray:
+        raw = os.pread(self.fd, min(limit, self.count - k) * RECORD.size, k * RECORD.size)
+        return np.frombuffer(raw, _RECORDS, count=len(raw) // RECORD.size)
+
+
 def _read_run(path: Path, topic: str, epoch: str, after: int, upto: int,
               limit: int) -> list[tuple[int, Outgoing]]:
     """Frames ``after < seq <= upto`` of the run at *path*: found by binary search in
-    ``frames.bin``; a frame's samples start at ``t0 x frame width`` in ``samples.bin``."""
+    ``frames.bin`` (O(log n) reads, however long the run); a frame's samples start at
+    ``t0 x frame width`` in ``samples.bin``."""
     hello = _hello(json.loads((path / "meta.json").read_text()))
     width = len(hello.channels) * (2 if hello.dtype == "int16" else 4)
-    raw = (path / "frames.bin").read_bytes()
-    records = np.frombuffer(raw, _RECORDS, count=len(raw) // RECORD.size)
-    first = int(np.searchsorted(records["seq"], after, side="right"))
+    fd = os.open(path / "frames.bin", os.O_RDONLY)
+    try:
+        records = _Records(fd)
+        chunk = records.read(records.first_after(after), limit)
+    finally:
+        os.close(fd)
     out: list[tuple[int, Outgoing]] = []
     with open(path / "samples.bin", "rb") as samples:
-        for seq, t0, n, _t in records[first:first + limit].tolist():
+        for seq, t0, n, _t in chunk.tolist():
             if seq > upto:
                 break
             samples.seek(t0 * width)

@@ -228,12 +228,16 @@ class Lanes:
         capacity) and the buffer is in normal state, or the lanes are closed. A producer
         that must not lose messages (a replay) waits here, then offers: never dropped,
         and never crowding out what the policy would admit."""
-        i = priority - 1
-        limit = self.capacities[i] if below is None else below
         await trio.lowlevel.checkpoint()
-        while not self.closed and (self.depths[i] >= limit or self.state is not State.NORMAL):
+        while not self.closed and not self.has_room(priority, below=below):
             await self._room.park()
         # No checkpoint after the last check: the caller offers before anyone else runs.
+
+    def has_room(self, priority: Priority, *, below: int | None = None) -> bool:
+        """Whether an offer of *priority* is queued now (see :meth:`wait_for_room`)."""
+        i = priority - 1
+        limit = self.capacities[i] if below is None else below
+        return self.depths[i] < limit and self.state is State.NORMAL
 
     def mark_sent(self, out: Outgoing) -> None:
         self.counts.sent[out.priority - 1] += 1

@@ -76,9 +76,9 @@ async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
                 continue
             index = log.index_after(cursor)
         if index < log.end:
-            await sub.lanes.wait_for_room(Priority.BULK)
-            if index < log.base or log.epoch != epoch:
-                continue  # the ring moved on while we waited
+            if not sub.lanes.has_room(Priority.BULK):
+                await sub.lanes.wait_for_room(Priority.BULK)
+                continue  # the ring may have moved on while we waited
             entry = log.at(index)
             sub.lanes.offer(_bulk(entry.out))
             index += 1
@@ -102,7 +102,10 @@ def _lost(topic: str, epoch: str | None, offset: int) -> Outgoing:
 
 
 async def _offer(sub: Subscriber, out: Outgoing) -> None:
-    await sub.lanes.wait_for_room(Priority.BULK)
+    """Queue *out* in BULK once there is room (without a schedule point while there is:
+    a replay fills the lane in one go, up to its capacity)."""
+    if not sub.lanes.has_room(Priority.BULK):
+        await sub.lanes.wait_for_room(Priority.BULK)
     sub.lanes.offer(_bulk(out))
 
 

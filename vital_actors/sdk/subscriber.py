@@ -1,4 +1,5 @@
-"""A subscriber client that comes back: reconnect with backoff, subscribe again.
+"""A subscriber client that comes back and recovers: reconnect with backoff, subscribe
+again with ``since``, so the server replays what was missed.
 
 ::
 
@@ -7,14 +8,19 @@
         async for message in messages:    # StreamSamples and Event
             ...
 
-Messages sent while it was away are missed (subscriber recovery with ``since`` is not
-in protocol v1 yet); ``status`` events on the (client-side) topic ``client``, with
-``state: "disconnected"`` and ``"reconnected"``, mark each place where that may be.
+The client tracks each topic's position (``epoch``, ``offset``, docs/protocol.md 4.4)
+from the messages it delivers and from the server's replies, and resubscribes after a
+reconnect with ``since`` = those positions. The server replays what came after them
+and answers (in the ``subscriptions`` status it delivers too) ``recovered: {topic:
+true}`` when nothing was lost, or ``false`` with where it resumes from (the server
+restarted without its archive, the stream began a new run, or the history is gone).
+``status`` events on the (client-side) topic ``client``, with ``state:
+"disconnected"`` and ``"reconnected"``, mark each reconnect.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -23,16 +29,21 @@ from protocol import (
     SUBSCRIBE_PATH,
     Error,
     Event,
+    Position,
     Priority,
     ServerMessage,
+    StreamSamples,
     Subscribe,
     encode,
+    position,
 )
 
 from ._backoff import Backoff
 from ._connection import ENDINGS, FatalError, is_fatal, open_connection, receive, unwrapped
 
-__all__ = ["open_subscriber", "run_subscriber_client"]
+__all__ = ["Positions", "open_subscriber", "run_subscriber_client"]
+
+Positions = MutableMapping[str, Position]
 
 
 async def run_subscriber_client(
@@ -42,15 +53,21 @@ async def run_subscriber_client(
     *,
     token: str | None = None,
     backoff: Backoff | None = None,
+    positions: Positions | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Deliver the messages of *topics* to *outbox*, reconnecting until cancelled.
+    """Deliver the messages of *topics* to *outbox*, reconnecting and recovering until
+    cancelled.
+
+    Args:
+        positions: each topic's position, kept up to date here (pass a dict to see it,
+            or one saved earlier to recover from there on the first connection too).
 
     Closes *outbox* on return. Raises :class:`FatalError` when the server refuses for
     good (a bad token, topics outside it).
     """
     backoff = backoff or Backoff()
-    state = _State()
+    state = _State(positions if positions is not None else {})
     with outbox:
         task_status.started()
         delays = backoff.delays()
@@ -72,18 +89,39 @@ async def run_subscriber_client(
 
 
 class _State:
-    def __init__(self) -> None:
+    def __init__(self, positions: Positions) -> None:
         self.connections = 0
         self.connected = False
         self.delivered = False
         self.last_error: str | None = None
+        self.positions = positions
+
+    def advance(self, topic: str, pos: Position) -> None:
+        """Move *topic*'s position to *pos*: forward within an epoch, or to a new epoch."""
+        known = self.positions.get(topic)
+        if known is None or known[0] != pos[0] or pos[1] > known[1]:
+            self.positions[topic] = pos
+
+    def track(self, message: ServerMessage) -> None:
+        """Advance the positions by *message*: the reply to ``subscribe`` (its
+        ``positions``), a ``recovery`` status, or a positioned message."""
+        if not isinstance(message, Event | StreamSamples):
+            return
+        if isinstance(message, Event) and message.topic == "subscriptions":
+            for topic, (epoch, offset) in message.body.get("positions", {}).items():
+                self.advance(topic, (epoch, offset))
+            return
+        pos = position(message)  # a ``recovery`` status carries where it resumes
+        if pos is not None:
+            self.advance(message.topic, pos)
 
 
 async def _session(url: str, topics: Sequence[str],
                    outbox: trio.MemorySendChannel[ServerMessage], token: str | None,
                    state: _State) -> None:
     async with open_connection(url, SUBSCRIBE_PATH, token=token) as ws:
-        await ws.send_message(encode(Subscribe(tuple(topics))))
+        since = {t: state.positions[t] for t in topics if t in state.positions}
+        await ws.send_message(encode(Subscribe(tuple(topics), since)))
         state.connections += 1
         state.connected = True
         if state.connections > 1:
@@ -93,19 +131,23 @@ async def _session(url: str, topics: Sequence[str],
             message = await receive(ws)
             if isinstance(message, Error):
                 state.last_error = message.code
+            state.track(message)
             state.delivered = True
             await outbox.send(message)
 
 
 @asynccontextmanager
 async def open_subscriber(url: str, topics: Sequence[str], *, token: str | None = None,
-                          buffer: int = 1000, backoff: Backoff | None = None
+                          buffer: int = 1000, backoff: Backoff | None = None,
+                          positions: Positions | None = None,
                           ) -> AsyncIterator[trio.MemoryReceiveChannel[ServerMessage]]:
-    """The messages of *topics*, from a subscriber that reconnects while this is open."""
+    """The messages of *topics*, from a subscriber that reconnects and recovers while
+    this is open (*positions* as in :func:`run_subscriber_client`)."""
     tx, rx = trio.open_memory_channel[ServerMessage](buffer)
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: run_subscriber_client(
-            url, topics, tx, token=token, backoff=backoff, task_status=task_status))
+            url, topics, tx, token=token, backoff=backoff, positions=positions,
+            task_status=task_status))
         with rx:
             yield rx
         nursery.cancel_scope.cancel()
