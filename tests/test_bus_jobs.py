@@ -124,11 +124,37 @@ async def test_jobs_survive_a_redis_restart(redis: Redis, tmp_path: Path,
         waiting = await _submit(a, rec)  # both slots are busy: it waits in the queue
         assert (await get_json(b.port or 0, f"/api/v1/jobs/{waiting}"))["state"] == "queued"
         redis.stop()
+        # Redis away: the store answers for the jobs; a new job is refused, clearly.
+        assert (await get_json(b.port or 0, f"/api/v1/jobs/{waiting}"))["state"] == "queued"
+        status, body, _ = await request(b.port or 0, "POST", "/api/v1/jobs",
+                                        {"recording": rec.id})
+        assert status == 503 and b"unreachable" in body, body
         redis.start()  # same port, empty
         for job_id in [*running, waiting]:
             _, job = await _first_to([a, b], job_id, _settled)
             assert job.state == "done", job
         assert (await get_json(b.port or 0, f"/api/v1/jobs/{waiting}"))["state"] == "done"
+
+
+async def test_a_node_that_stops_hands_its_job_to_another(
+        redis: Redis, tmp_path: Path, nursery: trio.Nursery) -> None:
+    root = tmp_path / "store"
+    rec = _store_recording(RecordingStore(root), _ecg_like(1_000_000, 1))
+    # A lease far longer than the test: the job moves because it is handed back, not
+    # because its lease ran out.
+    async with node(redis, "a", nursery, bus={"lease_s": 600}, **_jobs_settings(root)) as a, \
+            node(redis, "b", nursery, bus={"lease_s": 600}, **_jobs_settings(root)) as b:
+        job_id = await _submit(a, rec)
+        first, _ = await _first_to([a, b], job_id, lambda j: j.frames_done >= 4 * CHUNK)
+        other = b if first is a else a
+        first.shutdown()  # draining: the job goes back to the queue at its checkpoint
+        _, done = await _first_to([other], job_id, _settled)
+    assert done.state == "done" and done.node == other.bus.node  # type: ignore[union-attr]
+    assert done.resumed_from is not None and done.resumed_from >= 4 * CHUNK
+    store = RecordingStore(root)
+    reference = _process(store, rec, tmp_path / "ref", chunk=CHUNK)
+    assert done.result is not None
+    assert store.meta(done.result).checksum == reference.checksum
 
 
 def _node_process(redis: Redis, root: Path, name: str) -> subprocess.Popen[bytes]:

@@ -24,6 +24,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import re
 import shutil
 import sys
 import time
@@ -51,6 +52,7 @@ __all__ = ["Job", "JobBoard", "JobBoardUnavailableError", "JobRunner", "JobSpec"
 PriorityName = Literal["low", "normal", "high", "urgent"]
 _RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
 _seq = itertools.count()
+_JOB_PATH = re.compile(r"^(\*|job-[0-9a-f]{1,32})/job\.json$")  # what _on_disk may read
 
 
 class QueueFullError(Exception):
@@ -131,7 +133,8 @@ class JobBoard(Protocol):
     async def take(self) -> Job: ...
     async def check(self, job_id: str) -> tuple[bool, bool]: ...
     async def save(self, job: Job) -> None: ...
-    async def release(self, job: Job, *, requeue: bool = False) -> None: ...
+    async def release(self, job: Job) -> None: ...
+    async def hand_back(self, job: Job) -> None: ...
 
 
 class JobRunner:
@@ -159,8 +162,10 @@ class JobRunner:
                 self._push(job)
             self.jobs[job.id] = job
 
-    def _on_disk(self) -> Iterator[Job]:
-        for path in sorted(self.store.jobs.glob("*/job.json")):
+    def _on_disk(self, pattern: str = "*/job.json") -> Iterator[Job]:
+        if not _JOB_PATH.match(pattern):
+            return
+        for path in sorted(self.store.jobs.glob(pattern)):
             with contextlib.suppress(OSError, ValueError):  # another node is replacing it
                 yield Job.model_validate_json(path.read_text())
 
@@ -206,14 +211,24 @@ class JobRunner:
         return job
 
     async def get(self, job_id: str) -> Job | None:
+        """Job *job_id*; with a board, as the board has it, else (Redis away or
+        restarted since it finished) as the shared store has it."""
         if self.board is None:
             return self.jobs.get(job_id)
-        return await self.board.get(job_id)
+        with contextlib.suppress(JobBoardUnavailableError):
+            found = await self.board.get(job_id)
+            if found is not None:
+                return found
+        return next((j for j in self._on_disk(f"{job_id}/job.json")), None)
 
     async def all_jobs(self) -> list[Job]:
         if self.board is None:
             return list(self.jobs.values())
-        return await self.board.all()
+        shared: list[Job] = []
+        with contextlib.suppress(JobBoardUnavailableError):
+            shared = await self.board.all()
+        merged = {j.id: j for j in self._on_disk()} | {j.id: j for j in shared}
+        return sorted(merged.values(), key=lambda j: j.created)
 
     async def stop(self, job_id: str) -> Job | None:
         """Cancel a job wherever it runs: a queued one at once, a running one after its
@@ -346,8 +361,7 @@ class JobRunner:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             job.state, job.rate, job.eta_s = "queued", None, None
             self._save(job)
-            await self.board.save(job)
-            await self.board.release(job, requeue=True)
+            await self.board.hand_back(job)
 
     async def _check(self, job: Job) -> None:
         """With a board: renew the lease; note a cancel asked on any node.

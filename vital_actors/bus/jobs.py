@@ -29,6 +29,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Literal
 
+import anyio
 import trio
 
 from ..jobs import Job, JobBoardUnavailableError, rank
@@ -74,7 +75,7 @@ return out
 """
 
 #: KEYS queue running owner cancel; ARGV node id requeue(0/1).
-#: Gives up node's lease on id (back to the front of its priority if requeue is 1).
+#: Gives up node's lease on id (if requeue is 1: back in the queue, in its old place).
 _RELEASE = """
 if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[1] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])
@@ -236,13 +237,22 @@ class RedisJobBoard:
                                [self.node, self.lease_ms, *ids])
         return [int(x) for x in out]
 
-    async def release(self, job: Job, *, requeue: bool = False) -> None:
-        """Give up this node's lease on *job*: it finished, or (``requeue``) this node
-        stops and another should continue it from its checkpoint."""
+    async def release(self, job: Job) -> None:
+        """Give up this node's lease on *job*: it is finished."""
         self._held.discard(job.id)
         with contextlib.suppress(*AWAY):
-            await self._eval(_RELEASE, self._release_keys,
-                             [self.node, job.id, int(requeue), score(job)])
+            await self._eval(_RELEASE, self._release_keys, [self.node, job.id, 0, 0])
+
+    async def hand_back(self, job: Job) -> None:
+        """This node stops in the middle of *job* (shutdown): save its state and queue it
+        again at once, for another node to resume from its checkpoint. On a connection
+        of its own: the shutdown's cancellation may have broken the board's."""
+        self._held.discard(job.id)
+        with contextlib.suppress(*AWAY, anyio.ClosedResourceError):
+            async with client_for(self.settings.url or "") as client:
+                await client.hset(self.k_state, {job.id: job.model_dump_json()})
+                await client.eval(_RELEASE, keys=self._release_keys,
+                                  args=[self.node, job.id, 1, score(job)])
 
     @property
     def _release_keys(self) -> list[str]:
