@@ -164,6 +164,24 @@ async def test_recovery_from_the_archive_when_the_ring_no_longer_holds_it(
     assert [m.t0 for m in got] == [36 * s for s in range(5, 18)]
 
 
+async def test_after_a_restart_over_the_same_archive_raw_topics_recover_from_disk(
+        tmp_path: Path) -> None:
+    async with serving(archive={"dir": tmp_path}) as server, \
+            subscriber(server, (RAW,)) as (ws, _), device(server) as dev:
+        await send_frames(dev, range(10))
+        seen = await samples_until(ws, 9)
+        with trio.fail_after(10):
+            await dev.drain()
+    position = P.position(seen[4])  # the subscriber counts 0..4 as received
+    assert position is not None
+    async with serving(archive={"dir": tmp_path}) as server, \
+            subscriber(server, (RAW,), {RAW: position}) as (ws, reply):
+        assert reply.body["recovered"] == {RAW: True}  # the same epoch: the same archive
+        got = await samples_until(ws, 9)
+    assert [m.seq for m in got] == list(range(5, 10))
+    assert [m.data for m in got] == [m.data for m in seen[5:]]
+
+
 async def test_a_changed_epoch_is_recovered_false_with_where_it_resumes() -> None:
     async with serving(archive={"enabled": False}) as server, \
             subscriber(server, (RAW,)) as (witness, _):
