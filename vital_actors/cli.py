@@ -146,22 +146,34 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--channels", help="comma-separated channel names")
     up.add_argument("--gain", type=float, help="units per mV (NPY)")
     up.add_argument("--baseline", type=float, help="value at 0 mV (NPY)")
+    up.add_argument("--no-resume", action="store_true",
+                    help="one plain POST, not the resumable protocol (which continues "
+                         "after a broken connection by itself)")
     return p
 
 
 def _upload(args: argparse.Namespace) -> None:
-    from .uploader import ProgressBar, upload_file
+    from .uploader import ProgressBar, UploadError, upload_file
 
     query = {k: str(v) for k, v in (("format", args.format), ("fs", args.fs),
                                     ("channels", args.channels), ("gain", args.gain),
                                     ("baseline", args.baseline), ("name", args.file.name))
              if v is not None}
-    status, answer = trio.run(partial(upload_file, args.url, args.file, query=query,
-                                      on_progress=ProgressBar()))
+    try:
+        status, answer = trio.run(partial(upload_file, args.url, args.file, query=query,
+                                          on_progress=ProgressBar(),
+                                          resumable=not args.no_resume,
+                                          on_resume=_resuming))
+    except (UploadError, OSError) as exc:
+        raise SystemExit(f"upload failed: {exc}") from None
     if status != 201:
         raise SystemExit(f"upload refused ({status}): {answer.get('error', answer)}")
     print(f"{answer['id']}: {answer['frames']} frames x {len(answer['channels'])} channels "
           f"at {answer['fs']:g} Hz ({answer['duration_s']:.0f} s), {answer['source_format']}")
+
+
+def _resuming(offset: int) -> None:
+    sys.stderr.write(f"\nconnection lost; resuming at {offset / 1e6:.0f} MB\n")
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -28,18 +28,28 @@ from quart_trio import QuartTrio
 from ..archive import run_dir
 from ..filtering import FilterSettingsError
 from ..jobs import JobBoardUnavailableError, JobSpec, QueueFullError
-from ..store import Meta, Reader, RecordingNotFoundError, UploadParams, receive_upload
+from ..store import Meta, Reader, RecordingNotFoundError, receive_upload
 from ..store.formats import FormatError, declared_format
 from ..store.live import LiveReader, disk_frames, live_meta
 from ..store.views import view
 from ..streams import StreamBusyError
+from .uploads import (
+    PATCH_PATH,
+    RECORDINGS,
+    Body,
+    Disconnected,
+    Resumable,
+    register_uploads,
+    respond,
+    upload_params,
+)
 
 if TYPE_CHECKING:
     from ..graph import Server
 
 __all__ = ["UploadApp", "register"]
 
-UPLOAD_PATH = "/api/v1/recordings"
+UPLOAD_PATH = RECORDINGS
 Problem = tuple[dict[str, Any], int]
 
 
@@ -55,30 +65,20 @@ class ReplayIn(BaseModel):
     stream: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
 
 
-def _params(query: dict[str, list[str]]) -> UploadParams:
-    def one(name: str) -> str | None:
-        return query.get(name, [None])[-1]
-
-    try:
-        fs = float(one("fs")) if one("fs") else None  # type: ignore[arg-type]
-        gain = float(one("gain") or 1.0)
-        baseline = float(one("baseline") or 0.0)
-    except ValueError as exc:
-        raise FormatError(400, f"bad query parameter: {exc}") from None
-    channels = [c for c in (one("channels") or "").split(",") if c]
-    return UploadParams(fs, channels, gain, baseline, one("name"))
-
-
 class UploadApp:
-    """ASGI wrapper: streams POST /api/v1/recordings, passes the rest to *inner*."""
+    """ASGI wrapper: streams POST /api/v1/recordings and PATCH /api/v1/uploads/{id}
+    (resumable, api/uploads.py), passes the rest to *inner*."""
 
-    def __init__(self, inner: Any, server: Server) -> None:
-        self.inner, self.server = inner, server
+    def __init__(self, inner: Any, server: Server, resumable: Resumable) -> None:
+        self.inner, self.server, self.resumable = inner, server, resumable
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        patch = PATCH_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
         if (scope["type"] == "http" and scope["method"] == "POST"
                 and scope["path"].rstrip("/") == UPLOAD_PATH):
             await self._upload(scope, receive, send)
+        elif patch is not None and scope["method"] == "PATCH":
+            await self.resumable.patch(scope, receive, send, patch.group(1))
         else:
             await self.inner(scope, receive, send)
 
@@ -93,53 +93,18 @@ class UploadApp:
                                   f"{s.max_upload_bytes} bytes")
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             meta = await receive_upload(
-                self.server.store, _Body(receive), params=_params(query),
+                self.server.store, Body(receive), params=upload_params(query),
                 declared=declared_format(query.get("format", [None])[-1],
                                          headers.get("content-type")),
                 chunk_bytes=s.write_chunk_bytes, max_bytes=s.max_upload_bytes)
         except FormatError as exc:
             self.server.stats.reject(f"upload-{exc.status}")
-            await _respond(send, exc.status, {"error": exc.message, "reasons": []})
+            await respond(send, exc.status, {"error": exc.message, "reasons": []})
             return
-        except _Disconnected:
+        except Disconnected:
             return
-        await _respond(send, 201, json.loads(meta.model_dump_json()),
-                       location=f"{UPLOAD_PATH}/{meta.id}")
-
-
-class _Disconnected(Exception):
-    pass
-
-
-class _Body:
-    """The request body as an async iterator over the ASGI ``receive`` messages."""
-
-    def __init__(self, receive: Any) -> None:
-        self.receive, self.done = receive, False
-
-    def __aiter__(self) -> _Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.done:
-            raise StopAsyncIteration
-        message = await self.receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected  # the client went away mid-upload: a truncated body
-        self.done = not message.get("more_body", False)
-        data: bytes = message.get("body", b"")
-        return data
-
-
-async def _respond(send: Any, status: int, body: dict[str, Any], *,
-                   location: str | None = None) -> None:
-    data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(data)).encode())]
-    if location:
-        headers.append((b"location", location.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
+        await respond(send, 201, json.loads(meta.model_dump_json()),
+                      {"location": f"{UPLOAD_PATH}/{meta.id}"})
 
 
 def _int(name: str, default: int) -> int:
@@ -149,7 +114,8 @@ def _int(name: str, default: int) -> int:
 
 def register(app: QuartTrio, server: Server) -> None:
     """Add the recording, replay and job routes to *app*; wrap it for uploads."""
-    app.asgi_app = UploadApp(app.asgi_app, server)  # type: ignore[method-assign,assignment]
+    resumable = register_uploads(app, server)
+    app.asgi_app = UploadApp(app.asgi_app, server, resumable)  # type: ignore[method-assign,assignment]
     _recordings(app, server)
     _live(app, server)
     _jobs(app, server)

@@ -5,6 +5,8 @@
     <root>/recordings/<id>/   committed recordings (see recording.py)
     <root>/partial/<id>/      uploads being written; swept when the server starts
     <root>/jobs/<id>/         processing jobs: spec, checkpoint and their unfinished result
+    <root>/uploads/<id>/      resumable uploads (resumable.py): kept across restarts for
+                              UPLOAD_TTL_S after their last byte
 
 Only :meth:`Writer.commit` moves a directory into ``recordings/``, with one rename.
 """
@@ -18,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .recording import Meta, Reader, Writer
+from .resumable import sweep
 
 __all__ = ["RecordingNotFoundError", "RecordingStore", "new_id"]
 
+UPLOAD_TTL_S = 7 * 86400  # a resumable upload left alone this long is deleted at start
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -40,8 +44,10 @@ class RecordingStore:
         self.recordings = root / "recordings"
         self.partial = root / "partial"
         self.jobs = root / "jobs"
-        for d in (self.recordings, self.partial, self.jobs):
+        self.uploads = root / "uploads"
+        for d in (self.recordings, self.partial, self.jobs, self.uploads):
             d.mkdir(parents=True, exist_ok=True)
+        sweep(self.uploads, older_than_s=UPLOAD_TTL_S)
         # Whatever was being uploaded when the last server stopped is incomplete.
         for leftover in self.partial.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)

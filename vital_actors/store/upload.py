@@ -21,6 +21,7 @@ import trio
 
 from .formats import Decoder, FormatError, UploadParams, make_decoder, resolve
 from .recording import Meta, Writer
+from .resumable import ChecksumError
 from .store import RecordingStore, new_id
 
 __all__ = ["TooLargeError", "receive_upload"]
@@ -62,7 +63,7 @@ class _Upload:
 
 async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
                          declared: str | None, params: UploadParams, chunk_bytes: int,
-                         max_bytes: int) -> Meta:
+                         max_bytes: int, sha256: str | None = None) -> Meta:
     """Decode *body* into a new recording in *store* and commit it.
 
     Receiving and writing overlap: while a worker thread writes one chunk, the next one
@@ -70,6 +71,7 @@ async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
 
     Raises:
         FormatError: with the HTTP status; nothing of the upload is left on disk.
+        ChecksumError: the body's sha-256 is not *sha256* (hex), when given.
     """
     rec_id = new_id()
     workdir = store.partial / rec_id
@@ -93,6 +95,8 @@ async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
         up = writer.up
         if up is None or up.writer is None or up.writer.state.frames == 0:
             raise FormatError(422, "the upload holds no samples")
+        if sha256 is not None and up.sha.hexdigest() != sha256:
+            raise ChecksumError("the whole upload", sha256, up.sha.hexdigest())
         return await trio.to_thread.run_sync(partial(
             store.commit, rec_id, up.writer, source_format=up.fmt, source_name=params.name,
             source_sha256=up.sha.hexdigest()))
