@@ -50,6 +50,7 @@ INDEX = 0x0F  # 0..14 the entry index; 15: the index follows as a varint
 MAX_ENTRIES = 1024
 MAX_DEFINITION_BYTES = 4096
 _FIXED = ("seq", "t0")
+_UNKNOWN = object()
 _SKIP = frozenset(("type", "seq", "t0", "data"))
 
 #: What every connection's encoder may reuse for one message (sample blocks, fallback).
@@ -98,18 +99,38 @@ class _Entry:
     expect: tuple[int, ...] = ()  # values + steps: what a steady message carries
     n: int = 0
     tail: bytes | None = None
+    ready: bool = False  # the next steady frame takes the short path (one header byte)
+    head: bytes = b""  # that header byte
 
 
-def _shape(m: StreamSamples) -> tuple[tuple[Any, ...], tuple[str, ...], tuple[int, ...]]:
-    """(static key, counter names, counter values) of a samples message."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a samples message looks like to a table: the same on every connection."""
+
+    key: tuple[Any, ...]  # the static fields: an entry holds them
+    counters: tuple[str, ...]
+    values: tuple[int, ...]
+    channels: int
+    n: int
+    last: bytes | None  # its last two samples per channel, if it has two
+
+
+def _shape(m: ServerMessage) -> _Shape | None:
+    """The shape of a message that can go compact (int16 samples), else None."""
+    if (not isinstance(m, StreamSamples) or m.dtype != "int16" or not m.channels
+            or len(m.data) % (2 * len(m.channels)) or "counters" in m.extra):
+        return None
+    c = len(m.channels)
+    n = len(m.data) // (2 * c)
+    last = m.data[-4 * c:] if n >= 2 else None
     if not m.extra:
-        return ((m.topic, m.stream, m.fs, m.channels, m.gain, m.baseline, m.priority),
-                _FIXED, (m.seq, m.t0))
+        return _Shape((m.topic, m.stream, m.fs, m.channels, m.gain, m.baseline, m.priority),
+                      _FIXED, (m.seq, m.t0), c, n, last)
     names = tuple(sorted(k for k, v in m.extra.items() if type(v) is int))
     static = tuple(sorted((k, v) for k, v in m.extra.items() if type(v) is not int))
-    values = (m.seq, m.t0, *(m.extra[k] for k in names))
-    return ((m.topic, m.stream, m.fs, m.channels, m.gain, m.baseline, m.priority, static),
-            _FIXED + names, values)
+    return _Shape((m.topic, m.stream, m.fs, m.channels, m.gain, m.baseline, m.priority,
+                   static), _FIXED + names, (m.seq, m.t0, *(m.extra[k] for k in names)),
+                  c, n, last)
 
 
 def _definition(m: StreamSamples, counters: tuple[str, ...]) -> bytes:
@@ -152,43 +173,44 @@ class CompactEncoder:
         the fallback) for this message: pass the same mapping to every connection's
         encoder.
         """
-        if (not isinstance(message, StreamSamples) or message.dtype != "int16"
-                or not message.channels or len(message.data) % (2 * len(message.channels))
-                or "counters" in message.extra):
+        shape = shared.get("compact-shape", _UNKNOWN)
+        if shape is _UNKNOWN:  # once per message
+            shape = shared["compact-shape"] = _shape(message)
+        if shape is None:
             body = shared.get(self._fallback_key)
             if body is None:
                 body = shared[self._fallback_key] = fallback(message, payload, self.zstd)
             return cast(bytes, body)
-        return self._samples(message, shared)
-
-    def _samples(self, m: StreamSamples, shared: Shared) -> bytes:
-        shape = shared.get("compact-shape")
-        if shape is None:  # once per message: the same on every connection
-            shape = shared["compact-shape"] = _shape(m)
-        key, counters, values = shape
+        m = cast(StreamSamples, message)
         entry = self._entries.get(m.topic)
-        channels = len(m.channels)
-        n = len(m.data) // (2 * channels)
-        if (entry is not None and values == entry.expect and n == entry.n
-                and entry.tail is not None and entry.index < INDEX and entry.key == key
-                and entry.steps[0] == 1):
+        if (entry is not None and entry.ready and shape.values == entry.expect
+                and shape.n == entry.n and shape.key == entry.key):
             # The usual case, kept short (it runs once per message per subscriber): the
             # next frame of a known topic, one header byte.
-            entry.values, entry.expect = values, tuple(map(add, values, entry.steps))
-            return bytes((SAMPLES | CHAINED | STEADY | entry.index,)) + self._block(
-                m, channels, entry, shared)
+            memo = ("compact", entry.tail)
+            block = shared.get(memo)
+            if block is None:
+                block = shared[memo] = sample_block(m.data, shape.channels, entry.tail)
+            entry.values, entry.expect = shape.values, tuple(map(add, shape.values,
+                                                                 entry.steps))
+            entry.tail = shape.last or _next_tail(m.data, shape.channels, entry.tail)
+            return entry.head + cast(bytes, block)
+        return self._samples(m, shape, entry, shared)
+
+    def _samples(self, m: StreamSamples, shape: _Shape, entry: _Entry | None,
+                 shared: Shared) -> bytes:
         flags = SAMPLES
-        if entry is None or entry.key != key:
-            entry = self._define(m, key, counters)
-            definition = _definition(m, counters)
+        if entry is None or entry.key != shape.key:
+            entry = self._define(m, shape.key, shape.counters)
+            definition = _definition(m, shape.counters)
             flags |= DEFINE
+        values, n = shape.values, shape.n
         steps = tuple(map(sub, values, entry.values))
         if steps == entry.steps and n == entry.n:
             flags |= STEADY
-        if entry.tail is not None and m.seq == entry.values[0] + 1:
+        tail = entry.tail if m.seq == entry.values[0] + 1 else None
+        if tail is not None:
             flags |= CHAINED
-        else:
-            entry.tail = None
         index = entry.index
         head = bytearray((flags | min(index, INDEX),))
         if index >= INDEX:
@@ -200,20 +222,16 @@ class CompactEncoder:
             _varint(n, head)
             for step in steps:
                 _varint(_zigzag(step), head)
-        entry.values, entry.steps, entry.n = values, steps, n
-        entry.expect = tuple(map(add, values, steps))
-        return bytes(head) + self._block(m, channels, entry, shared)
-
-    @staticmethod
-    def _block(m: StreamSamples, channels: int, entry: _Entry, shared: Shared) -> bytes:
-        """The sample block for *entry*'s history (shared), and the history moved on."""
-        tail = entry.tail
-        memo = ("compact", tail)
+        memo = ("compact", tail)  # the block of the history it is chained on (or none)
         block = shared.get(memo)
         if block is None:
-            block = shared[memo] = sample_block(m.data, channels, tail)
-        entry.tail = _next_tail(m.data, channels, tail)
-        return cast(bytes, block)
+            block = shared[memo] = sample_block(m.data, shape.channels, tail)
+        entry.values, entry.steps, entry.n = values, steps, n
+        entry.expect = tuple(map(add, values, steps))
+        entry.tail = _next_tail(m.data, shape.channels, tail)
+        entry.ready = entry.tail is not None and steps[0] == 1 and index < INDEX
+        entry.head = bytes((SAMPLES | CHAINED | STEADY | index,))
+        return bytes(head) + cast(bytes, block)
 
     def _define(self, m: StreamSamples, key: tuple[Any, ...],
                 counters: tuple[str, ...]) -> _Entry:
