@@ -10,7 +10,7 @@ from quality_helpers import F64, feed, of_type, to_mv
 
 from vital_actors.quality import QualityChain
 from vital_actors.quality.evaluate import auc, noisy_label
-from vital_actors.quality.repeat import BeatNoise
+from vital_actors.quality.repeat import BeatNoise, measure
 from vital_actors.quality.sqi import WindowSQI, classify, score
 from vital_actors.settings import ScreenSettings
 from vital_actors.sources import load_record
@@ -38,7 +38,8 @@ def _estimate(shapes: list[F64], noise_sd: float, seed: int = 0) -> float | None
         r = k * RR + 100
         est.beat(r, r + 70)
     est.advance(len(x), x, 0)
-    return est.snr_db(0)
+    measure([est])
+    return est.snr_db(0, est.cut)
 
 
 @pytest.mark.parametrize("snr_db", [15.0, 20.0, 30.0])
@@ -66,7 +67,8 @@ def test_too_few_beats_give_no_estimate_and_the_score_falls_back() -> None:
     for k in range(3):
         est.beat(k * RR + 100, k * RR + 170)
     est.advance(len(x), x, 0)
-    assert est.snr_db(0) is None  # two measured beats (the first has none before it)
+    measure([est])
+    assert est.snr_db(0, est.cut) is None  # two measured beats (the first has none before it)
     q = WindowSQI((8.0,), (0.0,), (0.1,), (0.0,), (0.0,), (0.0,), (0.5,), 1.0, None)
     assert score(q, 0) == pytest.approx(1 - np.exp(-1.0), abs=1e-3)  # kurtosis 8
     noisy = WindowSQI((8.0,), (0.0,), (0.1,), (0.0,), (0.0,), (0.0,), (0.5,), 1.0, 2.0)

@@ -35,6 +35,7 @@ from protocol import Event
 from ..settings import ScreenSettings
 from .design import Design, design_for
 from .front import FrontState, run_front
+from .repeat import measure
 from .sqi import StepRows, step_rows
 from .stream import Step, StreamQuality
 
@@ -132,15 +133,19 @@ class QualityChain:
             det, det_f, mv, filt = f.mv[:, ch[0]:ch[0] + 1], f.filtered[:, ch[0]:ch[0] + 1], \
                 f.mv, f.filtered
         else:
-            det = np.column_stack([f.mv[:, c] for f, c in zip(frames, ch, strict=True)])
-            det_f = np.column_stack([f.filtered[:, c] for f, c in zip(frames, ch, strict=True)])
-            mv = np.hstack([f.mv for f in frames])
-            filt = np.hstack([f.filtered for f in frames])
+            mv = np.concatenate([f.mv for f in frames], axis=1)
+            filt = np.concatenate([f.filtered for f in frames], axis=1)
+            cols, at = [], 0  # each stream's detection channel among all the columns
+            for f, c in zip(frames, ch, strict=True):
+                cols.append(at + c)
+                at += f.mv.shape[1]
+            det, det_f = mv[:, cols], filt[:, cols]
         widths = [f.mv.shape[1] for f in frames]
         results = run_front(d, [e.front for e in entries], np.asarray(det, np.float64),
                             np.asarray(det_f, np.float64), np.asarray(mv, np.float64),
                             np.asarray(filt, np.float64), widths, self._scratch)
         taken = [e.quality.take(res) for e, res in zip(entries, results, strict=True)]
+        measure([e.quality.noise for e in entries])  # the beats cut by take, at once
         steps = [x for items in taken for x in items if isinstance(x, Step)]
         rows = self._rows(steps)
         for items, events in zip(taken, out, strict=True):

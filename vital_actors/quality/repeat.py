@@ -26,12 +26,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LAG", "MIN_BEATS", "QRS_S", "SEG_S", "BeatNoise"]
+__all__ = ["LAG", "MIN_BEATS", "QRS_S", "SEG_S", "BeatNoise", "measure"]
 
 F64 = npt.NDArray[np.float64]
 SEG_S = (0.25, 0.45)  # the stretch compared: before and after R
@@ -44,7 +45,13 @@ MAX_DB = 60.0  # estimates are capped here (a noiseless synthetic signal)
 
 @dataclass(slots=True)
 class BeatNoise:
-    """One stream's beat-to-beat noise estimator (detection channel, filtered)."""
+    """One stream's beat-to-beat noise estimator (detection channel, filtered).
+
+    :meth:`beat` queues a beat, :meth:`advance` cuts the segments of the beats that
+    are ready, :func:`measure` measures the cut segments of many streams in one numpy
+    pass and :meth:`snr_db` gives a window's estimate. Each cut beat gets a number
+    (``cut``); a step asks for the beats cut before it, so the estimate does not
+    depend on when the measuring pass runs."""
 
     fs: float
     start: int  # first sample index of the run
@@ -55,8 +62,11 @@ class BeatNoise:
     qrs: slice = field(default_factory=lambda: slice(0))
     history: F64 = field(default_factory=lambda: np.zeros(0))
     waiting: deque[tuple[int, int]] = field(default_factory=deque)  # (R, ready at)
+    cut: int = 0  # beats cut so far
+    fresh: list[tuple[int, F64]] = field(default_factory=list)  # cut, not measured: R, seg
     previous: deque[F64] = field(default_factory=lambda: deque(maxlen=LAG))
-    measured: deque[tuple[int, float, float]] = field(default_factory=deque)  # R, var, ptp
+    # (number, R, noise variance, QRS ptp) of the measured beats, in order
+    measured: deque[tuple[int, int, float, float]] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         fs = self.fs
@@ -72,35 +82,80 @@ class BeatNoise:
         self.waiting.append((r, max(decided + 1, r + self.post)))
 
     def advance(self, until: int, full: F64, full_start: int) -> None:
-        """Measure the waiting beats ready before sample *until*, in R order; *full*
-        holds the channel from *full_start* up to at least *until*."""
+        """Cut the segments of the waiting beats ready before sample *until*, in R
+        order; *full* holds the channel from *full_start* up to at least *until*."""
         while self.waiting and self.waiting[0][1] <= until:
             r, ready = self.waiting.popleft()
             lo = r - self.pre
             if lo < max(self.start, ready - self.keep):
                 continue  # its segment is no longer kept (whatever the framing)
-            seg = full[lo - full_start:r + self.post - full_start]
-            out = seg[self.outside]
-            ptp = float(seg[self.qrs].max() - seg[self.qrs].min())
-            if self.previous:
-                var = min(float(np.var(out - p)) for p in self.previous) / 2
-                self.measured.append((r, var, ptp))
-            self.previous.append(out)
+            self.fresh.append((r, full[lo - full_start:r + self.post - full_start]))
+            self.cut += 1
 
     def keep_history(self, full: F64) -> None:
         self.history = full[-self.keep:].copy()
 
-    def snr_db(self, lo: int) -> float | None:
-        """The estimate over the measured beats with R from *lo* on (None if too few)."""
+    def snr_db(self, lo: int, upto: int) -> float | None:
+        """The estimate over the beats cut before number *upto* with R from *lo* on
+        (None if fewer than ``MIN_BEATS``). Calls come with *lo* and *upto* not
+        decreasing, after :func:`measure`."""
         m = self.measured
-        while m and m[0][0] < lo:
+        while m and m[0][1] < lo:
             m.popleft()
-        if len(m) < MIN_BEATS:
+        noise: list[float] = []
+        ptp: list[float] = []
+        for k, _, var, height in m:
+            if k >= upto:
+                break
+            noise.append(var)
+            ptp.append(height)
+        if len(noise) < MIN_BEATS:
             return None
-        noise = statistics.median(x[1] for x in m)
-        ptp = statistics.median(x[2] for x in m)
-        if noise <= 0:
+        n, h = statistics.median(noise), statistics.median(ptp)
+        if n <= 0:
             return MAX_DB
-        if ptp <= 0:
+        if h <= 0:
             return -MAX_DB
-        return round(min(MAX_DB, 10 * math.log10(ptp * ptp / 8 / noise)), 1)
+        return round(min(MAX_DB, 10 * math.log10(h * h / 8 / n)), 1)
+
+
+def measure(streams: Sequence[BeatNoise]) -> None:
+    """Measure the cut segments of *streams* (of one sampling rate) in one numpy pass:
+    each against the ``LAG`` beats before it in its stream."""
+    todo = [s for s in streams if s.fresh]
+    if not todo:
+        return
+    first = todo[0]
+    segs = np.array([seg for s in todo for _, seg in s.fresh])  # (beats, width)
+    out = segs[:, first.outside]
+    qrs = segs[:, first.qrs]
+    ptp = (qrs.max(axis=1) - qrs.min(axis=1)).tolist()
+    # Rows of ``pool``: every stream's previous beats, then the new ones; per new beat,
+    # the rows of the LAG beats before it (row 0, zeros, where there are fewer).
+    olds = [p for s in todo for p in s.previous]
+    pool = np.concatenate([np.zeros((1, out.shape[1])), *[p[None] for p in olds], out])
+    before: list[list[int]] = []
+    row_old, row_new = 1, 1 + len(olds)
+    for s in todo:
+        rows = list(range(row_old, row_old + len(s.previous)))
+        row_old += len(s.previous)
+        for _ in s.fresh:
+            before.append(([0] * LAG + rows)[-LAG:])
+            rows.append(row_new)
+            row_new += 1
+    idx = np.array(before)
+    d = pool[idx] - out[:, None, :]  # (beats, LAG, samples)
+    n = d.shape[2]
+    mean = d.sum(axis=2) / n
+    var = (d * d).sum(axis=2) / n - mean * mean
+    var[idx == 0] = np.inf
+    noise = (var.min(axis=1) / 2).tolist()
+    j = 0
+    for s in todo:
+        k = s.cut - len(s.fresh)
+        for r, _ in s.fresh:
+            if len(s.previous):
+                s.measured.append((k, r, noise[j], ptp[j]))
+            s.previous.append(out[j])
+            k, j = k + 1, j + 1
+        s.fresh.clear()

@@ -1,13 +1,19 @@
-"""Heart rate and HRV from recent beats (R indices), as pure functions."""
+"""Heart rate and HRV from recent beats (R indices).
+
+:func:`rhythm` is the definition (a pure function of the beats); :class:`RhythmState`
+keeps the same figures up to date beat by beat with running sums, so a quality step
+costs a few operations instead of a pass over the last minute of beats.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["HRV_WINDOW_S", "Rhythm", "rhythm"]
+__all__ = ["HRV_WINDOW_S", "Rhythm", "RhythmState", "rhythm"]
 
 HR_WINDOW_S = 10.0  # the median heart rate is over the RR intervals of the last 10 s
 HRV_WINDOW_S = 60.0  # SDNN and RMSSD over the last 60 s
@@ -59,3 +65,73 @@ def _median(xs: Sequence[float]) -> float:
     s = sorted(xs)
     mid = len(s) // 2
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+@dataclass(slots=True)
+class RhythmState:
+    """:func:`rhythm` kept up to date: :meth:`push` each beat (in order), :meth:`at` a
+    step. The same figures as ``rhythm(beats, now, fs)`` over the pushed beats
+    (test), from running sums over the beats of the last ``HRV_WINDOW_S``."""
+
+    fs: float
+    beats: deque[tuple[int, float | None]] = field(default_factory=deque)  # R, RR (s)
+    good: deque[float] = field(default_factory=deque)  # RR in range (ms), in order
+    total: float = 0.0  # sum of ``good`` ...
+    squares: float = 0.0  # ... of its squares ...
+    diffs: float = 0.0  # ... and of its successive differences squared
+
+    def push(self, r: int) -> None:
+        rr = (r - self.beats[-1][0]) / self.fs if self.beats else None
+        self.beats.append((r, rr))
+        if rr is not None and RR_RANGE_S[0] <= rr <= RR_RANGE_S[1]:
+            ms = rr * 1000
+            if self.good:
+                self.diffs += (ms - self.good[-1]) ** 2
+            self.good.append(ms)
+            self.total += ms
+            self.squares += ms * ms
+
+    def _expire(self, lo: float) -> None:
+        beats = self.beats
+        while beats and beats[0][0] < lo:
+            beats.popleft()
+            if beats and beats[0][1] is not None:
+                # The new first beat's RR reaches out of the window: it no longer counts.
+                rr = beats[0][1]
+                beats[0] = (beats[0][0], None)
+                if RR_RANGE_S[0] <= rr <= RR_RANGE_S[1]:
+                    ms = self.good.popleft()
+                    self.total -= ms
+                    self.squares -= ms * ms
+                    if self.good:
+                        self.diffs -= (self.good[0] - ms) ** 2
+        if not self.good:  # no drift left over from the running sums
+            self.total = self.squares = self.diffs = 0.0
+
+    def at(self, now: int) -> Rhythm:
+        """The rates at sample index *now* (not before the last push's)."""
+        fs = self.fs
+        self._expire(now - HRV_WINDOW_S * fs)
+        lo10 = now - HR_WINDOW_S * fs
+        rr10: list[float] = []
+        beats10 = 0
+        last: float | None = None
+        for r, rr in reversed(self.beats):
+            if r < lo10:
+                break
+            beats10 += 1
+            if rr is not None:
+                rr10.append(rr)
+        for _, rr in reversed(self.beats):
+            if rr is not None:
+                last = rr
+                break
+        hr_inst = round(60.0 / last, 1) if last is not None else None
+        hr = round(60.0 / _median(rr10), 1) if rr10 else None
+        sdnn = rmssd = None
+        n = len(self.good)
+        if n >= 2:
+            mean = self.total / n
+            sdnn = round(math.sqrt(max(self.squares / n - mean * mean, 0.0)), 1)
+            rmssd = round(math.sqrt(max(self.diffs, 0.0) / (n - 1)), 1)
+        return Rhythm(hr_inst, hr, sdnn, rmssd, beats10)

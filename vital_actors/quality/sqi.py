@@ -55,17 +55,18 @@ SNR_WIDTH_DB = 4.0
 SCORE_BSQI = 0.75  # bSQI below this scales the score down in proportion
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowSQI:
-    """The indices of one window; per-channel tuples, ``bsqi`` for the stream."""
+    """The indices of one window; per-channel sequences, ``bsqi`` and ``snr_db`` for
+    the stream."""
 
-    kurtosis: tuple[float, ...]
-    skewness: tuple[float, ...]
-    bw_ratio: tuple[float, ...]
-    hf_ratio: tuple[float, ...]
-    flat_fraction: tuple[float, ...]
-    sat_fraction: tuple[float, ...]
-    std_mv: tuple[float, ...]
+    kurtosis: Sequence[float]
+    skewness: Sequence[float]
+    bw_ratio: Sequence[float]
+    hf_ratio: Sequence[float]
+    flat_fraction: Sequence[float]
+    sat_fraction: Sequence[float]
+    std_mv: Sequence[float]
     bsqi: float
     snr_db: float | None = None  # beat-to-beat SNR of the detection channel (.repeat)
 

@@ -26,7 +26,7 @@ from .design import FEATURES, Design
 from .front import FrontOut
 from .peaks import Beat, PeakTracker
 from .repeat import BeatNoise
-from .rhythm import HRV_WINDOW_S, Rhythm, rhythm
+from .rhythm import Rhythm, RhythmState
 from .sqi import StepRows, WindowSQI, bsqi, classify, score
 
 __all__ = ["Step", "StreamQuality"]
@@ -38,7 +38,7 @@ B_LEVEL = 0.25  # detector B: share of its running beat height a beat must reach
 B_HALF_LIFE_S = 10.0  # ... a level that halves every 10 s without a beat
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Step:
     """A quality step waiting for its indices (computed for many streams at once)."""
 
@@ -50,7 +50,8 @@ class Step:
     prev: F64  # ... at the previous boundary ...
     first: F64  # ... and at the window's start
     bsqi: float
-    snr_db: float | None  # beat-to-beat SNR of the window (None: too few beats)
+    lo: int  # the window's first sample
+    cut: int  # beats cut for the beat-to-beat SNR before the step (.repeat)
     beats: bool  # either detector found a beat in the window
     rhythm: Rhythm
 
@@ -64,13 +65,15 @@ class StreamQuality:
         self.channels, self.channel, self.start = channels, channel, t0
         self.tracker = PeakTracker(d.fs, t0)
         self.noise = BeatNoise(d.fs, t0)
-        self.beats: deque[int] = deque()  # detector A's R indices, last 60 s
+        self.rhythm = RhythmState(d.fs)  # detector A's beats, last 60 s
+        self.last_r = t0  # detector A's last beat (the run's start before the first)
         self.b_beats: deque[int] = deque()  # detector B's, last window
         self.b_level, self.b_last = 0.0, t0
         steps = max(1, round(settings.sqi_window_s / settings.window_s))
         self.snaps: deque[tuple[int, F64]] = deque(maxlen=steps + 1)
         self.snaps.append((t0, np.zeros((len(FEATURES), channels))))
         self.flat: deque[list[bool]] = deque(maxlen=steps)
+        self.flat_counts = [0] * channels  # flat seconds in ``flat``, per channel
         self.alarms: dict[tuple[str, int | None], Alarm] = {}
         hold, clear = settings.rate_hold_s, settings.rate_clear_s
         for kind, on, off in (("asystole", 1, 1), ("bradycardia", hold, clear),
@@ -122,7 +125,8 @@ class StreamQuality:
 
     def _peak(self, decided: int, value: float, r: int) -> Iterator[Event]:
         for beat in self.tracker.push(decided, value, r):
-            self.beats.append(beat.r)
+            self.rhythm.push(beat.r)
+            self.last_r = beat.r
             self.noise.beat(beat.r, beat.decided)
             yield self._beat_event(beat)
 
@@ -141,37 +145,54 @@ class StreamQuality:
         prev_b, prev = self.snaps[-1]
         self.snaps.append((boundary, totals))
         first_b, first = self.snaps[0]
-        while self.beats and boundary - self.beats[0] > HRV_WINDOW_S * fs:
-            self.beats.popleft()
+        rh = self.rhythm.at(boundary)
         lo = boundary - self.s.sqi_window_s * fs
         while self.b_beats and self.b_beats[0] < lo:
             self.b_beats.popleft()
         edge = boundary - EDGE_S * fs
-        a = [r for r in self.beats if lo <= r < edge]
+        a: list[int] = []
+        for r, _ in reversed(self.rhythm.beats):
+            if r < lo:
+                break
+            if r < edge:
+                a.append(r)
+        a.reverse()
         b = [r for r in self.b_beats if r < edge]
         return Step(self, boundary, boundary - first_b, boundary - prev_b, totals, prev, first,
-                    bsqi(a, b, round(MATCH_S * fs)), self.noise.snr_db(round(lo)), bool(a or b),
-                    rhythm(self.beats, boundary, fs))
+                    bsqi(a, b, round(MATCH_S * fs)), round(lo), self.noise.cut, bool(a or b), rh)
 
-    def finish(self, st: Step, rows: StepRows, i: int) -> Iterator[Event]:
+    def finish(self, st: Step, rows: StepRows, i: int) -> list[Event]:
         """The quality event and alert changes of step *st*, row *i* of *rows*."""
         flat = rows.flat[i]
+        counts = self.flat_counts
+        if len(self.flat) == self.flat.maxlen:
+            for c, was in enumerate(self.flat[0]):
+                counts[c] -= was
         self.flat.append(flat)
-        flat_share = [round(sum(col) / len(self.flat), 4) for col in zip(*self.flat, strict=True)]
-        q = WindowSQI(tuple(rows.kurtosis[i]), tuple(rows.skewness[i]), tuple(rows.bw_ratio[i]),
-                      tuple(rows.hf_ratio[i]), tuple(flat_share), tuple(rows.sat_fraction[i]),
-                      tuple(rows.std_mv[i]), round(st.bsqi, 4), st.snr_db)
+        for c, now in enumerate(flat):
+            counts[c] += now
+        flat_share = [round(k / len(self.flat), 4) for k in counts]
+        q = WindowSQI(rows.kurtosis[i], rows.skewness[i], rows.bw_ratio[i], rows.hf_ratio[i],
+                      flat_share, rows.sat_fraction[i], rows.std_mv[i], round(st.bsqi, 4),
+                      self.noise.snr_db(st.lo, st.cut))
         cls = classify(q, self.channel, beats=st.beats)
+        value = score(q, self.channel)
         lead_off = rows.lead_off[i]
-        yield self._quality_event(st.boundary, st.n, q, cls, st.rhythm, lead_off, rows.clipped[i])
-        yield from self._alarms(st.boundary, q, cls, st.rhythm, lead_off, flat)
+        rh = st.rhythm
+        out = [self._quality_event(st.boundary, st.n, q, cls, value, rh, lead_off,
+                                   rows.clipped[i])]
+        changes = self._alarms(st.boundary, cls, rh, lead_off, flat)
+        if changes:  # one evidence for all of the step's alerts
+            evidence = {"hr": rh.hr, "hr_inst": rh.hr_inst, "quality": cls, "score": value}
+            for kind, channel, change in changes:
+                out.extend(self._alert(kind, channel, change, evidence))
+        return out
 
-    def _quality_event(self, boundary: int, n: int, q: WindowSQI, cls: str, rh: Rhythm,
-                       lead_off: list[bool], clipped: list[bool]) -> Event:
-        c = self.channel
+    def _quality_event(self, boundary: int, n: int, q: WindowSQI, cls: str, value: float,
+                       rh: Rhythm, lead_off: list[bool], clipped: list[bool]) -> Event:
         return Event("quality", self.topic_q, Priority.NORMAL, {
             "stream": self.key, "t0": boundary - n, "n": n, "class": cls,
-            "score": score(q, c), "hr": rh.hr, "hr_inst": rh.hr_inst, "sdnn_ms": rh.sdnn_ms,
+            "score": value, "hr": rh.hr, "hr_inst": rh.hr_inst, "sdnn_ms": rh.sdnn_ms,
             "rmssd_ms": rh.rmssd_ms, "beats": rh.beats, "bsqi": q.bsqi, "snr_db": q.snr_db,
             "kurtosis": list(q.kurtosis), "skewness": list(q.skewness),
             "bw_ratio": list(q.bw_ratio), "hf_ratio": list(q.hf_ratio),
@@ -181,42 +202,43 @@ class StreamQuality:
             "out_of_range": any(c and not o for c, o in zip(clipped, lead_off, strict=True)),
         })
 
-    def _alarms(self, t: int, q: WindowSQI, cls: str, rh: Rhythm, lead_off: list[bool],
-                flat_now: list[bool]) -> Iterator[Event]:
+    def _alarms(self, t: int, cls: str, rh: Rhythm, lead_off: list[bool],
+                flat_now: list[bool]) -> list[tuple[str, int | None, Change]]:
+        """Step every alarm at *t*; return the changes. An alarm that neither wants to
+        change nor is counting towards a change is left as it is (what its step would
+        do), so a quiet second costs a few comparisons."""
         s, fs, step = self.s, self.d.fs, self.d.step
-        evidence = {"hr": rh.hr, "hr_inst": rh.hr_inst, "quality": cls,
-                    "score": score(q, self.channel)}
         noisy = cls == "unusable"
-        last = self.beats[-1] if self.beats else self.start
+        last = self.last_r
         # A beat is decided up to ~0.35 s after its R peak: count the gap to then.
-        gap = (t - last) / fs - 0.35
-        asys = gap >= s.asystole_s
-        checks: list[tuple[str, int | None, Change | None]] = [
-            ("asystole", None, self.alarms[("asystole", None)].step(
-                asys, not asys, t, began=last + round(s.asystole_s * fs) if asys else t,
-                suppressed=noisy)),
-        ]
+        asys = (t - last) / fs - 0.35 >= s.asystole_s
         hr, margin = rh.hr, s.rate_margin_bpm
-        for kind, bad, ok in (
-                ("bradycardia", hr is not None and hr < s.brady_bpm,
-                 hr is not None and hr >= s.brady_bpm + margin),
-                ("tachycardia", hr is not None and hr > s.tachy_bpm,
-                 hr is not None and hr <= s.tachy_bpm - margin)):
-            alarm = self.alarms[(kind, None)]
-            need = alarm.off if alarm.active else alarm.on
-            checks.append((kind, None, alarm.step(bad, ok, t, began=t - (need - 1) * step,
-                                                  suppressed=noisy)))
+        checks: list[tuple[str, int | None, bool, bool, int | None, bool]] = [
+            ("asystole", None, asys, not asys,
+             last + round(s.asystole_s * fs) if asys else t, noisy),
+            ("bradycardia", None, hr is not None and hr < s.brady_bpm,
+             hr is not None and hr >= s.brady_bpm + margin, None, noisy),
+            ("tachycardia", None, hr is not None and hr > s.tachy_bpm,
+             hr is not None and hr <= s.tachy_bpm - margin, None, noisy),
+        ]
         for c in range(self.channels):
             off = lead_off[c]
             flat = flat_now[c] and not off
-            for kind, bad in (("lead_off", off), ("flatline", flat)):
-                alarm = self.alarms[(kind, c)]
+            checks.append(("lead_off", c, off, not off, None, False))
+            checks.append(("flatline", c, flat, not flat, None, False))
+        changes: list[tuple[str, int | None, Change]] = []
+        for kind, channel, onset, clear, began, suppressed in checks:
+            alarm = self.alarms[(kind, channel)]
+            if suppressed or not (clear if alarm.active else onset):
+                alarm.streak = 0  # exactly what Alarm.step does here
+                continue
+            if began is None:
                 need = alarm.off if alarm.active else alarm.on
-                checks.append((kind, c, alarm.step(bad, not bad, t,
-                                                   began=t - (need - 1) * step)))
-        for kind, channel, change in checks:
+                began = t - (need - 1) * step
+            change = alarm.step(onset, clear, t, began=began)
             if change is not None:
-                yield from self._alert(kind, channel, change, evidence)
+                changes.append((kind, channel, change))
+        return changes
 
     def _alert(self, kind: str, channel: int | None, change: Change,
                evidence: dict[str, Any]) -> Iterator[Event]:
