@@ -111,3 +111,34 @@ async def test_a_subscriber_cut_from_one_node_recovers_on_another_exactly(
                 await dev.send_message(frame(seq))
             live = await samples(sub, 3)
     assert [m.seq for m in replayed + live] == list(range(5, 13))
+
+
+async def test_a_subscriber_cut_from_the_producing_node_recovers_on_another_exactly(
+        redis: Redis, nursery: trio.Nursery) -> None:
+    """No other node wanted the topic: the new node waits until the producer knows it
+    does, so what is produced while the subscriber moves is neither lost nor doubled."""
+    topic = "stream/bed1/raw"
+    async with node(redis, "p", nursery) as p, node(redis, "b", nursery) as b, \
+            connect(url(p), P.INGEST_PATH) as dev:
+        assert isinstance(await hello(dev), P.Welcome)
+        async with connect(url(p), P.SUBSCRIBE_PATH) as sub:
+            await subscribe(sub, topic)
+            for seq in range(5):
+                await dev.send_message(frame(seq))
+            since = P.position((await samples(sub, 5))[-1])
+        for seq in range(5, 10):  # missed; p keeps the topic in its ring and records it
+            await dev.send_message(frame(seq))
+        assert p.bus is not None and since is not None
+        with trio.fail_after(10):
+            await p.bus.recorded(10)
+        async with connect(url(b), P.SUBSCRIBE_PATH) as sub:
+            await sub.send_message(P.encode(P.Subscribe((topic,), {topic: since})))
+            for seq in range(10, 15):  # at once: p may not know yet that b wants them
+                await dev.send_message(frame(seq))
+            with trio.fail_after(10):
+                while not isinstance(m := await receive(sub), P.Event) or \
+                        m.topic != "subscriptions":
+                    pass
+            assert m.body["recovered"] == {topic: True}
+            got = await samples(sub, 10)
+    assert [m.seq for m in got] == list(range(5, 15))

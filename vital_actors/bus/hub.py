@@ -132,6 +132,12 @@ class _BusHistory:
     async def covers(self, topic: str, epoch: str, after: int) -> bool:
         if self.local is not None and await self.local.covers(topic, epoch, after):
             return True
+        bus = self.hub.bus
+        if bus is not None and not bus.followed_elsewhere(topic):
+            # Nobody else wanted it: its producer may not be publishing it yet. Once it
+            # has learned that this node wants it, every message after the stream's
+            # head comes here live (into the ring); the ones before are in the stream.
+            await bus.rounds(2)
         head = await self.remote.head(topic, epoch)
         log = self.hub.ring.logs.get(topic)
         if head is not None and log is not None and log.epoch == epoch:

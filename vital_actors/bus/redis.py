@@ -142,6 +142,12 @@ class RedisBus:
         """Does a subscriber on another node follow *topic* (as last advertised)?"""
         return topic in self._elsewhere
 
+    async def rounds(self, count: int) -> None:
+        """Return after *count* more rounds of advertising and learning topics: with 2,
+        every other node has learned what this node wanted when it was called."""
+        for _ in range(count):
+            await self._learned.wait()
+
     async def learned(self, topic: str) -> None:
         """Return once this node knows that another node's subscribers follow *topic*."""
         while topic not in self._elsewhere:
