@@ -53,11 +53,11 @@ def test_the_ring_forgets_oldest_first_by_age_and_by_bytes_over_all_topics() -> 
         now[0] = float(i)
         ring.append(a if i % 2 == 0 else b, i, _sized(300))
     # 1200 bytes > 1000: the oldest entry overall (alerts, offset 0) went first.
-    assert [e.offset for e in a.entries] == [2] and a.floor == 0 and a.base == 1
-    assert [e.offset for e in b.entries] == [1, 3] and b.floor == -1
+    assert [e[0] for e in a.entries] == [2] and a.floor == 0 and a.base == 1
+    assert [e[0] for e in b.entries] == [1, 3] and b.floor == -1
     now[0] = 12.5  # offsets 1 and 2 are now older than 10 s
     ring.trim(now[0])
-    assert [e.offset for e in b.entries] == [3] and b.floor == 1 and a.floor == 2
+    assert [e[0] for e in b.entries] == [3] and b.floor == 1 and a.floor == 2
     assert ring.bytes == 300
     assert b.index_after(1) == b.base and b.index_after(3) == b.end
 

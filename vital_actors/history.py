@@ -34,20 +34,20 @@ import os
 import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import trio
 
-from protocol import TOPIC, Event, Priority, StreamSamples
+from protocol import TOPIC, Event, Priority, StreamSamples, decode_server
 
 from .archive import RECORD, _hello, run_dir
 from .edge.codecs import Outgoing
 
 __all__ = ["PROCESS_TOKEN", "ArchiveHistory", "Entry", "History", "Ring", "TopicLog",
-           "archive_token", "is_sample_topic", "stamp"]
+           "archive_token", "is_sample_topic", "replayed", "stamp"]
 
 #: Names this server run in epochs: its event topics', and its stream runs' without an
 #: archive (the archive has a token of its own, :func:`archive_token`).
@@ -79,12 +79,20 @@ def stamp(message: StreamSamples | Event, epoch: str, offset: int) -> StreamSamp
     return replace(message, body={**message.body, "epoch": epoch, "offset": offset})
 
 
-@dataclass(slots=True)
-class Entry:
-    offset: int | None  # None: an unpositioned status event of a raw topic
-    out: Outgoing
-    t: float  # trio.current_time() when it was published
-    size: int  # bytes counted against recovery.max_bytes
+#: One message in the ring: (offset, payload, priority, time published). A plain tuple
+#: of atomic values, which the garbage collector stops tracking (a NamedTuple or a class
+#: would be visited by every full collection: measured, 4 µs per live message with a
+#: full ring). ``offset`` None: an unpositioned status event of a raw topic; ``payload``
+#: the message's msgpack encoding as first sent; time is ``trio.current_time()``.
+Entry = tuple[int | None, bytes, int, float]
+
+
+def replayed(entry: Entry, priority: Priority | None = None) -> Outgoing:
+    """The message of *entry* again, byte for byte, queued at *priority* (its own by
+    default): decoded once more, for a replay."""
+    _offset, payload, own, _t = entry
+    return Outgoing(decode_server(payload), Priority(own) if priority is None else priority,
+                    payload)
 
 
 class TopicLog:
@@ -116,7 +124,7 @@ class TopicLog:
         entry at that offset (so unpositioned entries after it are kept), else the first
         with a greater offset."""
         for i in range(len(self.entries) - 1, -1, -1):
-            o = self.entries[i].offset
+            o = self.entries[i][0]
             if o is not None and o <= offset:
                 return self.base + i + 1
         return self.base
@@ -130,8 +138,9 @@ class TopicLog:
 
 class Ring:
     """Every topic log, and the bound over all of them: entries older than *seconds* or
-    beyond *max_bytes* in all go, oldest first (the oldest entry overall is always the
-    oldest of its topic, so one deque in publication order finds it)."""
+    beyond *max_bytes* (of msgpack payloads; each entry adds about 100 bytes of
+    bookkeeping) in all go, oldest first (the oldest entry overall is always the oldest
+    of its topic, so one deque in publication order finds it)."""
 
     def __init__(self, *, seconds: float, max_bytes: int,
                  clock: Callable[[], float] = trio.current_time) -> None:
@@ -140,7 +149,7 @@ class Ring:
         self.clock = clock
         self.logs: dict[str, TopicLog] = {}
         self.bytes = 0
-        self._order: deque[tuple[TopicLog, Entry]] = deque()
+        self._order: deque[tuple[str, Entry]] = deque()
 
     @property
     def enabled(self) -> bool:
@@ -163,22 +172,24 @@ class Ring:
             log.floor = log.last
             return
         now = self.clock()
-        entry = Entry(offset, out, now, len(out.payload))
+        entry: Entry = (offset, out.payload, int(out.priority), now)
         log.entries.append(entry)
-        self._order.append((log, entry))
-        self.bytes += entry.size
+        self._order.append((log.topic, entry))
+        self.bytes += len(out.payload)
         self.trim(now)
 
     def trim(self, now: float) -> None:
         order, horizon = self._order, now - self.seconds
-        while order and (self.bytes > self.max_bytes or order[0][1].t < horizon):
-            log, entry = order.popleft()
-            self.bytes -= entry.size
-            if log.entries and log.entries[0] is entry:
+        while order and (self.bytes > self.max_bytes or order[0][1][3] < horizon):
+            topic, entry = order.popleft()
+            offset, payload = entry[0], entry[1]
+            self.bytes -= len(payload)
+            log = self.logs.get(topic)
+            if log is not None and log.entries and log.entries[0] is entry:
                 log.entries.popleft()
                 log.base += 1
-                if entry.offset is not None:
-                    log.floor = max(log.floor if log.floor is not None else -1, entry.offset)
+                if offset is not None:
+                    log.floor = max(log.floor if log.floor is not None else -1, offset)
 
     def drop(self, topic: str) -> None:
         """Forget *topic*'s log (its entries leave the byte count as they age out)."""

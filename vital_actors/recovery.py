@@ -2,8 +2,9 @@
 :func:`run_catch_up` task per (subscriber, topic) with a ``since`` to honour.
 
 While it runs the hub keeps the subscriber out of the topic's live delivery: live
-messages go into the ring only, and the replay walks the ring up to its head, so the
-ring itself buffers what arrives meanwhile (nothing extra in memory). What the ring no
+messages go into the ring only, and the replay walks the ring up to its head (decoding
+each entry's payload again), so the ring itself buffers what arrives meanwhile
+(nothing extra in memory). What the ring no
 longer holds comes from the history source (raw topics: the live archive), a bounded
 batch at a time. Every replayed message is queued in the subscriber's BULK lane, and
 only when :meth:`Lanes.wait_for_room` says the lane has room and the buffer is in
@@ -30,7 +31,7 @@ from protocol import Event, Position, Priority
 
 from .broadcast import Hub, Subscriber
 from .edge.codecs import Outgoing
-from .history import TopicLog
+from .history import TopicLog, replayed
 
 __all__ = ["run_catch_up", "subscribe"]
 
@@ -80,9 +81,9 @@ async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
                 await sub.lanes.wait_for_room(Priority.BULK)
                 continue  # the ring may have moved on while we waited
             entry = log.at(index)
-            sub.lanes.offer(_bulk(entry.out))
+            sub.lanes.offer(replayed(entry, Priority.BULK))
             index += 1
-            cursor = cursor if entry.offset is None else entry.offset
+            cursor = cursor if entry[0] is None else entry[0]
         elif sub.lanes.depths[Priority.BULK - 1]:
             await sub.lanes.wait_for_room(Priority.BULK, below=1)  # our last one leaves
         else:
@@ -91,7 +92,7 @@ async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
 
 
 def _bulk(out: Outgoing) -> Outgoing:
-    """The same frames (memoized per codec, shared with the ring), in the BULK lane."""
+    """The same message and frames (memoized per codec), in the BULK lane."""
     return dataclasses.replace(out, priority=Priority.BULK)
 
 
