@@ -142,3 +142,16 @@ async def test_a_subscriber_cut_from_the_producing_node_recovers_on_another_exac
             assert m.body["recovered"] == {topic: True}
             got = await samples(sub, 10)
     assert [m.seq for m in got] == list(range(5, 15))
+
+
+async def test_without_history_topics_go_live_only(redis: Redis,
+                                                   nursery: trio.Nursery) -> None:
+    async with node(redis, "p", nursery, bus={"history": False}) as p, \
+            node(redis, "b", nursery) as b, connect(url(b), P.SUBSCRIBE_PATH) as sub, \
+            connect(url(p), P.INGEST_PATH) as dev:
+        await subscribe(sub, "stream/bed1/raw", seen_by=p)
+        assert isinstance(await hello(dev), P.Welcome)
+        for seq in range(3):
+            await dev.send_message(frame(seq))
+        assert [m.seq for m in await samples(sub, 3)] == [0, 1, 2]
+        assert p.bus is not None and p.bus.counters.recorded == 0

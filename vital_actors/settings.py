@@ -291,6 +291,8 @@ class BusSettings(_Section):
                               "which topics their subscribers follow")
     job_poll_s: float = Field(0.25, gt=0, description="how often a node with a free job "
                               "slot looks for a job queued on another node")
+    history: bool = Field(True, description="record followed topics in Redis Streams, so a "
+                          "subscriber recovers on another node; false: live pub/sub only")
     history_maxlen: int = Field(10_000, ge=10, description="messages each topic's history "
                                 "stream keeps in Redis (XADD MAXLEN ~)")
     history_s: float = Field(60.0, gt=0, description="a topic's history stream expires this "

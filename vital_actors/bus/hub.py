@@ -44,7 +44,7 @@ class BusHub(Hub):
     @property
     def history(self) -> History | None:
         """This node's own source (the live archive) and, with the bus, Redis Streams."""
-        if self.bus is None:
+        if self.bus is None or not self.bus.settings.history:
             return self._local_history
         return _BusHistory(self, self._local_history, self.bus.history)
 
@@ -78,7 +78,7 @@ class BusHub(Hub):
         if self.bus is None:
             return out
         elsewhere = self.bus.followed_elsewhere(message.topic)
-        pos = position(out.message)
+        pos = position(out.message) if self.bus.settings.history else None
         if pos is None:
             if elsewhere:
                 self.bus.publish(message.topic, out)
@@ -109,8 +109,8 @@ class BusHub(Hub):
         node produces it), catch up from its Redis Stream."""
         log = self._log(topic)
         fresh = log is not None and not log.entries and (log.epoch is None or log.last < 0)
-        if self.bus is None or log is None or not fresh or sub.evicted is not None or \
-                self._followed(topic):
+        if self.bus is None or not self.bus.settings.history or log is None or not fresh \
+                or sub.evicted is not None or self._followed(topic):
             return super().recover(sub, topic, since)
         epoch, offset = since
         log.new_epoch(epoch, offset)  # the ring speaks the producer's epoch from now on
