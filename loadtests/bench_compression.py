@@ -36,6 +36,7 @@ from protocol import (
 )
 from protocol._deflate import Deflater, Inflater
 from protocol._zstd import _delta_payload
+from vital_actors.edge.codecs import DeflateCodec
 from vital_actors.sources import Recording, data_dir, load_record
 
 __all__ = ["main", "messages", "train"]
@@ -84,7 +85,17 @@ Codec = Callable[[StreamSamples, bytes], bytes]
 
 
 def _deflate(level: int, takeover: bool = False) -> Codec:
+    """Deflate as the server does it (without ``min_bytes``); shared: the codec itself."""
+    if not takeover:
+        codec = DeflateCodec(level, 12, 5, 0)
+        return lambda m, p: codec.frame(m, p)
     d = Deflater(level=level, window_bits=12, mem_level=5, context_takeover=takeover)
+    return lambda m, p: server_frame(d.compress(p), rsv1=True)
+
+
+def _deflate_one_strategy(level: int) -> Codec:
+    """Shared deflate before Z_RLE for small messages: zlib's default strategy."""
+    d = Deflater(level=level, window_bits=12, mem_level=5, context_takeover=False)
     return lambda m, p: server_frame(d.compress(p), rsv1=True)
 
 
@@ -121,6 +132,7 @@ def codecs(dictionary: ZstdDictionary | None) -> dict[str, Codec]:
         "deflate level 1": _deflate(1),
         "deflate level 6": _deflate(6),
         "deflate level 9": _deflate(9),
+        "deflate level 6, default strategy (before)": _deflate_one_strategy(6),
         "deflate level 6, context takeover (per connection)": _deflate(6, True),
         "zstd": _zstd(ZstdCodec(delta=False)),
         "zstd + delta": _zstd(ZstdCodec(delta=True)),

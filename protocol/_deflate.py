@@ -115,11 +115,13 @@ class Deflater:
         mem_level: zlib memLevel 1-9 (memory for the match finder).
         context_takeover: keep the window between messages (one stream per connection,
             smaller output); else each message stands alone and fits any connection.
+        strategy: zlib's strategy (``zlib.Z_RLE`` matches only runs: cheaper, but
+            larger output on all but small messages).
     """
 
     def __init__(self, *, level: int, window_bits: int, mem_level: int,
-                 context_takeover: bool) -> None:
-        self._z = zlib.compressobj(level, zlib.DEFLATED, -window_bits, mem_level)
+                 context_takeover: bool, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> None:
+        self._z = zlib.compressobj(level, zlib.DEFLATED, -window_bits, mem_level, strategy)
         # A full flush forgets the window: the next message cannot refer back.
         self._flush = zlib.Z_SYNC_FLUSH if context_takeover else zlib.Z_FULL_FLUSH
 

@@ -330,6 +330,23 @@ def test_messages_under_the_minimum_size_go_uncompressed() -> None:
     assert inflated == P.encode(big)
 
 
+def test_small_shared_frames_use_rle_and_still_inflate_alone() -> None:
+    codec = DeflateCodec(level=6, window_bits=12, mem_level=5, min_bytes=0)
+    rng = np.random.default_rng(2)
+    for n in (36, 360):  # a 100 ms frame (~320 bytes: Z_RLE), a 1 s frame (default)
+        data = np.cumsum(rng.integers(-5, 6, size=2 * n)).astype("<i2").tobytes()
+        m = P.StreamSamples("stream/d/raw", "d", 1, 0, 360.0, ("a", "b"), "int16",
+                            (200.0, 200.0), (0.0, 0.0), data)
+        payload = P.encode(m)
+        frames = [codec.frame(m, payload) for _ in range(2)]
+        assert frames[0] == frames[1]  # no context between messages: shareable
+        body = frames[0][4:] if frames[0][1] == 126 else frames[0][2:]
+        rle = zlib.compressobj(6, zlib.DEFLATED, -12, 5, zlib.Z_RLE)
+        assert (body == (rle.compress(payload) + rle.flush(zlib.Z_FULL_FLUSH))[:-4]) == (n == 36)
+        inflated = zlib.decompressobj(-12).decompress(body + b"\x00\x00\xff\xff")
+        assert inflated == payload
+
+
 
 
 async def test_python_clients_speak_zstd(server: Server) -> None:
