@@ -24,13 +24,14 @@ out), so which beats count and when depends on the samples alone.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from .rhythm import median
 
 __all__ = ["LAG", "MIN_BEATS", "QRS_S", "SEG_S", "BeatNoise", "measure"]
 
@@ -111,7 +112,7 @@ class BeatNoise:
             ptp.append(height)
         if len(noise) < MIN_BEATS:
             return None
-        n, h = statistics.median(noise), statistics.median(ptp)
+        n, h = median(noise), median(ptp)
         if n <= 0:
             return MAX_DB
         if h <= 0:
@@ -159,3 +160,4 @@ def measure(streams: Sequence[BeatNoise]) -> None:
             s.previous.append(out[j])
             k, j = k + 1, j + 1
         s.fresh.clear()
+

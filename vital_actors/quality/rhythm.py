@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["HRV_WINDOW_S", "Rhythm", "RhythmState", "rhythm"]
+__all__ = ["HRV_WINDOW_S", "Rhythm", "RhythmState", "median", "rhythm"]
 
 HR_WINDOW_S = 10.0  # the median heart rate is over the RR intervals of the last 10 s
 HRV_WINDOW_S = 60.0  # SDNN and RMSSD over the last 60 s
@@ -49,7 +49,7 @@ def rhythm(r_peaks: Sequence[int], now: int, fs: float) -> Rhythm:
                 rr10.append(rr[-1])
         prev = r
     hr_inst = round(60.0 / rr[-1], 1) if rr else None
-    hr = round(60.0 / _median(rr10), 1) if rr10 else None
+    hr = round(60.0 / median(rr10), 1) if rr10 else None
     lo, hi = RR_RANGE_S
     good = [x * 1000 for x in rr if lo <= x <= hi]
     sdnn = rmssd = None
@@ -61,7 +61,8 @@ def rhythm(r_peaks: Sequence[int], now: int, fs: float) -> Rhythm:
     return Rhythm(hr_inst, hr, sdnn, rmssd, beats10)
 
 
-def _median(xs: Sequence[float]) -> float:
+def median(xs: Sequence[float]) -> float:
+    """The median of a non-empty *xs* (plain Python: a dozen values, once a second)."""
     s = sorted(xs)
     mid = len(s) // 2
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
@@ -127,7 +128,7 @@ class RhythmState:
                 last = rr
                 break
         hr_inst = round(60.0 / last, 1) if last is not None else None
-        hr = round(60.0 / _median(rr10), 1) if rr10 else None
+        hr = round(60.0 / median(rr10), 1) if rr10 else None
         sdnn = rmssd = None
         n = len(self.good)
         if n >= 2:

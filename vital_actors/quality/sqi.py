@@ -86,6 +86,9 @@ class StepRows:
     flat: list[list[bool]]
     lead_off: list[list[bool]]
     clipped: list[list[bool]]
+    any_off: list[bool]  # per step: a channel lead off ...
+    any_flat: list[bool]  # ... flat but not lead off ...
+    any_clipped: list[bool]  # ... clipped but not lead off
 
 
 def step_rows(totals: F64, prev: F64, first: F64, n: I64, step_n: I64, *,
@@ -116,7 +119,14 @@ def step_rows(totals: F64, prev: F64, first: F64, n: I64, step_n: I64, *,
         hf_ratio=_r(hf2 / np.maximum(hf2 + var, _EPS)),
         sat_fraction=_r(sat), std_mv=_r(np.sqrt(var)),
         flat=flat.tolist(), lead_off=lead_off.tolist(), clipped=(clip > 0).tolist(),
+        any_off=_any(lead_off), any_flat=_any(flat & ~lead_off),
+        any_clipped=_any((clip > 0) & ~lead_off),
     )
+
+
+def _any(x: npt.NDArray[np.bool_]) -> list[bool]:
+    out: list[bool] = np.any(x, axis=1).tolist()
+    return out
 
 
 def _r(x: F64) -> list[list[float]]:

@@ -179,8 +179,8 @@ class StreamQuality:
         value = score(q, self.channel)
         lead_off = rows.lead_off[i]
         rh = st.rhythm
-        out = [self._quality_event(st.boundary, st.n, q, cls, value, rh, lead_off,
-                                   rows.clipped[i])]
+        out = [self._quality_event(st.boundary, st.n, q, cls, value, rh,
+                                   (rows.any_off[i], rows.any_flat[i], rows.any_clipped[i]))]
         changes = self._alarms(st.boundary, cls, rh, lead_off, flat)
         if changes:  # one evidence for all of the step's alerts
             evidence = {"hr": rh.hr, "hr_inst": rh.hr_inst, "quality": cls, "score": value}
@@ -189,7 +189,7 @@ class StreamQuality:
         return out
 
     def _quality_event(self, boundary: int, n: int, q: WindowSQI, cls: str, value: float,
-                       rh: Rhythm, lead_off: list[bool], clipped: list[bool]) -> Event:
+                       rh: Rhythm, flags: tuple[bool, bool, bool]) -> Event:
         return Event("quality", self.topic_q, Priority.NORMAL, {
             "stream": self.key, "t0": boundary - n, "n": n, "class": cls,
             "score": value, "hr": rh.hr, "hr_inst": rh.hr_inst, "sdnn_ms": rh.sdnn_ms,
@@ -197,9 +197,8 @@ class StreamQuality:
             "kurtosis": list(q.kurtosis), "skewness": list(q.skewness),
             "bw_ratio": list(q.bw_ratio), "hf_ratio": list(q.hf_ratio),
             "flat_fraction": list(q.flat_fraction), "sat_fraction": list(q.sat_fraction),
-            "std_mv": list(q.std_mv), "lead_off": any(lead_off),
-            "flatline": any(f and not o for f, o in zip(self.flat[-1], lead_off, strict=True)),
-            "out_of_range": any(c and not o for c, o in zip(clipped, lead_off, strict=True)),
+            "std_mv": list(q.std_mv), "lead_off": flags[0], "flatline": flags[1],
+            "out_of_range": flags[2],
         })
 
     def _alarms(self, t: int, cls: str, rh: Rhythm, lead_off: list[bool],
