@@ -1,11 +1,13 @@
 """Compression at the WebSocket edge: negotiation, shared frames, and bad compressed input
-closing only the connection that sent it (real server on 127.0.0.1, wsproto clients)."""
+closing only the connection that sent it (real server on 127.0.0.1, wsproto clients);
+``vital.v1.compact`` through the server and the SDK subscriber."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,9 @@ from vital_actors.edge.codecs import DeflateCodec, Outgoing, TakeoverDeflateCode
 from vital_actors.edge.handshake import Compression
 from vital_actors.edge.websocket import WebSocket, accept
 from vital_actors.graph import Server
+from vital_actors.sdk.subscriber import open_subscriber, run_subscriber_client
 from vital_actors.settings import DeflateSettings, ZstdSettings, load_settings
-from vital_actors.sources import Recording
+from vital_actors.sources import Recording, load_record
 
 BIG = P.Event("status", "streams", P.Priority.NORMAL, {"note": "x" * 2000})
 FRAME = np.arange(72, dtype="<i2").tobytes()  # 36 samples x 2 channels
@@ -393,3 +396,94 @@ async def test_the_dictionary_is_served_over_http(server: Server) -> None:
     assert headers["content-type"] == "application/octet-stream"
     status, _, _ = await request(server.port or 0, "GET", "/api/v1/zstd/dictionaries/7")
     assert status == 404
+
+
+# --- vital.v1.compact through the server and the SDK subscriber ----------------------
+
+
+async def _samples(messages: trio.MemoryReceiveChannel[P.ServerMessage],
+                   count: int) -> list[P.StreamSamples]:
+    got: list[P.StreamSamples] = []
+    async for message in messages:
+        if isinstance(message, P.StreamSamples):
+            got.append(message)
+            if len(got) == count:
+                return got
+    raise AssertionError("the subscription ended early")
+
+
+async def _subscribed(messages: trio.MemoryReceiveChannel[P.ServerMessage]) -> None:
+    async for message in messages:
+        if isinstance(message, P.Event) and message.topic == "subscriptions":
+            return
+
+
+async def test_compact_subscriber_gets_the_device_samples_bit_for_bit(
+        server: Server, mitdb: Path) -> None:
+    url = f"ws://127.0.0.1:{server.port}"
+    rec = load_record(mitdb / "119", stop=360 * 3)  # 3 s: 30 frames of 100 ms
+    topic = "stream/c119/raw"
+    with trio.fail_after(30):
+        async with open_subscriber(url, [topic], compact=True) as compact, \
+                open_subscriber(url, [topic]) as plain:
+            await _subscribed(compact)
+            await _subscribed(plain)
+            assert sorted(s.codec for s in server.hub.subscribers) == ["compact", "plain"]
+            before = server.stats.totals.bytes_out
+            report = await run_device(url, "c119", rec, speed=0, loop=False)
+            assert not report.errors
+            small = await _samples(compact, report.frames_sent)
+            big = await _samples(plain, report.frames_sent)
+    assert small == big  # every field: topic, seq, t0, gain, ..., offset and epoch
+    data = b"".join(m.data for m in small)
+    assert data == np.ascontiguousarray(rec.samples, dtype="<i2").tobytes()
+    assert server.stats.totals.bytes_out - before > 0
+
+
+async def _corrupt_server(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                          ) -> int:
+    """Accepts one compact subscriber, sends it a message naming an undefined entry, and
+    returns the close code the client answers with."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    stream = await listeners[0].accept()
+    conn = WSConnection(ConnectionType.SERVER)
+    code = None
+    async with stream:
+        while code is None:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            conn.receive_data(data)
+            for event in conn.events():
+                if isinstance(event, Request):
+                    assert P.COMPACT_SUBPROTOCOL in event.subprotocols
+                    reply = conn.send(AcceptConnection(subprotocol=P.COMPACT_SUBPROTOCOL))
+                    await stream.send_all(reply + conn.send(BytesMessage(b"\x85\x00")))
+                elif isinstance(event, CloseConnection):
+                    code = event.code
+    for listener in listeners:
+        await listener.aclose()
+    assert code is not None
+    return code
+
+
+async def test_a_corrupt_compact_message_closes_the_connection_with_1007(
+        nursery: trio.Nursery) -> None:
+    done = trio.Event()
+    codes: list[int] = []
+
+    async def serve(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        codes.append(await _corrupt_server(task_status=task_status))
+        done.set()
+
+    port = await nursery.start(serve)
+    tx, rx = trio.open_memory_channel[P.ServerMessage](10)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(lambda: run_subscriber_client(
+                f"ws://127.0.0.1:{port}", ["stream/x/raw"], tx, compact=True))
+            await done.wait()
+            inner.cancel_scope.cancel()
+    rx.close()
+    assert codes == [P.CloseCode.INVALID_PAYLOAD]

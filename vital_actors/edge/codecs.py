@@ -36,6 +36,7 @@ __all__ = [
     "CompactWireCodec",
     "DeflateCodec",
     "Outgoing",
+    "PerConnection",
     "PlainCodec",
     "TakeoverDeflateCodec",
     "WireCodec",
@@ -52,8 +53,8 @@ class WireCodec(Protocol):
 
     @property
     def key(self) -> Hashable:
-        """Codecs with equal keys produce equal bytes for the same message; None: this
-        codec's frames depend on its connection and are never shared."""
+        """Codecs with equal keys produce equal bytes for the same message; a
+        :class:`PerConnection` key: this codec's frames are never shared."""
         ...
 
     def frame(self, message: ServerMessage, payload: bytes,
@@ -175,6 +176,17 @@ class ZstdWireCodec:
         return server_frame(codec.compress_message(message, payload))
 
 
+class PerConnection:
+    """The key of a codec whose frames depend on its connection: never memoized (what it
+    can share, it shares through ``shared``). Its string names the codec in stats."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class CompactWireCodec:
     """Subprotocol ``vital.v1.compact``: int16 samples Rice-coded once per message
     (shared), behind a header made from this connection's table of entries. Frame a
@@ -184,10 +196,11 @@ class CompactWireCodec:
     def __init__(self, *, level: int, dictionary: ZstdDictionary | None) -> None:
         self.dictionary = dictionary
         self._encoder = CompactEncoder(_shared_zstd(level, dictionary, True))
+        self._key = PerConnection("compact")
 
     @property
     def key(self) -> Hashable:
-        return None
+        return self._key
 
     @property
     def dictionary_id(self) -> int | None:
@@ -214,7 +227,7 @@ class Outgoing:
 
     def frame_for(self, codec: WireCodec) -> bytes:
         key = codec.key
-        if key is None:  # per connection; what it can share goes to the memo
+        if isinstance(key, PerConnection):  # what it can share goes to the memo
             return codec.frame(self.message, self.payload, self._frames)
         frame = self._frames.get(key)
         if frame is None:

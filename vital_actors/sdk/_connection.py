@@ -15,7 +15,14 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from protocol import SUBPROTOCOL, CloseCode, ServerMessage, decode_server
+from protocol import (
+    SUBPROTOCOL,
+    CloseCode,
+    CompactDecoder,
+    RemoteProtocolError,
+    ServerMessage,
+    decode_server,
+)
 
 __all__ = ["ENDINGS", "FATAL_CODES", "FatalError", "is_fatal", "open_connection", "receive",
            "unwrapped"]
@@ -98,8 +105,20 @@ async def open_connection(url: str, path: str, *, token: str | None = None,
                 nursery.cancel_scope.cancel()
 
 
-async def receive(ws: WebSocketConnection) -> ServerMessage:
+async def receive(ws: WebSocketConnection, decoder: CompactDecoder | None = None
+                  ) -> ServerMessage:
+    """The next server message; with *decoder*, under ``vital.v1.compact``.
+
+    A compact message that does not decode closes the connection with the error's code
+    (1007, 1009) and ends it as broken: a new connection starts a fresh table.
+    """
     payload = await ws.get_message()
     if isinstance(payload, str):
         raise FatalError("the server sent a text message")
-    return decode_server(payload)
+    if decoder is None:
+        return decode_server(payload)
+    try:
+        return decoder.decode(payload)
+    except RemoteProtocolError as exc:
+        await ws.aclose(code=int(exc.code), reason=exc.reason)
+        raise trio.BrokenResourceError(f"closed with {int(exc.code)}: {exc.message}") from None

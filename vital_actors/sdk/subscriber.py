@@ -26,7 +26,11 @@ from contextlib import asynccontextmanager
 import trio
 
 from protocol import (
+    COMPACT_SUBPROTOCOL,
+    ECG_DICTIONARY_ID,
+    SUBPROTOCOL,
     SUBSCRIBE_PATH,
+    CompactDecoder,
     Error,
     Event,
     Position,
@@ -34,6 +38,8 @@ from protocol import (
     ServerMessage,
     StreamSamples,
     Subscribe,
+    ZstdCodec,
+    ecg_dictionary,
     encode,
     position,
 )
@@ -54,6 +60,7 @@ async def run_subscriber_client(
     token: str | None = None,
     backoff: Backoff | None = None,
     positions: Positions | None = None,
+    compact: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Deliver the messages of *topics* to *outbox*, reconnecting and recovering until
@@ -62,6 +69,8 @@ async def run_subscriber_client(
     Args:
         positions: each topic's position, kept up to date here (pass a dict to see it,
             or one saved earlier to recover from there on the first connection too).
+        compact: offer ``vital.v1.compact`` (int16 samples in ~4.6 bits each, with the
+            shipped zstd dictionary for the rest), plain msgpack as the fallback.
 
     Closes *outbox* on return. Raises :class:`FatalError` when the server refuses for
     good (a bad token, topics outside it).
@@ -74,7 +83,7 @@ async def run_subscriber_client(
         while True:
             try:
                 with unwrapped():
-                    await _session(url, topics, outbox, token, state)
+                    await _session(url, topics, outbox, token, state, compact)
             except ENDINGS as exc:
                 if is_fatal(exc, state.last_error):
                     raise FatalError(state.last_error or str(exc)) from exc
@@ -118,8 +127,14 @@ class _State:
 
 async def _session(url: str, topics: Sequence[str],
                    outbox: trio.MemorySendChannel[ServerMessage], token: str | None,
-                   state: _State) -> None:
-    async with open_connection(url, SUBSCRIBE_PATH, token=token) as ws:
+                   state: _State, compact: bool) -> None:
+    path, offer = SUBSCRIBE_PATH, [SUBPROTOCOL]
+    if compact:
+        path, offer = f"{path}?zstd_dict={ECG_DICTIONARY_ID}", [COMPACT_SUBPROTOCOL, *offer]
+    async with open_connection(url, path, token=token, subprotocols=offer) as ws:
+        decoder = None  # a table per connection: the server starts afresh on each one
+        if ws.subprotocol == COMPACT_SUBPROTOCOL:
+            decoder = CompactDecoder(zstd=ZstdCodec(dictionary=ecg_dictionary()))
         since = {t: state.positions[t] for t in topics if t in state.positions}
         await ws.send_message(encode(Subscribe(tuple(topics), since)))
         state.connections += 1
@@ -128,7 +143,7 @@ async def _session(url: str, topics: Sequence[str],
             await outbox.send(Event("status", "client", Priority.NORMAL,
                                     {"state": "reconnected"}))
         while True:
-            message = await receive(ws)
+            message = await receive(ws, decoder)
             if isinstance(message, Error):
                 state.last_error = message.code
             state.track(message)
@@ -139,15 +154,15 @@ async def _session(url: str, topics: Sequence[str],
 @asynccontextmanager
 async def open_subscriber(url: str, topics: Sequence[str], *, token: str | None = None,
                           buffer: int = 1000, backoff: Backoff | None = None,
-                          positions: Positions | None = None,
+                          positions: Positions | None = None, compact: bool = False,
                           ) -> AsyncIterator[trio.MemoryReceiveChannel[ServerMessage]]:
     """The messages of *topics*, from a subscriber that reconnects and recovers while
-    this is open (*positions* as in :func:`run_subscriber_client`)."""
+    this is open (*positions* and *compact* as in :func:`run_subscriber_client`)."""
     tx, rx = trio.open_memory_channel[ServerMessage](buffer)
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: run_subscriber_client(
             url, topics, tx, token=token, backoff=backoff, positions=positions,
-            task_status=task_status))
+            compact=compact, task_status=task_status))
         with rx:
             yield rx
         nursery.cancel_scope.cancel()
