@@ -68,6 +68,13 @@ def _sized(n: int) -> Any:
     return Outgoing(P.Event("status", "x", P.Priority.NORMAL), P.Priority.NORMAL, b"x" * n)
 
 
+def test_since_round_trips_through_the_codec_and_is_optional() -> None:
+    m = P.Subscribe((RAW, "alerts"), {RAW: ("ab.3", 41), "alerts": ("cd-1", -1)})
+    assert P.decode_subscriber(P.encode(m)) == m
+    assert msgpack.unpackb(P.encode(m))["since"] == {RAW: ["ab.3", 41], "alerts": ["cd-1", -1]}
+    assert "since" not in msgpack.unpackb(P.encode(P.Subscribe((RAW,))))
+
+
 # --- a real server ------------------------------------------------------------------------
 
 
@@ -230,7 +237,8 @@ async def test_a_bad_since_is_refused_with_its_own_error(since: object, says: st
         assert says in error.message
         with pytest.raises(ConnectionClosed) as closed:
             await ws.get_message()
-        assert closed.value.reason.code == P.CloseCode.INVALID_PAYLOAD
+        reason = closed.value.reason
+        assert reason is not None and reason.code == P.CloseCode.INVALID_PAYLOAD
 
 
 # --- replays and the lanes (a real hub, its lanes drained by hand) -----------------------
@@ -270,6 +278,27 @@ async def test_a_replay_waits_for_room_in_bulk_and_never_holds_back_live_alerts(
     assert sub.lanes.counts.dropped == [0] * 5
 
 
+async def test_unsubscribing_during_a_replay_ends_it(autojump_clock: MockClock) -> None:
+    hub = Hub(buffer=100, settings=LaneSettings(), stats=Stats(), rng=random.Random(3))
+    holder = hub.add()
+    hub.subscribe(holder, ["alerts"])
+    for i in range(50):
+        hub.publish(P.Event("alert", "alerts", P.Priority.CRITICAL, {"i": i}))
+    epoch = hub.ring.logs["alerts"].epoch
+    assert epoch is not None
+    sub = hub.add()
+    assert hub.recover(sub, "alerts", (epoch, 0)).replay
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(run_catch_up, hub, sub, "alerts", 0, history=False,
+                                   batch=64))
+        await trio.testing.wait_all_tasks_blocked()  # parked: BULK is full
+        hub.unsubscribe(sub, ["alerts"])
+        _drain(sub.lanes)  # room again: the replay looks, and ends
+    assert not hub.catching_up(sub, "alerts") and sub not in hub._topics.get("alerts", ())
+    hub.publish(P.Event("alert", "alerts", P.Priority.CRITICAL, {"i": 50}))
+    assert _drain(sub.lanes) == []
+
+
 def _take(lanes: Lanes) -> Any:
     return lanes.take_nowait()
 
@@ -284,6 +313,31 @@ def _drain(lanes: Lanes) -> list[Any]:
 
 
 # --- the SDK through a network that cuts connections -------------------------------------
+
+
+async def test_the_sdk_recovers_from_positions_saved_by_an_earlier_client() -> None:
+    async with serving(archive={"enabled": False}) as server, device(server) as dev, \
+            subscriber(server, (RAW,)) as (witness, _):
+        await send_frames(dev, range(6))
+        saved = P.position((await samples_until(witness, 5))[2])  # got 0..2 last time
+        assert saved is not None
+        positions = {RAW: saved}
+        async with open_subscriber(f"ws://127.0.0.1:{server.port}", [RAW],
+                                   positions=positions) as rx:
+            with trio.fail_after(10):
+                reply = await rx.receive()
+                seqs = [m.seq async for m in _samples(rx, 5)]
+    assert isinstance(reply, P.Event) and reply.body["recovered"] == {RAW: True}
+    assert seqs == [3, 4, 5] and positions[RAW] == (saved[0], 5)
+
+
+async def _samples(rx: trio.MemoryReceiveChannel[P.ServerMessage],
+                   last: int) -> AsyncIterator[P.StreamSamples]:
+    async for message in rx:
+        if isinstance(message, P.StreamSamples):
+            yield message
+            if message.seq == last:
+                return
 
 
 async def test_the_sdk_subscriber_ends_with_every_frame_once_through_cut_connections(
