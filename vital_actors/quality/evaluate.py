@@ -125,6 +125,11 @@ def eval_qrs(folder: Path, *, frame_s: float = 1.0,
     print(f"{'gross':<8}{ref:>7}{tp:>7}{ref - tp:>6}{det - tp:>6}"
           f"{100 * tp / max(ref, 1):>8.2f}{100 * tp / max(det, 1):>8.2f}{_median(lat):>8.0f}",
           file=out)
+    if lat:
+        p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+        print(f"latency, reference R to deciding sample: median {p50:.0f} ms, 90th percentile "
+              f"{p90:.0f} ms, 99th {p99:.0f} ms, max {max(lat):.0f} ms (a device frame's wait "
+              "comes on top)", file=out)
     return scores
 
 
