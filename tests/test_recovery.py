@@ -171,6 +171,23 @@ async def test_recovery_from_the_archive_when_the_ring_no_longer_holds_it(
     assert [m.t0 for m in got] == [36 * s for s in range(5, 18)]
 
 
+async def test_history_gone_is_recovered_false_and_replays_what_the_ring_still_holds(
+        ) -> None:
+    async with serving(archive={"enabled": False}, recovery={"max_bytes": 1500}) as server, \
+            device(server) as dev, subscriber(server, (RAW,)) as (witness, _):
+        await send_frames(dev, range(15))
+        old = P.position((await samples_until(witness, 14))[4])
+        assert old is not None
+        floor = server.hub.ring.logs[RAW].floor
+        assert floor is not None and 4 < floor < 14
+        async with subscriber(server, (RAW,), {RAW: old}) as (ws, reply):
+            assert reply.body["recovered"] == {RAW: False}
+            assert reply.body["positions"][RAW] == [old[0], floor]  # what follows it comes
+            await send_frames(dev, range(15, 17))
+            got = await samples_until(ws, 16)
+    assert [m.seq for m in got] == list(range(floor + 1, 17))
+
+
 async def test_after_a_restart_over_the_same_archive_raw_topics_recover_from_disk(
         tmp_path: Path) -> None:
     async with serving(archive={"dir": tmp_path}) as server, \

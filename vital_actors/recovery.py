@@ -67,7 +67,11 @@ async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
             if log.floor is not None and cursor < log.floor:
                 got = []
                 if history and hub.history is not None:
-                    got = await hub.history.read(topic, epoch, cursor, log.floor, batch)
+                    try:
+                        got = await hub.history.read(topic, epoch, cursor, log.floor, batch)
+                    except OSError:  # the run's files went away (or the disk failed):
+                        history = False  # what they held is lost to this replay
+                        continue
                 if not got:  # gone: say so, in order, and go on from what the ring has
                     cursor = log.floor
                     await _offer(sub, _lost(topic, epoch, cursor))
