@@ -254,7 +254,7 @@ def _subscribe(d: Fields) -> Subscribe:
         if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str)
                 or not isinstance(value[1], int) or isinstance(value[1], bool)):
             raise _bad_since(f"'subscribe.since[{topic!r}]' must be [epoch (str), offset "
-                             f"(int)], got {value!r}")
+                             f"(int)], got {value!r:.60}")
         epoch, offset = value
         if not 1 <= len(epoch) <= MAX_EPOCH:
             raise _bad_since(f"'subscribe.since[{topic!r}]': epoch must be 1 to {MAX_EPOCH} "
