@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from array import array
-from functools import cache
 
 import numpy as np
 
@@ -32,23 +31,20 @@ _TABLE_Q = 32  # a table holds the residuals whose quotient is below this
 _SWAP = sys.byteorder == "big"  # array("h") is native-endian; the wire is little-endian
 
 
-def _code(r: int, k: int) -> str:
-    u = 2 * r if r >= 0 else -2 * r - 1
+def _code(u: int, k: int) -> str:
     rest = format(u & ((1 << k) - 1), f"0{k}b") if k else ""
     return "0" * (u >> k) + "1" + rest
 
 
-@cache
-def _table(k: int) -> dict[int, str]:
-    """The Rice code of every residual of quotient < ``_TABLE_Q``, as a bit string."""
-    half = _TABLE_Q << k >> 1
-    return {r: _code(r, k) for r in range(-half, half)}
+def _table(k: int) -> list[str]:
+    """The Rice code of every zigzag value of quotient < ``_TABLE_Q``, as a bit string."""
+    return [_code(u, k) for u in range(_TABLE_Q << k)]
 
 
-_TABLES: list[dict[int, str]] = []  # filled on first use: building them takes ~50 ms
+_TABLES: list[list[str]] = []  # filled on first use: building them takes ~50 ms
 
 
-def _tables() -> list[dict[int, str]]:
+def _tables() -> list[list[str]]:
     if not _TABLES:
         _TABLES.extend(_table(k) for k in range(_TABLE_K + 1))
     return _TABLES
@@ -70,24 +66,25 @@ def encode_block(ext: bytes, channels: int) -> bytes:
     c = channels
     e = np.frombuffer(ext, "<i2")
     d = np.subtract(e[c:], e[:-c], dtype=np.int32)
-    r: list[int] = (d[c:] - (d[:-c] >> 1)).tolist()
-    m = len(r) // c
+    r = d[c:] - (d[:-c] >> 1)
+    u: list[int] = ((r << 1) ^ (r >> 31)).tolist()  # zigzag: 0, -1, 1, -2 ... -> 0, 1, 2, 3
+    m = len(u) // c
     if m == 0:
         return b""
     ks = bytearray(c)
     parts = []
     tables = _TABLES or _tables()
     for ch in range(c):
-        res = r[ch::c]
+        us = u[ch::c]
         # Rice's k for a geometric source: about log2 of the mean zigzag value (<= 17).
-        k = (2 * sum(map(abs, res)) // m).bit_length() - 1
+        k = (sum(us) // m).bit_length() - 1
         if k < 0:
             k = 0
         ks[ch] = k
         try:
-            parts.append("".join(map(tables[k].__getitem__, res)))
-        except (KeyError, IndexError):  # a large k, or a residual beyond its table
-            parts.append("".join([_code(v, k) for v in res]))
+            parts.append("".join(map(tables[k].__getitem__, us)))
+        except IndexError:  # a large k, or a value beyond its table
+            parts.append("".join([_code(v, k) for v in us]))
     bits = "".join(parts)
     pad = -len(bits) % 8
     return bytes(ks) + (int(bits, 2) << pad).to_bytes((len(bits) + pad) >> 3, "big")
