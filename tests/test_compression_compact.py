@@ -4,6 +4,8 @@ table of entries, lossless round trips, shared work, and bad input (1007/1009)."
 from __future__ import annotations
 
 import dataclasses
+import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +241,29 @@ def test_bad_headers_are_1007(body: bytes) -> None:
     with pytest.raises(RemoteProtocolError) as err:
         CompactDecoder(zstd=ZSTD).decode(body)
     assert err.value.code == CloseCode.INVALID_PAYLOAD
+
+
+# --- the worked example of docs/protocol.md section 11.6 --------------------------------
+
+COMPACT_BLOCK = re.compile(r"<!-- compact-bytes: (?P<name>\w+) -->\n```text\n(?P<body>.*?)```",
+                           re.S)
+
+
+def test_the_compact_worked_example_in_the_docs() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    shown = {m["name"]: bytes.fromhex(" ".join(line.strip().split("  ")[0]
+                                                for line in m["body"].splitlines()))
+             for m in COMPACT_BLOCK.finditer(doc)}
+
+    def frame(seq: int, t0: int, *values: int) -> P.StreamSamples:
+        return P.StreamSamples("stream/bed-12/raw", "bed-12", seq, t0, 250.0, ("I", "II"),
+                               "int16", (200.0, 200.0), (0.0, 0.0),
+                               struct.pack(f"<{len(values)}h", *values))
+
+    ms: list[P.ServerMessage] = [frame(0, 0, 100, -50, 120, -40, -5, 300),
+                                 frame(1, 3, -3, 290, 0, 280, 2, 275),
+                                 frame(2, 6, 4, 272, 5, 270, 5, 269)]
+    enc = CompactEncoder(None)
+    bodies = [enc.encode(m, P.encode(m), {}) for m in ms]
+    assert shown == dict(zip(("first", "second", "third"), bodies, strict=True))
+    assert decoded(bodies) == ms
