@@ -12,6 +12,7 @@ from vital_actors.quality import QualityChain
 from vital_actors.quality.evaluate import auc, noisy_label
 from vital_actors.quality.repeat import BeatNoise, measure
 from vital_actors.quality.sqi import WindowSQI, classify, score
+from vital_actors.quality.stress import stress_auc
 from vital_actors.settings import ScreenSettings
 from vital_actors.sources import load_record
 
@@ -93,3 +94,12 @@ def test_noise_blocks_of_the_stress_test_rank_below_clean_ones(nstdb: Path) -> N
     assert auc([b["snr_db"] for b in clean], [b["snr_db"] for b in noisy]) > 0.9
     assert all(b["class"] != "unusable" for b in clean)
     assert np.median([b["snr_db"] for b in clean]) > 24.0
+
+
+def test_the_stress_test_built_on_another_record_ranks_its_noise_lower(
+        mitdb: Path, nstdb: Path) -> None:
+    """101 with the stress test's electrode motion at 12 dB from minute 5 to 7: the noisy
+    windows score below the clean ones, and no clean window is unusable."""
+    assert nstdb.parent == mitdb.parent
+    separation, unusable = stress_auc(mitdb.parent, "101", "em", 12.0, minutes=9.0)
+    assert separation > 0.95 and unusable == 0.0
