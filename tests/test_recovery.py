@@ -148,6 +148,33 @@ async def test_recovery_from_the_ring_replays_exactly_the_missed_frames_then_liv
     assert [P.position(m) for m in got] == [(position[0], s) for s in range(5, 20)]
 
 
+async def test_one_subscribe_recovers_several_topics_and_raw_status_in_order() -> None:
+    async with serving(archive={"enabled": False}) as server:
+        async with subscriber(server, ("streams", RAW)) as (_, reply):
+            since = {t: (e, o) for t, (e, o) in reply.body["positions"].items()}
+        assert set(since) == {"streams", RAW}  # both known before any device came
+        async with device(server) as dev, subscriber(server, (RAW,)) as (witness, _):
+            await send_frames(dev, range(5))  # all while no one with since was there
+            await samples_until(witness, 4)
+            async with subscriber(server, ("streams", RAW), since) as (ws, reply):
+                assert reply.body["recovered"] == {"streams": True, RAW: True}
+                got: list[P.ServerMessage] = []
+                with trio.fail_after(10):
+                    while True:
+                        got.append(await receive(ws))
+                        if isinstance(got[-1], P.StreamSamples) and got[-1].seq == 4:
+                            break
+    replayed = [m for m in got if isinstance(m, P.StreamSamples) or (
+        isinstance(m, P.Event) and not m.body.get("snapshot"))]
+    streams = [m for m in replayed if m.topic == "streams"]
+    raw = [m for m in replayed if m.topic == RAW]
+    assert [(m.body["stream"], m.body["state"]) for m in streams if isinstance(m, P.Event)] \
+        == [("r1", "connected")] and P.position(streams[0]) == (since["streams"][0], 0)
+    assert isinstance(raw[0], P.Event) and raw[0].body["state"] == "connected"
+    assert [m.seq for m in raw[1:] if isinstance(m, P.StreamSamples)] == list(range(5))
+    assert len(raw) == 6
+
+
 async def test_recovery_from_the_archive_when_the_ring_no_longer_holds_it(
         tmp_path: Path) -> None:
     # A ring of about 3 raw frames: most of the 10 missed ones come from the disk.

@@ -1,5 +1,5 @@
-"""Replaying what a subscriber missed, then joining it to the live stream: one
-:func:`run_catch_up` task per (subscriber, topic) with a ``since`` to honour.
+"""Replaying what a subscriber missed, then joining it to the live stream:
+:func:`run_catch_up` for each topic of a ``subscribe.since``, one after the other.
 
 While it runs the hub keeps the subscriber out of the topic's live delivery: live
 messages go into the ring only, and the replay walks the ring up to its head (decoding
@@ -140,4 +140,11 @@ async def subscribe(hub: Hub, sub: Subscriber, topics: Sequence[str],
     fields: dict[str, Any] = {"positions": {t: list(p) for t, p in positions.items()}}
     if since:
         fields["recovered"] = recovered
-    return fields, replays
+    return fields, [partial(_in_turn, replays)] if replays else []
+
+
+async def _in_turn(replays: list[Replay]) -> None:
+    """One topic's replay after the other: they share one BULK lane anyway, and one task
+    waiting for its room wakes once per message sent, not once per topic."""
+    for replay in replays:
+        await replay()
