@@ -36,16 +36,32 @@ def reduce(entries: Array, group: int | None) -> Array:
     """Min/max over each run of *group* entries (n, ch, 2); n a multiple of *group*
     (None: all of them, one entry)."""
     g = entries.reshape(-1, group or len(entries), *entries.shape[1:])
-    return np.stack([g[..., 0].min(axis=1), g[..., 1].max(axis=1)], axis=-1)
+    lo, hi = _halve(g[..., 0], g[..., 1])
+    return np.stack([lo, hi], axis=-1)
 
 
 def minmax(frames: Array, group: int | None) -> Array:
     """Min/max over each run of *group* frames (n, ch); n a multiple of *group* (None:
     all of them, one entry)."""
-    # Channel-major copy first: reducing along the contiguous last axis is ~10x faster
-    # than along the middle axis of interleaved frames.
-    g = np.ascontiguousarray(frames.T).reshape(frames.shape[1], -1, group or len(frames))
-    return np.stack([g.min(axis=2).T, g.max(axis=2).T], axis=-1)
+    g = frames.reshape(-1, group or len(frames), frames.shape[1])
+    lo, hi = _halve(g, g)
+    return np.stack([lo, hi], axis=-1)
+
+
+def _halve(lo: Array, hi: Array) -> tuple[Array, Array]:
+    """Min of *lo* and max of *hi* over axis 1, (m, g, ch) -> (m, ch).
+
+    A power-of-two *g* is folded in halves, elementwise over whole rows: numpy's own
+    reduction along a middle axis of length 64 runs one short loop per group, 2-3x
+    slower (and a channel-major copy to avoid that costs a pass over the data)."""
+    g = lo.shape[1]
+    if g & (g - 1):  # not a power of two (a last, partial bucket): plain reduction
+        return lo.min(axis=1), hi.max(axis=1)
+    while lo.shape[1] > 1:
+        h = lo.shape[1] // 2
+        lo = np.minimum(lo[:, :h], lo[:, h:])
+        hi = np.maximum(hi[:, :h], hi[:, h:])
+    return lo[:, 0], hi[:, 0]
 
 
 class PyramidBuilder:
