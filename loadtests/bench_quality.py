@@ -2,6 +2,8 @@
 
     python -m loadtests.bench_quality                       # 200 streams, 60 s each
     python -m loadtests.bench_quality --streams 200 --seconds 60 --frame-ms 100 1000
+    # against another checkout (a git worktree of an older commit), side by side:
+    python -m loadtests.bench_quality --seconds 30 --ways chain --against /tmp/old --repeat 3
 
 Each stream replays a DS1 record (cycling through the 22, each from a different
 offset) at 360 Hz, 2 leads. Per frame round, every stream's block goes through what
@@ -14,11 +16,17 @@ events wrapped for the broadcaster). Three ways, side by side in one run:
 - ``chain/1``: the same chain fed one stream's frame per call (no batching).
 
 Samples are per channel (a 2-lead frame of 360 time points is 720 samples).
+
+``--against DIR`` runs each measurement also with the code of the checkout in DIR (in
+a child process, alternating with this one, ``--repeat`` times each; the fastest run
+of each is reported): on a shared machine only figures taken side by side compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,26 +112,64 @@ def _time(fn: Callable[[Load], int], lo: Load) -> tuple[float, int]:
     return time.process_time() - t, events
 
 
+WAYS: dict[str, Callable[[Load], int]] = {
+    "filter": run_filter, "chain": run_chain, "chain/1": run_unbatched}
+
+# Run in a child process with another checkout's code (its loadtests.bench_quality):
+# prints "cpu events" for one way.
+_CHILD = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import loadtests.bench_quality as b
+lo = b.load(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
+fn = {"filter": b.run_filter, "chain": b.run_chain, "chain/1": b.run_unbatched}[sys.argv[5]]
+t = time.process_time()
+events = fn(lo)
+print(time.process_time() - t, events)
+"""
+
+
+def _time_other(root: str, streams: int, seconds: float, frame_ms: float,
+                way: str) -> tuple[float, int]:
+    done = subprocess.run([sys.executable, "-c", _CHILD, root, str(streams), str(seconds),
+                           str(frame_ms), way], cwd=root, capture_output=True, text=True,
+                          check=True)
+    cpu, events = done.stdout.split()[-2:]
+    return float(cpu), int(events)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--frame-ms", type=float, nargs="+", default=[1000.0, 100.0])
+    p.add_argument("--ways", nargs="+", choices=list(WAYS), default=list(WAYS))
+    p.add_argument("--against", metavar="DIR", help="another checkout to run side by side")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each, the fastest counts")
     args = p.parse_args()
     print(f"{args.streams} streams x {args.seconds:.0f} s at 360 Hz, 2 leads "
-          f"(CPU time of this process, one core)")
-    print(f"{'frame':>7} {'way':>8} {'cpu s':>7} {'M samples/s':>12} {'us/frame':>9} "
-          f"{'events':>8}")
+          f"(CPU time of the process, one core)")
+    print(f"{'frame':>7} {'way':>8} {'code':>6} {'cpu s':>7} {'M samples/s':>12} "
+          f"{'us/frame':>9} {'events':>8}")
     for frame_ms in args.frame_ms:
         lo = load(args.streams, args.seconds, frame_ms)
         samples = lo.rounds * lo.frame * 2 * args.streams
         frames = lo.rounds * args.streams
-        for name, fn in (("filter", run_filter), ("chain", run_chain),
-                         ("chain/1", run_unbatched)):
-            cpu, events = _time(fn, lo)
-            print(f"{frame_ms:>5.0f}ms {name:>8} {cpu:>7.2f} {samples / cpu / 1e6:>12.2f} "
-                  f"{cpu / frames * 1e6:>9.1f} {events:>8}", flush=True)
+        for name in args.ways:
+            runs: dict[str, list[tuple[float, int]]] = {"this": [], "other": []}
+            for _ in range(args.repeat):  # alternating, so both see the same load
+                runs["this"].append(_time(WAYS[name], lo))
+                if args.against:
+                    runs["other"].append(_time_other(args.against, args.streams,
+                                                     args.seconds, frame_ms, name))
+            for code, found in runs.items():
+                if not found:
+                    continue
+                cpu, events = min(found)
+                print(f"{frame_ms:>5.0f}ms {name:>8} {code:>6} {cpu:>7.2f} "
+                      f"{samples / cpu / 1e6:>12.2f} {cpu / frames * 1e6:>9.1f} {events:>8}",
+                      flush=True)
 
 
 if __name__ == "__main__":
