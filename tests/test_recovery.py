@@ -29,7 +29,7 @@ from vital_actors.lanes import Lanes
 from vital_actors.recovery import run_catch_up
 from vital_actors.sdk import Backoff, DeviceClient, open_connection, open_subscriber
 from vital_actors.sdk._connection import receive
-from vital_actors.settings import LaneSettings, RecoverySettings, load_settings
+from vital_actors.settings import LaneSettings, RecoverySettings, SettingsError, load_settings
 from vital_actors.sources import load_record
 from vital_actors.stats import Stats
 
@@ -73,6 +73,13 @@ def test_since_round_trips_through_the_codec_and_is_optional() -> None:
     assert P.decode_subscriber(P.encode(m)) == m
     assert msgpack.unpackb(P.encode(m))["since"] == {RAW: ["ab.3", 41], "alerts": ["cd-1", -1]}
     assert "since" not in msgpack.unpackb(P.encode(P.Subscribe((RAW,))))
+
+
+@pytest.mark.parametrize(("key", "value"), [("seconds", -1), ("seconds", 7200),
+                                            ("max_bytes", -1), ("replay_batch", 0)])
+def test_recovery_settings_are_validated(key: str, value: int) -> None:
+    with pytest.raises(SettingsError, match=f"recovery.{key}"):
+        load_settings(recovery={key: value})
 
 
 # --- a real server ------------------------------------------------------------------------
