@@ -202,6 +202,9 @@ async def test_recovery_from_the_archive_when_the_ring_no_longer_holds_it(
             got = await samples_until(ws, 17)
     assert [m.seq for m in got] == list(range(5, 18))
     assert all(m.data == block(m.seq).tobytes() for m in got)
+    totals = server.stats.totals  # on /metrics as vital_recoveries, vital_replayed ...
+    assert (totals.recoveries, totals.recovered) == (1, 1)
+    assert 0 < totals.replayed_archive < totals.replayed <= 13
     assert [m.t0 for m in got] == [36 * s for s in range(5, 18)]
 
 

@@ -78,6 +78,8 @@ async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
                 for offset, out in got:
                     await _offer(sub, out)
                     cursor = offset
+                hub.stats.totals.replayed += len(got)
+                hub.stats.totals.replayed_archive += len(got)
                 continue
             index = log.index_after(cursor)
         if index < log.end:
@@ -86,6 +88,7 @@ async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
                 continue  # the ring may have moved on while we waited
             entry = log.at(index)
             sub.lanes.offer(replayed(entry, Priority.BULK))
+            hub.stats.totals.replayed += 1
             index += 1
             cursor = cursor if entry[0] is None else entry[0]
         elif sub.lanes.depths[Priority.BULK - 1]:
@@ -132,6 +135,8 @@ async def subscribe(hub: Hub, sub: Subscriber, topics: Sequence[str],
                 await hub.history.covers(topic, pos[0], pos[1])):
             resume = hub.partly(log)
         recovered[topic] = resume.recovered
+        hub.stats.totals.recoveries += 1
+        hub.stats.totals.recovered += resume.recovered
         if resume.epoch is not None:
             positions[topic] = (resume.epoch, resume.offset)
         if resume.replay:

@@ -28,6 +28,10 @@ class Counters:
     gaps: int = 0
     duplicates: int = 0
     evicted_subscribers: int = 0
+    recoveries: int = 0  # topics subscribed with since (issue 6)
+    recovered: int = 0  # of those, with nothing lost
+    replayed: int = 0  # messages replayed to subscribers, from the ring or the archive
+    replayed_archive: int = 0  # of those, read back from the live archive
     rejected: dict[str, int] = field(default_factory=dict)  # by error reason
 
 
