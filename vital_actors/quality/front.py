@@ -126,12 +126,16 @@ def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
     det_new, sqi_new = _pack(new, _det_parts(d)), _pack(new, _sqi_parts(d))
     out = []
     col = 0
+    at_step: dict[int, F64] = {}  # the totals at the step ends, per phase: one copy each
     for k, (state, width) in enumerate(zip(states, widths, strict=True)):
         t0 = state.next_t
         first = (-(t0 + 1)) % d.step
         snaps = []
         if first < n:
-            rows = cum[first::d.step, :, col:col + width].copy()  # not a view of scratch
+            found = at_step.get(first)
+            if found is None:
+                found = at_step[first] = cum[first::d.step].copy()  # not a view of scratch
+            rows = found[:, :, col:col + width]
             snaps = [(t0 + first + 1 + j * d.step, rows[j]) for j in range(len(rows))]
         out.append(FrontOut(t0, det_f[:, k],
                             [(t0 + q, v, t0 + r) for q, v, r in peaks_a.get(k, ())],

@@ -33,7 +33,7 @@ SILENCE_S = 3.0
 SILENCE_FLOOR = 16.0  # ... but never below this many times the noise level
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Beat:
     """A detected beat: R index, the sample index that decided it, RR (samples, 0 for
     the first), confidence in [0, 1] and whether search-back found it."""

@@ -100,12 +100,12 @@ class StreamQuality:
         pending = next(peaks, None)
         for boundary, totals in res.snaps:
             while pending is not None and pending[0] < boundary:
-                out.extend(self._peak(*pending))
+                self._peak(*pending, out)
                 pending = next(peaks, None)
             noise.advance(boundary, full, full_start)
             out.append(self._step(boundary, totals))
         while pending is not None:
-            out.extend(self._peak(*pending))
+            self._peak(*pending, out)
             pending = next(peaks, None)
         noise.advance(res.t0 + len(res.det_f), full, full_start)
         noise.keep_history(full)
@@ -123,12 +123,13 @@ class StreamQuality:
         self.b_last = r
         return True
 
-    def _peak(self, decided: int, value: float, r: int) -> Iterator[Event]:
+    def _peak(self, decided: int, value: float, r: int, out: list[Event | Step]) -> None:
+        """Detector A's candidate peak: append the beat events it confirms to *out*."""
         for beat in self.tracker.push(decided, value, r):
             self.rhythm.push(beat.r)
             self.last_r = beat.r
             self.noise.beat(beat.r, beat.decided)
-            yield self._beat_event(beat)
+            out.append(self._beat_event(beat))
 
     def _beat_event(self, b: Beat) -> Event:
         fs = self.d.fs
