@@ -239,3 +239,23 @@ def test_cache_evicts_least_recently_used() -> None:
     cache.put(("r", 3), np.zeros(100, np.uint8))
     assert cache.get(("r", 1)) is None and cache.get(("r", 0)) is not None
     assert cache.bytes == 300
+
+
+async def test_small_pyramid_levels_are_served_whole_from_the_cache(
+        store: RecordingStore) -> None:
+    x = _signal(300_000)
+    meta = await upload(store, _npy(x), fs=100.0)
+    reader = store.reader(meta.id)
+    loader = ChunkLoader(store, cache_bytes=100_000, chunk_bytes=10_000)
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        k = int(rng.integers(0, 4))
+        a = int(rng.integers(-5, reader.level_entries(k) + 5))
+        b = a + int(rng.integers(0, 3000))
+        assert np.array_equal(loader.level(reader, k, a, b), reader.level(k, a, b))
+        assert loader.cache.bytes <= 100_000
+    # Level 0 (300000 / 64 entries x 8 bytes = 37.5 KB) is over 1/8 of the cache: mapped;
+    # the coarser ones are each read once, then hit.
+    assert loader.cache.misses == 3 and loader.cache.hits > 50
+    loader.cache.forget(meta.id)
+    assert loader.cache.bytes == 0

@@ -8,6 +8,11 @@ Chunks are read through a short-lived memory map (see :class:`Reader`) and kept,
 plain copies, in the cache; the cache drops least recently used chunks to stay under
 ``cache_bytes``. Reads that would flood the cache (a replay or a job scanning a whole
 file) pass ``cache=False``.
+
+Views read pyramid levels through :meth:`ChunkLoader.level`: a level small enough
+(at most 1/8 of the cache: every level above 0 of a 2 GB two-channel recording) is
+read whole once and kept in the same LRU, so a view of it costs no map, no syscall
+and no page the OS may have dropped while a 2 GB upload streamed through its cache.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import numpy.typing as npt
 from .store import Reader, RecordingStore
 
 __all__ = ["ChunkCache", "ChunkLoader", "chunk_frames"]
+
+_LEVEL = -1  # cache keys (rec_id, _LEVEL - k) hold pyramid level k whole
 
 Array = npt.NDArray[Any]
 
@@ -109,3 +116,17 @@ class ChunkLoader:
         data = parts[0] if len(parts) == 1 else np.concatenate(parts)
         offset = first * size
         return data[start - offset:end - offset]
+
+    def level(self, reader: Reader, k: int, start: int, end: int) -> Array:
+        """Entries [start, end) of pyramid level *k*: (n, channels, 2), from the cache
+        when the whole level fits in an eighth of it."""
+        total = reader.level_entries(k)
+        if total * reader.channels * 2 * reader.dtype.itemsize > self.cache.max_bytes // 8:
+            return reader.level(k, start, end)
+        key = (reader.meta.id, _LEVEL - k)
+        whole = self.cache.get(key)
+        if whole is None:
+            whole = reader.level(k, 0, total)
+            whole.flags.writeable = False
+            self.cache.put(key, whole)
+        return whole[max(0, start):max(0, end)]

@@ -150,7 +150,8 @@ def _recordings(app: QuartTrio, server: Server) -> None:
             reader = server.store.reader(rec_id)
         except RecordingNotFoundError:
             return _problem(404, f"no recording {rec_id!r}")
-        return _view(reader, lambda a, b: server.loader.read(rec_id, a, b))
+        return _view(reader, lambda a, b: server.loader.read(rec_id, a, b),
+                     partial(server.loader.level, reader))
 
     @app.get("/api/v1/recordings/<rec_id>/data")
     async def recording_data(rec_id: str) -> Response | Problem:
@@ -186,7 +187,8 @@ def _recordings(app: QuartTrio, server: Server) -> None:
             return _problem(404, f"no replay on stream {stream!r}")
 
 
-def _view(reader: Reader, read: Callable[[int, int], Any]) -> Response | Problem:
+def _view(reader: Reader, read: Callable[[int, int], Any],
+          levels: Callable[[int, int, int], Any] | None = None) -> Response | Problem:
     """GET …/view of *reader* (a recording or a live run), from the request's query."""
     try:
         channel = _channel(reader.meta.channels, request.args.get("channel", "0"))
@@ -198,7 +200,8 @@ def _view(reader: Reader, read: Callable[[int, int], Any]) -> Response | Problem
         return _problem(400, "bad view parameters",
                         ["points must be 2..100000 and end >= start"])
     t0 = time.perf_counter()
-    out = view(reader, read, channel=channel, start=start, end=end, points=points)
+    out = view(reader, read, channel=channel, start=start, end=end, points=points,
+               levels=levels)
     body = json.dumps(out)
     took = (time.perf_counter() - t0) * 1000  # the view's own cost, JSON included
     return Response(body, content_type="application/json",

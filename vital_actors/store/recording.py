@@ -182,9 +182,13 @@ class Reader:
             return np.empty((0, self.channels), self.dtype)
         return self._window("samples.bin", start, end, (self.channels,))
 
+    def level_entries(self, k: int) -> int:
+        """How many entries level *k* has (the last one may cover a partial bucket)."""
+        return -(-self.frames // bucket(k))
+
     def level(self, k: int, start: int, end: int) -> Array:
         """Pyramid entries [start, end) of level *k*: (n, channels, 2)."""
-        total = -(-self.frames // bucket(k))
+        total = self.level_entries(k)
         start, end = max(0, start), min(total, end)
         if end <= start:
             return np.empty((0, self.channels, 2), self.dtype)

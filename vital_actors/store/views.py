@@ -34,8 +34,10 @@ def _mv(reader: Reader, channel: int, values: Array) -> list[float]:
 
 
 def view(reader: Reader, read: Callable[[int, int], Array], *, channel: int, start: int,
-         end: int, points: int) -> dict[str, Any]:
-    """The view of frames [start, end) of *channel*; *read* returns raw frames."""
+         end: int, points: int,
+         levels: Callable[[int, int, int], Array] | None = None) -> dict[str, Any]:
+    """The view of frames [start, end) of *channel*; *read* returns raw frames, *levels*
+    (default ``reader.level``) pyramid entries."""
     start, end = max(0, start), min(reader.frames, end)
     n = max(0, end - start)
     out: dict[str, Any] = {"recording": reader.meta.id, "channel": channel,
@@ -58,7 +60,7 @@ def view(reader: Reader, read: Callable[[int, int], Array], *, channel: int, sta
     else:
         size = bucket(level)
         i0, i1 = start // size, -(-end // size)
-        entries = reader.level(level, i0, i1)[:, channel, :]
+        entries = (levels or reader.level)(level, i0, i1)[:, channel, :]
         first, lo, hi = envelope(entries, points)
         t = np.maximum((first + i0) * size, start)
         out["level"] = level
