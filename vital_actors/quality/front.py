@@ -99,15 +99,6 @@ def _stack(arrays: list[F64]) -> F64:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
 
 
-def _by_column(cand: npt.NDArray[np.bool_]) -> dict[int, list[int]]:
-    """The rows of the True cells of *cand*, per column (only columns that have any)."""
-    rows, cols = np.nonzero(cand)
-    out: dict[int, list[int]] = {}
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-        out.setdefault(c, []).append(r)
-    return out
-
-
 def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
               mv: F64, filtered: F64, widths: Sequence[int],
               scratch: dict[tuple[int, ...], F64] | None = None) -> list[FrontOut]:
@@ -178,18 +169,20 @@ def _detector_a(d: Design, old: dict[str, F64], x: F64,
     elig = full_m[d.back:d.back + n]
     cand = (elig == top[d.back:d.back + n]) & (elig > full_m[d.back - 1:d.back + n - 1])
     cand &= elig > 0
+    rows, cols = np.nonzero(cand)
     out: dict[int, list[tuple[int, float, int]]] = {}
-    for k, rows in _by_column(cand).items():
-        found = out[k] = []
-        for row in rows:
-            # Decided at block row ``row``, the peak sits at block row ``row - ahead``,
-            # which is row ``at`` of full_bp; the R peak is the largest |band-pass| in
-            # the integration window before it, less the band-pass delay.
-            at = row - d.ahead + keep
-            lo = at - d.mwi - 4
-            seg = full_bp[lo:at + 1, k]
-            r_row = lo + int(np.argmax(np.abs(seg))) - keep - d.qrs_delay
-            found.append((row, float(elig[row, k]), r_row))
+    if not len(rows):
+        return out
+    # Decided at block row ``row``, a peak sits at block row ``row - ahead``, which is
+    # row ``at`` of full_bp; its R peak is the largest |band-pass| in the integration
+    # window before it (rows lo..at), less the band-pass delay. All candidates at once.
+    span = d.mwi + 5
+    lo = rows - d.ahead + keep - (span - 1)
+    segs = np.abs(full_bp[lo[:, None] + np.arange(span), cols[:, None]])
+    r_rows = lo + np.argmax(segs, axis=1) - keep - d.qrs_delay
+    for row, k, value, r_row in zip(rows.tolist(), cols.tolist(), elig[rows, cols].tolist(),
+                                    r_rows.tolist(), strict=True):
+        out.setdefault(k, []).append((row, value, r_row))
     return out
 
 
@@ -211,8 +204,12 @@ def _detector_b(d: Design, old: dict[str, F64], x_f: F64,
     elig = full_a[h:h + n]
     cand = (elig == top[h:h + n]) & (elig > full_a[h - 1:h + n - 1])
     cand &= elig > B_FACTOR * full_e[h:h + n]
-    return {k: [(row - h, float(elig[row, k])) for row in rows]
-            for k, rows in _by_column(cand).items()}
+    rows, cols = np.nonzero(cand)
+    out: dict[int, list[tuple[int, float]]] = {}
+    for row, k, value in zip((rows - h).tolist(), cols.tolist(), elig[rows, cols].tolist(),
+                             strict=True):
+        out.setdefault(k, []).append((row, value))
+    return out
 
 
 def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64,

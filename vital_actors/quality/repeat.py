@@ -134,7 +134,9 @@ def measure(streams: Sequence[BeatNoise]) -> None:
     # Rows of ``pool``: every stream's previous beats, then the new ones; per new beat,
     # the rows of the LAG beats before it (row 0, zeros, where there are fewer).
     olds = [p for s in todo for p in s.previous]
-    pool = np.concatenate([np.zeros((1, out.shape[1])), *[p[None] for p in olds], out])
+    parts = [np.zeros((1, out.shape[1])), np.array(olds), out] if olds else \
+        [np.zeros((1, out.shape[1])), out]
+    pool = np.concatenate(parts)
     before: list[list[int]] = []
     row_old, row_new = 1, 1 + len(olds)
     for s in todo:
