@@ -152,12 +152,17 @@ def _sizes(recs: Sequence[Recording], dictionary: ZstdDictionary | None,
            totals: dict[str, int]) -> int:
     samples = 0
     table = codecs(dictionary)
+    client = CompactDecoder(zstd=ZstdCodec(dictionary=dictionary))
     for r in recs:
         for m in messages(r, f"ward-{r.name}"):  # ids unlike the training ids
             payload = encode(m)
             samples += len(m.data) // 2
             for name, codec in table.items():
-                totals[name] = totals.get(name, 0) + len(codec(m, payload))
+                frame = codec(m, payload)
+                totals[name] = totals.get(name, 0) + len(frame)
+                body = frame[4:] if frame[1] == 126 else frame[2:]
+                if name == COMPACT and client.decode(body) != m:  # lossless, checked
+                    raise SystemExit(f"compact did not decode {m.topic} seq {m.seq} back")
     return samples
 
 
