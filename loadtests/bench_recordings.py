@@ -16,6 +16,11 @@ Phases, each on the same server:
 4. ``--views`` random windows at random zoom levels: GET .../view latency as the
    client sees it (a fresh connection each, through the front door) and the view's
    own cost from the ``server-timing`` header; /healthz on the same path for scale.
+
+Also: the big file again through the resumable protocol (``upload_resumable_mb_s``),
+the loop's lag p99 after ``--idle-s`` with nothing to do (the baseline of the
+machine), ``--views / 2`` views while the big job runs, the load average at each
+phase and the commit.
 """
 
 from __future__ import annotations
@@ -115,11 +120,12 @@ async def http_json(port: int, method: str, path: str, body: Any = None,
     return json.loads(payload) if payload else None
 
 
-async def upload(port: int, path: Path) -> tuple[dict[str, Any], float]:
+async def upload(port: int, path: Path, *, resumable: bool = False
+                 ) -> tuple[dict[str, Any], float]:
     t0 = time.perf_counter()
     status, answer = await upload_file(f"http://127.0.0.1:{port}", path,
                                        query={"fs": str(FS), "gain": str(GAIN),
-                                              "baseline": str(BASE)})
+                                              "baseline": str(BASE)}, resumable=resumable)
     if status != 201:
         raise RuntimeError(f"upload: {status} {answer}")
     return answer, time.perf_counter() - t0
@@ -152,9 +158,10 @@ def scipy_in_memory(path: Path) -> float:
 
 
 async def views(port: int, meta: dict[str, Any], count: int,
-                server_ms: list[float]) -> list[float]:
+                server_ms: list[float], out: list[float] | None = None) -> list[float]:
+    """Latencies (ms) of *count* random views, appended to *out* as they come."""
     rng = np.random.default_rng(5)
-    frames, out = meta["frames"], []
+    frames, out = meta["frames"], [] if out is None else out
     for _ in range(count):
         n = int(np.exp(rng.uniform(np.log(200), np.log(frames))))
         start = int(rng.integers(0, frames - n + 1))
@@ -183,7 +190,9 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = {**os.environ, "VITAL_STORE__DIR": str(work / "store")}
     proc = subprocess.Popen([sys.executable, "-m", "vital_actors.cli", "serve",  # noqa: ASYNC220
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
-    out: dict[str, Any] = {"gb": args.gb, "frames": frames}
+    out: dict[str, Any] = {"gb": args.gb, "frames": frames, "commit": _commit(),
+                           "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                           "loadavg_start": os.getloadavg()}
     try:
         await _wait_ready(port)
         watch = RssWatch(proc.pid)
@@ -193,11 +202,28 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             meta, dt = await upload(port, big)
             out["upload_s"], out["upload_mb_s"] = dt, meta["bytes"] / 1e6 / dt
             out["rss_upload_peak_mb"] = watch.peak / 1e6
+            if args.resumable:  # the same file through PATCH /api/v1/uploads/{id}
+                resumed, dt = await upload(port, big, resumable=True)
+                out["upload_resumable_mb_s"] = resumed["bytes"] / 1e6 / dt
+                await http_json(port, "DELETE", f"/api/v1/recordings/{resumed['id']}")
+            out["rss_upload_resumable_peak_mb"] = watch.peak / 1e6
+            if args.idle_s:  # the probe's window (60 s) with nothing to do: the baseline
+                await trio.sleep(args.idle_s)
+                idle = (await http_json(port, "GET", "/api/v1/stats"))["loop_lag"]
+                out["lag_p99_ms_idle"] = idle["p99_ms"]
             lags: list[float] = []
-            _, dt = await run_job(port, meta["id"], screen=False, lags=lags)
+            during: list[float] = []
+            async with trio.open_nursery() as views_too:  # views while the job runs
+                views_too.start_soon(views, port, meta, args.views // 2, [], during)
+                _, dt = await run_job(port, meta["id"], screen=False, lags=lags)
+                views_too.cancel_scope.cancel()  # only those during the job count
             out["big_job_s"], out["big_job_mb_s"] = dt, meta["bytes"] / 1e6 / dt
             out["lag_p99_ms_end_of_job"] = lags[-1] if lags else None
             out["lag_p99_ms_max_during_job"] = max(lags, default=0.0)
+            out["loadavg_job"] = os.getloadavg()
+            if during:
+                out["view_during_job_p50_ms"], out["view_during_job_p99_ms"] = \
+                    np.percentile(during, [50, 99]).tolist()
             async with trio.open_nursery() as both:
                 both.start_soon(_second_upload, port, big, out)
                 _, out["big_job_during_upload_s"] = await run_job(port, meta["id"],
@@ -227,6 +253,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 await http_json(port, "GET", "/healthz")
                 base.append((time.perf_counter() - t0) * 1000)
             out["healthz_p50_ms"], out["healthz_p99_ms"] = np.percentile(base, [50, 99]).tolist()
+            out["loadavg_end"] = os.getloadavg()
             nursery.cancel_scope.cancel()
     finally:
         proc.terminate()
@@ -234,6 +261,14 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["job_vs_scipy"] = out["job_filter_s"] / out["scipy_s"]
     out["job_screen_vs_scipy"] = out["job_screen_s"] / out["scipy_screen_file_s"]
     return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 async def _second_upload(port: int, path: Path, out: dict[str, Any]) -> None:
@@ -268,7 +303,7 @@ def inprocess(frames: int, reps: int) -> dict[str, Any]:
         store.commit(rec, writer, source_format="npy")
         sos = design(FilterSettings(), FS).sos
 
-        async def job() -> tuple[float, float]:
+        async def job() -> tuple[float, float, float]:
             lags: list[float] = []
             runner = JobRunner(store, JobSettings(), ScreenSettings())
 
@@ -281,22 +316,27 @@ def inprocess(frames: int, reps: int) -> dict[str, Any]:
             async with trio.open_nursery() as nursery:
                 await nursery.start(runner.run)
                 nursery.start_soon(probe)
+                await trio.sleep(1.0)  # the loop's lag with no job: the machine's share
+                idle, lags[:] = list(lags), []
                 j = runner.submit(JobSpec(recording=rec, screen=False))
                 await runner.wait(j.id, lambda j: not j.active)
                 nursery.cancel_scope.cancel()
             assert j.started is not None and j.finished is not None
-            return j.finished - j.started, float(np.percentile(lags, 99)) * 1000
+            return (j.finished - j.started, float(np.percentile(lags, 99)) * 1000,
+                    float(np.percentile(idle, 99)) * 1000)
 
-        jobs, lags, scipys = [], [], []
+        jobs, lags, idles, scipys = [], [], [], []
         for _ in range(reps):
-            took, lag = trio.run(job)
+            took, lag, idle = trio.run(job)
             jobs.append(took)
             lags.append(lag)
+            idles.append(idle)
             t0 = time.perf_counter()
             scipy.signal.sosfilt(sos, (x.astype(np.float64) - BASE) / GAIN, axis=0)
             scipys.append(time.perf_counter() - t0)
         ratios = np.array(jobs) / np.array(scipys)
         return {"frames": frames, "job_s": jobs, "scipy_s": scipys, "lag_p99_ms": lags,
+                "lag_p99_ms_idle_before": idles, "loadavg": os.getloadavg(),
                 "min_over_min": min(jobs) / min(scipys),
                 "median_of_pairs": float(np.median(ratios))}
     finally:
@@ -311,6 +351,11 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="alternating job/scipy pairs (min)")
     p.add_argument("--views", type=int, default=400)
     p.add_argument("--tmp", type=Path, default=Path("/tmp"))
+    p.add_argument("--idle-s", type=float, default=60.0,
+                   help="idle wait before the big job: the server's lag probe (a 60 s "
+                        "window) then gives the loop's lag with no job, 0: skip")
+    p.add_argument("--no-resumable", dest="resumable", action="store_false",
+                   help="skip the resumable upload of the big file")
     p.add_argument("--inprocess-frames", type=int, default=0,
                    help="only the in-process job vs sosfilt comparison over this many frames")
     args = p.parse_args()
