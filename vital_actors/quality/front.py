@@ -113,20 +113,26 @@ def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
     _unpack(_stack([s.sqi for s in states]), _sqi_parts(d), old)
     peaks_a = _detector_a(d, old, det, new)
     peaks_b = _detector_b(d, old, det_f, new)
-    cum = _totals(d, old, mv, filtered, new, {} if scratch is None else scratch)
+    # Each stream's first step end in the block (a row index; >= n when none), and
+    # the columns of the streams that share it: their totals are summed together.
+    firsts = [(-(s.next_t + 1)) % d.step for s in states]
+    phases: dict[int, list[int]] = {}
+    col = 0
+    for first, width in zip(firsts, widths, strict=True):
+        phases.setdefault(first, []).extend(range(col, col + width))
+        col += width
+    at_step = _totals(d, old, mv, filtered, new, phases, {} if scratch is None else scratch)
     det_new, sqi_new = _pack(new, _det_parts(d)), _pack(new, _sqi_parts(d))
     out = []
     col = 0
-    at_step: dict[int, F64] = {}  # the totals at the step ends, per phase: one copy each
-    for k, (state, width) in enumerate(zip(states, widths, strict=True)):
+    offsets: dict[int, int] = {}  # per phase, the next stream's column in its array
+    for k, (state, width, first) in enumerate(zip(states, widths, firsts, strict=True)):
         t0 = state.next_t
-        first = (-(t0 + 1)) % d.step
+        at = offsets.get(first, 0)
+        offsets[first] = at + width
         snaps = []
         if first < n:
-            found = at_step.get(first)
-            if found is None:
-                found = at_step[first] = cum[first::d.step].copy()  # not a view of scratch
-            rows = found[:, :, col:col + width]
+            rows = at_step[first][:, :, at:at + width]
             snaps = [(t0 + first + 1 + j * d.step, rows[j]) for j in range(len(rows))]
         out.append(FrontOut(t0, det_f[:, k],
                             [(t0 + q, v, t0 + r) for q, v, r in peaks_a.get(k, ())],
@@ -212,34 +218,55 @@ def _detector_b(d: Design, old: dict[str, F64], x_f: F64,
     return out
 
 
-def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64,
-            new: dict[str, F64], scratch: dict[tuple[int, ...], F64]) -> F64:
-    """Running totals of the SQI features, shape (n, features, channels)."""
+def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64, new: dict[str, F64],
+            phases: dict[int, list[int]],
+            scratch: dict[tuple[int, ...], F64]) -> dict[int, F64]:
+    """Running totals of the SQI features at the step ends: per phase (the block row of
+    the first step end, see :func:`run_front`), an array (step ends, features, the
+    phase's columns). Updates ``new["tot"]``, the totals after the block.
+
+    Each total is the previous one plus the samples one by one, in order: the first
+    row of a stretch gets the carried total added, then ``np.add.reduce`` over axis 0
+    adds the rows in order (bit-identical to a row-by-row loop, unlike a pairwise sum
+    along a contiguous axis), so any framing gives the same totals."""
     n, c = mv.shape
     bw, new["zi_bw"] = scipy.signal.sosfilt(d.bw_sos, mv, axis=0, zi=old["zi_bw"])
     hf, new["zi_hf"] = scipy.signal.sosfilt(d.hf_sos, mv, axis=0, zi=old["zi_hf"])
-    shape = (n + 1, len(FEATURES), c)
+    shape = (n, len(FEATURES), c)
     g = scratch.get(shape)
     if g is None:  # a fresh 10-MB array per call costs its page faults every time
         scratch.clear()
         g = scratch[shape] = np.empty(shape)
-    g[0] = old["tot"][0]
-    g[1:, 0] = f
-    np.multiply(f, f, out=g[1:, 1])
-    np.multiply(g[1:, 1], f, out=g[1:, 2])
-    np.multiply(g[1:, 1], g[1:, 1], out=g[1:, 3])
-    g[1:, 4] = bw
-    np.multiply(bw, bw, out=g[1:, 5])
-    np.multiply(hf, hf, out=g[1:, 6])
+    g[:, 0] = f
+    np.multiply(f, f, out=g[:, 1])
+    np.multiply(g[:, 1], f, out=g[:, 2])
+    np.multiply(g[:, 1], g[:, 1], out=g[:, 3])
+    g[:, 4] = bw
+    np.multiply(bw, bw, out=g[:, 5])
+    np.multiply(hf, hf, out=g[:, 6])
     last = np.vstack([old["last"], mv])
     new["last"] = last[-1:]
-    g[1:, 7] = (last[1:] == last[:-1]) & (np.abs(mv - bw) > CLIP_MV)
-    g[1:, 8] = mv
-    np.multiply(mv, mv, out=g[1:, 9])
-    flat = g.reshape(n + 1, -1)
-    for i in range(1, n + 1):  # cumsum, row by row: 2-3x faster here, the same additions
-        np.add(flat[i], flat[i - 1], out=flat[i])
-    cum = g[1:]
-    new["tot"] = cum[-1:].copy()
-    return cum
-
+    g[:, 7] = (last[1:] == last[:-1]) & (np.abs(mv - bw) > CLIP_MV)
+    g[:, 8] = mv
+    np.multiply(mv, mv, out=g[:, 9])
+    carry_all = old["tot"][0]  # (features, channels)
+    tot = np.empty_like(carry_all)
+    out: dict[int, F64] = {}
+    for first, cols in phases.items():
+        whole = len(phases) == 1
+        x = g if whole else g[:, :, cols]  # a copy, or the scratch array itself
+        carry = carry_all if whole else carry_all[:, cols]
+        ends = list(range(first, n, d.step))
+        found = np.empty((len(ends), *x.shape[1:]))
+        start = 0
+        for j, end in enumerate(ends):
+            x[start] += carry
+            carry = found[j] = np.add.reduce(x[start:end + 1], axis=0)
+            start = end + 1
+        if start < n:
+            x[start] += carry
+            carry = np.add.reduce(x[start:], axis=0)
+        tot[:, cols] = carry
+        out[first] = found
+    new["tot"] = tot[None]
+    return out
