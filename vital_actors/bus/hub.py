@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
@@ -12,7 +13,7 @@ from ..broadcast import Hub, Resume, Subscriber
 from ..edge.codecs import Outgoing
 from ..history import History
 from .history import RedisHistory
-from .redis import RedisBus
+from .redis import AWAY, RedisBus
 
 __all__ = ["BusHub"]
 
@@ -104,6 +105,22 @@ class BusHub(Hub):
             self.ring.append(log, None if pos is None else pos[1], out)
         self.deliver(message.topic, out)
 
+    async def fill_before(self, message: StreamSamples | Event) -> None:
+        """Before *message* from another node: take in what its producer recorded but
+        did not publish since the last one here (it did not know yet that this node
+        wanted the topic), from the topic's Redis Stream, so nothing is skipped."""
+        pos, log = position(message), self.ring.logs.get(message.topic)
+        if (self.bus is None or not self.bus.settings.history or pos is None or log is None
+                or log.epoch != pos[0] or log.last < 0 or pos[1] <= log.last + 1):
+            return
+        with contextlib.suppress(*AWAY):
+            missing = await self.bus.history.read(message.topic, pos[0], log.last, pos[1] - 1,
+                                                  self.bus.settings.history_maxlen)
+            for _, out in missing:
+                if isinstance(out.message, StreamSamples | Event) and \
+                        out.message.topic == message.topic:
+                    self.take_remote(out.message, out.payload)
+
     def recover(self, sub: Subscriber, topic: str, since: Position) -> Resume:
         """As :meth:`Hub.recover`; and for a topic this node has no history of (another
         node produces it), catch up from its Redis Stream."""
@@ -132,12 +149,6 @@ class _BusHistory:
     async def covers(self, topic: str, epoch: str, after: int) -> bool:
         if self.local is not None and await self.local.covers(topic, epoch, after):
             return True
-        bus = self.hub.bus
-        if bus is not None and not bus.followed_elsewhere(topic):
-            # Nobody else wanted it: its producer may not be publishing it yet. Once it
-            # has learned that this node wants it, every message after the stream's
-            # head comes here live (into the ring); the ones before are in the stream.
-            await bus.rounds(2)
         head = await self.remote.head(topic, epoch)
         log = self.hub.ring.logs.get(topic)
         if head is not None and log is not None and log.epoch == epoch:

@@ -142,12 +142,6 @@ class RedisBus:
         """Does a subscriber on another node follow *topic* (as last advertised)?"""
         return topic in self._elsewhere
 
-    async def rounds(self, count: int) -> None:
-        """Return after *count* more rounds of advertising and learning topics: with 2,
-        every other node has learned what this node wanted when it was called."""
-        for _ in range(count):
-            await self._learned.wait()
-
     async def learned(self, topic: str) -> None:
         """Return once this node knows that another node's subscribers follow *topic*."""
         while topic not in self._elsewhere:
@@ -212,7 +206,7 @@ class RedisBus:
                             started = True
                             task_status.started()
                         async for message in messages:
-                            self._deliver(message, skip)
+                            await self._deliver(message, skip)
                 except* anyio.ClosedResourceError:
                     pass  # leaving (or cancelled) on a connection that was already gone
             except Exception:  # Redis went away, in any of coredis's ways: reconnect
@@ -231,7 +225,7 @@ class RedisBus:
                                          ignore_subscribe_messages=True) as pubsub:
             yield pubsub
 
-    def _deliver(self, message: Any, skip: int) -> None:
+    async def _deliver(self, message: Any, skip: int) -> None:
         if message.get("type") != "pmessage" or self._hub is None:
             return
         node, _, topic = bytes(message["channel"])[skip:].decode().partition(":")
@@ -244,6 +238,7 @@ class RedisBus:
         if not isinstance(decoded, StreamSamples | Event) or decoded.topic != topic:
             return
         self.counters.received += 1
+        await self._hub.fill_before(decoded)
         self._hub.take_remote(decoded, bytes(message["data"]))
 
     async def _interest(self, hub: BusHub) -> None:
