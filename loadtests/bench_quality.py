@@ -17,6 +17,10 @@ events wrapped for the broadcaster). Three ways, side by side in one run:
 
 Samples are per channel (a 2-lead frame of 360 time points is 720 samples).
 
+``--gc-freeze`` calls ``gc.freeze()`` once the streams are loaded, before measuring:
+what a server that froze its start-up objects would spend (full collections then
+skip the ~125,000 objects of the imported modules).
+
 ``--against DIR`` runs each measurement also with the code of the checkout in DIR (in
 a child process, alternating with this one, ``--repeat`` times each; the fastest run
 of each is reported): on a shared machine only figures taken side by side compare.
@@ -25,6 +29,7 @@ of each is reported): on a shared machine only figures taken side by side compar
 from __future__ import annotations
 
 import argparse
+import gc
 import subprocess
 import sys
 import time
@@ -118,10 +123,12 @@ WAYS: dict[str, Callable[[Load], int]] = {
 # Run in a child process with another checkout's code (its loadtests.bench_quality):
 # prints "cpu events" for one way.
 _CHILD = """
-import sys, time
+import gc, sys, time
 sys.path.insert(0, sys.argv[1])
 import loadtests.bench_quality as b
 lo = b.load(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
+if sys.argv[6] == "freeze":
+    gc.freeze()
 fn = {"filter": b.run_filter, "chain": b.run_chain, "chain/1": b.run_unbatched}[sys.argv[5]]
 t = time.process_time()
 events = fn(lo)
@@ -130,10 +137,10 @@ print(time.process_time() - t, events)
 
 
 def _time_other(root: str, streams: int, seconds: float, frame_ms: float,
-                way: str) -> tuple[float, int]:
+                way: str, freeze: bool) -> tuple[float, int]:
     done = subprocess.run([sys.executable, "-c", _CHILD, root, str(streams), str(seconds),
-                           str(frame_ms), way], cwd=root, capture_output=True, text=True,
-                          check=True)
+                           str(frame_ms), way, "freeze" if freeze else "-"], cwd=root,
+                          capture_output=True, text=True, check=True)
     cpu, events = done.stdout.split()[-2:]
     return float(cpu), int(events)
 
@@ -147,13 +154,17 @@ def main() -> None:
     p.add_argument("--ways", nargs="+", choices=list(WAYS), default=list(WAYS))
     p.add_argument("--against", metavar="DIR", help="another checkout to run side by side")
     p.add_argument("--repeat", type=int, default=1, help="runs of each, the fastest counts")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="gc.freeze() after loading, before measuring")
     args = p.parse_args()
     print(f"{args.streams} streams x {args.seconds:.0f} s at 360 Hz, 2 leads "
-          f"(CPU time of the process, one core)")
+          f"(CPU time of the process, one core{', gc.freeze()' if args.gc_freeze else ''})")
     print(f"{'frame':>7} {'way':>8} {'code':>6} {'cpu s':>7} {'M samples/s':>12} "
           f"{'us/frame':>9} {'events':>8}")
     for frame_ms in args.frame_ms:
         lo = load(args.streams, args.seconds, frame_ms)
+        if args.gc_freeze:
+            gc.freeze()
         samples = lo.rounds * lo.frame * 2 * args.streams
         frames = lo.rounds * args.streams
         for name in args.ways:
@@ -162,7 +173,8 @@ def main() -> None:
                 runs["this"].append(_time(WAYS[name], lo))
                 if args.against:
                     runs["other"].append(_time_other(args.against, args.streams,
-                                                     args.seconds, frame_ms, name))
+                                                     args.seconds, frame_ms, name,
+                                                     args.gc_freeze))
             for code, found in runs.items():
                 if not found:
                     continue

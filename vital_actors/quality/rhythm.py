@@ -20,7 +20,7 @@ HRV_WINDOW_S = 60.0  # SDNN and RMSSD over the last 60 s
 RR_RANGE_S = (0.25, 2.5)  # RR outside this (a missed or extra beat) is left out of HRV
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rhythm:
     """Rates in bpm and HRV in ms; None when there are too few beats."""
 

@@ -195,10 +195,11 @@ class StreamQuality:
             "stream": self.key, "t0": boundary - n, "n": n, "class": cls,
             "score": value, "hr": rh.hr, "hr_inst": rh.hr_inst, "sdnn_ms": rh.sdnn_ms,
             "rmssd_ms": rh.rmssd_ms, "beats": rh.beats, "bsqi": q.bsqi, "snr_db": q.snr_db,
-            "kurtosis": list(q.kurtosis), "skewness": list(q.skewness),
-            "bw_ratio": list(q.bw_ratio), "hf_ratio": list(q.hf_ratio),
-            "flat_fraction": list(q.flat_fraction), "sat_fraction": list(q.sat_fraction),
-            "std_mv": list(q.std_mv), "lead_off": flags[0], "flatline": flags[1],
+            # The window's own lists (fresh from the numpy pass, used nowhere else).
+            "kurtosis": q.kurtosis, "skewness": q.skewness, "bw_ratio": q.bw_ratio,
+            "hf_ratio": q.hf_ratio, "flat_fraction": q.flat_fraction,
+            "sat_fraction": q.sat_fraction, "std_mv": q.std_mv,
+            "lead_off": flags[0], "flatline": flags[1],
             "out_of_range": flags[2],
         })
 
