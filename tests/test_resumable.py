@@ -24,6 +24,7 @@ from test_durability import free_port, start_server
 from loadtests.proxy import killing_proxy
 from vital_actors.graph import Server
 from vital_actors.settings import load_settings
+from vital_actors.store.resumable import BusyError, Session
 from vital_actors.uploader import upload_file
 
 Array = np.ndarray[Any, Any]
@@ -269,3 +270,16 @@ async def test_an_upload_survives_sigkill_of_the_server(tmp_path: Path,
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def test_one_writer_at_a_time_across_processes(tmp_path: Path) -> None:
+    session = Session.create(tmp_path, length=100, query="", content_type=None, sha256=None)
+    first = session.writer(0, None)  # another worker on the same store.dir would see:
+    with pytest.raises(BusyError) as refused:
+        Session.open(tmp_path, session.state.id).writer(0, None)
+    assert refused.value.status == 409 and refused.value.have == 0
+    first.write(b"x" * 10)
+    first.commit(whole=True)
+    again = Session.open(tmp_path, session.state.id)
+    assert again.state.offset == 10
+    again.writer(10, None).abandon()

@@ -117,14 +117,15 @@ async def _resume(host: str, port: int, target: str, path: Path, size: int,
             continue
         if status in (204, 409) and "upload-offset" in headers:
             new = int(headers["upload-offset"])  # 409: another offset than we thought
+            offset = new
             if new > stored:
                 failures, stored, delays = 0, new, backoff.delays()
-            else:
-                failures += 1
+                continue
+            failures += 1  # no byte stored since the last answer: wait before the next
             if failures > retries:
                 raise UploadError(f"gave up after {retries} retries: the server at "
                                   f"{host}:{port} stores no more of the upload")
-            offset = new
+            await trio.sleep(next(delays))
             continue
         return status, _json(body)
 

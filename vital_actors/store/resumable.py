@@ -20,6 +20,7 @@ statuses) is in api/recordings.py and docs/protocol.md.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -48,6 +49,15 @@ class OffsetError(FormatError):
     def __init__(self, got: int, have: int) -> None:
         super().__init__(409, f"Upload-Offset {got} does not match the {have} bytes stored: "
                          f"HEAD the upload and continue from {have}")
+        self.have = have
+
+
+class BusyError(OffsetError):
+    """Another process (a worker sharing the store) is writing this upload (409)."""
+
+    def __init__(self, have: int) -> None:
+        FormatError.__init__(self, 409, "another PATCH, on another worker, is writing this "
+                             f"upload: retry from Upload-Offset {have} in a moment")
         self.have = have
 
 
@@ -161,6 +171,11 @@ class PatchWriter:
         self._unsynced = 0
         self._hash = hashlib.sha256() if sha256 is not None else None
         self._fd = os.open(session.path / "body", os.O_WRONLY)
+        try:  # one writer across processes too (workers sharing store.dir)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise BusyError(self.start) from None
         os.ftruncate(self._fd, self.start)  # whatever a cut PATCH left past the offset
         os.lseek(self._fd, self.start, os.SEEK_SET)
 
