@@ -184,8 +184,11 @@ class Server:
         self.store = RecordingStore(s.store.dir or fallback)
         self.loader = ChunkLoader(self.store, cache_bytes=s.store.cache_bytes,
                                   chunk_bytes=s.store.chunk_bytes)
-        # With the bus (issue 9) the job queue is shared: any node runs any job.
-        board = None if self.bus is None else RedisJobBoard(s.bus, node=self.bus.node)
+        # With the bus (issue 9) and a store.dir (shared by the nodes) the job queue is
+        # shared: any node runs any job. A temporary store is this node's alone: so are
+        # its jobs.
+        board = (None if self.bus is None or s.store.dir is None
+                 else RedisJobBoard(s.bus, node=self.bus.node))
         self.jobs = JobRunner(self.store, s.jobs, s.screen, board=board)
         self.replays = Replays(self.loader, self.registry, self.stats)
 
