@@ -57,6 +57,9 @@ def test_beat_events_carry_the_fields_and_come_within_250_ms(
         assert b.body["t"] == pytest.approx(b.body["r"] / 360.0, abs=1e-3)
     steady = beats[5:]
     assert all(b.body["latency_ms"] <= 250 for b in steady)
+    # With a device frame's wait on top (100-ms frames: 50 ms at the median), the
+    # median beat is still out within 250 ms of its R peak.
+    assert np.median([b.body["latency_ms"] for b in steady]) <= 200
     rr = [b.body["rr_ms"] for b in steady]
     assert rr == [pytest.approx(1000 * (b.body["r"] - a.body["r"]) / 360, abs=0.1)
                   for a, b in zip(beats[4:], steady, strict=False)]
