@@ -207,7 +207,12 @@ class JobRunner:
         if self.board is None:
             return self.submit(spec)
         job = self._new(spec, await self.board.queued())
-        await self.board.put(job)
+        try:
+            await self.board.put(job)
+        except JobBoardUnavailableError:
+            del self.jobs[job.id]  # refused: leave nothing behind that looks queued
+            shutil.rmtree(self.store.jobs / job.id, ignore_errors=True)
+            raise
         return job
 
     async def get(self, job_id: str) -> Job | None:

@@ -195,7 +195,7 @@ class RedisJobBoard:
         """Wait until this node claims a job. Polls every ``bus.job_poll_s`` (at once
         after a :meth:`put` on this node) and rides out Redis being away."""
         while True:
-            with contextlib.suppress(*AWAY):
+            with contextlib.suppress(*AWAY, JobBoardUnavailableError):
                 job_id = await self._claim()
                 job = await self.get(job_id) if job_id else None
                 if job is not None and job.active:
