@@ -19,8 +19,8 @@ Phases, each on the same server:
 
 Also: the big file again through the resumable protocol (``upload_resumable_mb_s``),
 the loop's lag p99 after ``--idle-s`` with nothing to do (the baseline of the
-machine), ``--views / 2`` views while the big job runs, the load average at each
-phase and the commit.
+machine), up to ``--views / 2`` views while the second big job and the second upload
+run, the load average at each phase and the commit.
 """
 
 from __future__ import annotations
@@ -212,22 +212,20 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 idle = (await http_json(port, "GET", "/api/v1/stats"))["loop_lag"]
                 out["lag_p99_ms_idle"] = idle["p99_ms"]
             lags: list[float] = []
-            during: list[float] = []
-            async with trio.open_nursery() as views_too:  # views while the job runs
-                views_too.start_soon(views, port, meta, args.views // 2, [], during)
-                _, dt = await run_job(port, meta["id"], screen=False, lags=lags)
-                views_too.cancel_scope.cancel()  # only those during the job count
+            _, dt = await run_job(port, meta["id"], screen=False, lags=lags)
             out["big_job_s"], out["big_job_mb_s"] = dt, meta["bytes"] / 1e6 / dt
             out["lag_p99_ms_end_of_job"] = lags[-1] if lags else None
             out["lag_p99_ms_max_during_job"] = max(lags, default=0.0)
             out["loadavg_job"] = os.getloadavg()
-            if during:
-                out["view_during_job_p50_ms"], out["view_during_job_p99_ms"] = \
-                    np.percentile(during, [50, 99]).tolist()
-            async with trio.open_nursery() as both:
+            during: list[float] = []
+            async with trio.open_nursery() as both:  # a job, an upload and views at once
                 both.start_soon(_second_upload, port, big, out)
-                _, out["big_job_during_upload_s"] = await run_job(port, meta["id"],
-                                                                  screen=False)
+                out["big_job_during_upload_s"] = await _job_with_views(
+                    port, meta, args.views // 2, during)
+            if during:
+                out["view_during_job_and_upload_p50_ms"], \
+                    out["view_during_job_and_upload_p99_ms"] = \
+                    np.percentile(during, [50, 99]).tolist()
             out["rss_peak_mb"] = watch.peak / 1e6
             small, _ = await upload(port, ratio_file)
             out["ratio_mb"] = args.ratio_mb
@@ -269,6 +267,17 @@ def _commit() -> str:
                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+async def _job_with_views(port: int, meta: dict[str, Any], count: int,
+                          latencies: list[float]) -> float:
+    """A job on *meta* while up to *count* views of it are asked, one after another;
+    the job's wall time (the views stop with it)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(views, port, meta, count, [], latencies)
+        _, took = await run_job(port, meta["id"], screen=False)
+        nursery.cancel_scope.cancel()
+    return took
 
 
 async def _second_upload(port: int, path: Path, out: dict[str, Any]) -> None:
