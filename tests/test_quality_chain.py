@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import pickle
 from pathlib import Path
@@ -14,6 +15,7 @@ from quality_helpers import F64, bandpass, feed, of_type, to_mv
 
 from protocol import Priority
 from vital_actors.quality import Frame, QualityChain
+from vital_actors.quality.chain import gc_deferred
 from vital_actors.quality.evaluate import reference_beats
 from vital_actors.quality.sqi import match_count
 from vital_actors.settings import ScreenSettings
@@ -175,3 +177,23 @@ def test_running_totals_are_bit_identical_whatever_the_framing(
         feed(chain, "x", 360.0, mv, sizes, f)
         states.append(chain._streams["x"].front.sqi)
     assert all(np.array_equal(states[0], s) for s in states[1:])
+
+
+def test_the_garbage_collector_waits_for_the_batch_and_comes_back() -> None:
+    assert gc.isenabled()
+    with gc_deferred():
+        assert not gc.isenabled()
+        with gc_deferred():  # nested (the screen around the chain)
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ValueError), gc_deferred():
+        raise ValueError("a bad batch")
+    assert gc.isenabled()
+    gc.disable()  # someone else's choice stands
+    try:
+        with gc_deferred():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

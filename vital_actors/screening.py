@@ -16,6 +16,7 @@ from protocol import Event
 
 from .messages import Filtered, Item, Publication, take_batch
 from .quality import Frame, QualityChain
+from .quality.chain import gc_deferred
 from .settings import ScreenSettings
 
 __all__ = ["Screener", "frame_of", "run_screen", "screen_batch"]
@@ -44,16 +45,18 @@ class Screener:
 
 
 def screen_batch(chain: QualityChain, batch: list[Item]) -> list[Item]:
-    """Pure: *batch* with each filtered block followed by its events."""
+    """Pure: *batch* with each filtered block followed by its events (the garbage
+    collector deferred to the end, as in :meth:`QualityChain.feed`)."""
     frames = [frame_of(item) for item in batch if isinstance(item, Filtered)]
     if not frames:
         return batch
-    events = iter(chain.feed(frames))
-    out: list[Item] = []
-    for item in batch:
-        out.append(item)
-        if isinstance(item, Filtered):
-            out.extend(Publication(e) for e in next(events))
+    with gc_deferred():
+        events = iter(chain.feed(frames))
+        out: list[Item] = []
+        for item in batch:
+            out.append(item)
+            if isinstance(item, Filtered):
+                out.extend(Publication(e) for e in next(events))
     return out
 
 
