@@ -23,9 +23,11 @@ from test_bus import node, pytestmark, subscribe, url
 from test_jobs import _SERVE, _ecg_like, _process, _store_recording
 
 import protocol as P
+from vital_actors.bus import RedisJobBoard
 from vital_actors.clients import connect, receive
 from vital_actors.graph import Server
-from vital_actors.jobs import Job
+from vital_actors.jobs import Job, JobSpec
+from vital_actors.settings import BusSettings
 from vital_actors.store import Meta, RecordingStore
 
 __all__ = ["pytestmark"]  # test_bus's warning filters apply here too
@@ -169,6 +171,35 @@ async def test_a_node_that_stops_hands_its_job_to_another(
     reference = _process(store, rec, tmp_path / "ref", chunk=CHUNK)
     assert done.result is not None
     assert store.meta(done.result).checksum == reference.checksum
+
+
+async def test_a_stalled_node_takes_its_job_back_only_while_no_one_else_has(
+        redis: Redis) -> None:
+    """Leases over a real Redis, two boards and no servers: a node that stalled past
+    its lease continues its job if nobody took it meanwhile (and takes it out of the
+    queue, so nobody does), and learns that it lost it otherwise."""
+    settings = BusSettings(url=redis.url, lease_s=0.2)
+    a, b = RedisJobBoard(settings, node="a"), RedisJobBoard(settings, node="b")
+    first, second, third = (Job(id=f"job-{i}", spec=JobSpec(recording="rec-x"),
+                                created=i) for i in (1, 2, 3))
+    second.spec.priority = "urgent"
+    # Their clients without open(): no renewer, so a lease runs out when a test says.
+    async with a._client, b._client:
+        await a._client.set(a.k_seeded, "test")  # nothing in a store to adopt
+        await a.put(first)
+        assert (await a.take()).id == first.id
+        await trio.sleep(0.3)  # a stalls past its lease
+        await b.put(second)  # b's claim puts the first back in the queue, takes the second
+        assert (await b.take()).id == second.id
+        assert await a.check(first.id) == (True, False)  # nobody took it: a goes on
+        assert await b._claim() == ""  # and it is not in the queue any more
+        await trio.sleep(0.3)  # a stalls again
+        await b.put(third)
+        await b.release(second)
+        assert {(await b.take()).id, (await b.take()).id} == {first.id, third.id}
+        assert await a.check(first.id) == (False, False)  # b has it now: a must stop
+        assert await b.cancel(first.id) == "running"
+        assert await b.check(first.id) == (True, True)
 
 
 def _node_process(redis: Redis, root: Path, name: str) -> subprocess.Popen[bytes]:

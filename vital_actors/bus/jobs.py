@@ -56,14 +56,16 @@ redis.call('HSET', KEYS[3], popped[1], ARGV[1])
 return popped[1]
 """
 
-#: KEYS running owner cancel; ARGV node lease_ms id...
-#: Renews each id held by node (taking back one whose owner Redis forgot); returns, per
+#: KEYS running owner cancel queue; ARGV node lease_ms id...
+#: Renews each id held by node, taking back one that has no owner now (Redis forgot it,
+#: or its lease ran out and it waits in the queue: out of the queue, then); returns, per
 #: id, 0 (lost to another node), 1 (held) or 2 (held, and asked to stop).
 _CHECK = _NOW + """
 local out = {}
 for i = 3, #ARGV do
   local id, owner = ARGV[i], redis.call('HGET', KEYS[2], ARGV[i])
   if owner == ARGV[1] or not owner then
+    redis.call('ZREM', KEYS[4], id)
     redis.call('HSET', KEYS[2], id, ARGV[1])
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
     out[#out + 1] = 1 + redis.call('SISMEMBER', KEYS[3], id)
@@ -233,8 +235,8 @@ class RedisJobBoard:
         return state > 0, state == 2
 
     async def _check(self, ids: list[str]) -> list[int]:
-        out = await self._eval(_CHECK, [self.k_running, self.k_owner, self.k_cancel],
-                               [self.node, self.lease_ms, *ids])
+        out = await self._eval(_CHECK, [self.k_running, self.k_owner, self.k_cancel,
+                                        self.k_queue], [self.node, self.lease_ms, *ids])
         return [int(x) for x in out]
 
     async def release(self, job: Job) -> None:
