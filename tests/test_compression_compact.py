@@ -4,6 +4,7 @@ table of entries, lossless round trips, shared work, and bad input (1007/1009)."
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import struct
 from pathlib import Path
@@ -13,11 +14,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request
 
 import protocol as P
 from protocol import CloseCode, CompactDecoder, CompactEncoder, RemoteProtocolError
 from protocol._compact import sample_block
 from protocol._rice import decode_block, encode_block
+from vital_actors.edge.codecs import CompactWireCodec, Outgoing
 from vital_actors.sources import load_record
 
 ZSTD = P.ZstdCodec(dictionary=P.ecg_dictionary())
@@ -267,3 +271,32 @@ def test_the_compact_worked_example_in_the_docs() -> None:
     bodies = [enc.encode(m, P.encode(m), {}) for m in ms]
     assert shown == dict(zip(("first", "second", "third"), bodies, strict=True))
     assert decoded(bodies) == ms
+
+
+@settings(max_examples=40)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=12))
+def test_frames_split_anywhere_on_the_wire_decode_the_same(cuts: list[int]) -> None:
+    rng = np.random.default_rng(len(cuts))
+    ms: list[P.ServerMessage] = [
+        samples("stream/a/raw", s, 36 * s, rng.integers(-99, 99, 72, dtype="<i2").tobytes())
+        for s in range(6)]
+    ms.insert(3, P.Event("status", "streams", P.Priority.NORMAL, {"state": "x" * 300}))
+    codec = CompactWireCodec(level=3, dictionary=None)
+    wire = b"".join(Outgoing.of(m, P.Priority.HIGH).frame_for(codec) for m in ms)
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="h", target="/v1/subscribe",
+                                            subprotocols=[P.COMPACT_SUBPROTOCOL])))
+    next(server.events())
+    client.receive_data(server.send(AcceptConnection(subprotocol=P.COMPACT_SUBPROTOCOL)))
+    next(client.events())
+    ends = [*itertools.accumulate(cuts), len(wire)]
+    dec, got, parts = CompactDecoder(), [], []
+    for start, end in itertools.pairwise([0, *sorted(min(e, len(wire)) for e in ends)]):
+        client.receive_data(wire[start:end])
+        for event in client.events():
+            assert isinstance(event, BytesMessage)
+            parts.append(bytes(event.data))
+            if event.message_finished:
+                got.append(dec.decode(b"".join(parts)))
+                parts = []
+    assert got == ms
