@@ -12,8 +12,8 @@ from ._codec import decode_server as decode_server
 from ._codec import decode_subscriber as decode_subscriber
 from ._codec import encode as encode
 from ._compact import COMPACT_SUBPROTOCOL as COMPACT_SUBPROTOCOL
-from ._compact import CompactDecoder as CompactDecoder
 from ._compact import CompactEncoder as CompactEncoder
+from ._compact_decode import CompactDecoder as CompactDecoder
 from ._deflate import PERMESSAGE_DEFLATE as PERMESSAGE_DEFLATE
 from ._deflate import DeflateParams as DeflateParams
 from ._deflate import Deflater as Deflater
