@@ -270,6 +270,16 @@ def register_uploads(app: QuartTrio, server: Server) -> Resumable:
                                  "upload-length": str(got.state.length),
                                  "cache-control": "no-store"})
 
+    @app.patch("/api/v1/uploads/<upload_id>")
+    async def patch_upload(upload_id: str) -> _Problem:
+        """Append bytes: ``Upload-Offset`` header (where the stored bytes end), optional
+        ``Upload-Checksum: sha256 <hex>`` of this body; 204 with the new Upload-Offset,
+        201 with the recording when complete, 409 wrong offset, 460 wrong checksum
+        (docs/protocol.md §12). Streamed by UploadApp, which answers every PATCH here
+        before Quart would buffer its body: this route only puts it in the OpenAPI."""
+        return {"error": "PATCH /api/v1/uploads/{id} is served by the upload wrapper",
+                "reasons": [upload_id]}, 500
+
     @app.delete("/api/v1/uploads/<upload_id>")
     async def delete_upload(upload_id: str) -> tuple[str, int] | _Problem:
         got = state(upload_id)
