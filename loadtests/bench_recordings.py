@@ -220,8 +220,10 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             during: list[float] = []
             async with trio.open_nursery() as both:  # a job, an upload and views at once
                 both.start_soon(_second_upload, port, big, out)
+                lags = []
                 out["big_job_during_upload_s"] = await _job_with_views(
-                    port, meta, args.views // 2, during)
+                    port, meta, args.views // 2, during, lags)
+            out["lag_p99_ms_end_of_job_with_upload_and_views"] = lags[-1] if lags else None
             if during:
                 out["view_during_job_and_upload_p50_ms"], \
                     out["view_during_job_and_upload_p99_ms"] = \
@@ -270,12 +272,12 @@ def _commit() -> str:
 
 
 async def _job_with_views(port: int, meta: dict[str, Any], count: int,
-                          latencies: list[float]) -> float:
+                          latencies: list[float], lags: list[float]) -> float:
     """A job on *meta* while up to *count* views of it are asked, one after another;
     the job's wall time (the views stop with it)."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(views, port, meta, count, [], latencies)
-        _, took = await run_job(port, meta["id"], screen=False)
+        _, took = await run_job(port, meta["id"], screen=False, lags=lags)
         nursery.cancel_scope.cancel()
     return took
 

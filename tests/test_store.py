@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyedflib
 import pytest
+import trio
 
 from vital_actors.loader import ChunkCache, ChunkLoader
 from vital_actors.store import FormatError, RecordingStore, UploadParams, receive_upload
@@ -259,3 +260,25 @@ async def test_small_pyramid_levels_are_served_whole_from_the_cache(
     assert loader.cache.misses == 3 and loader.cache.hits > 50
     loader.cache.forget(meta.id)
     assert loader.cache.bytes == 0
+
+
+async def test_the_loader_serves_several_threads_at_once(store: RecordingStore) -> None:
+    x = _signal(200_000)
+    meta = await upload(store, _npy(x), fs=100.0)
+    loader = ChunkLoader(store, cache_bytes=60_000, chunk_bytes=4_000)
+    wrong: list[tuple[int, int]] = []
+
+    def reads(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(300):
+            a = int(rng.integers(0, len(x)))
+            b = a + int(rng.integers(1, 5_000))
+            if not np.array_equal(loader.read(meta.id, a, b), x[a:b]):
+                wrong.append((a, b))
+
+    async with trio.open_nursery() as nursery:  # /data in worker threads, views beside
+        for seed in range(4):
+            nursery.start_soon(trio.to_thread.run_sync, reads, seed)
+    assert not wrong
+    cache = loader.cache
+    assert cache.bytes == sum(c.nbytes for c in cache._chunks.values()) <= 60_000

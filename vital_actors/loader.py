@@ -17,6 +17,7 @@ and no page the OS may have dropped while a 2 GB upload streamed through its cac
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -39,48 +40,53 @@ def chunk_frames(frame_bytes: int, chunk_bytes: int, cache_bytes: int) -> int:
 
 
 class ChunkCache:
-    """An LRU of arrays bounded by their total ``nbytes``."""
+    """An LRU of arrays bounded by their total ``nbytes``; thread-safe (views and data
+    reads run in worker threads, several at once)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = self.misses = 0
         self._chunks: OrderedDict[tuple[str, int], Array] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._chunks)
 
     def get(self, key: tuple[str, int]) -> Array | None:
-        chunk = self._chunks.get(key)
-        if chunk is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._chunks.move_to_end(key)
-        return chunk
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._chunks.move_to_end(key)
+            return chunk
 
     def put(self, key: tuple[str, int], chunk: Array) -> None:
         if chunk.nbytes > self.max_bytes:
             return
-        old = self._chunks.pop(key, None)
-        if old is not None:
-            self.bytes -= old.nbytes
-        self._chunks[key] = chunk
-        self.bytes += chunk.nbytes
-        while self.bytes > self.max_bytes:
-            _, dropped = self._chunks.popitem(last=False)
-            self.bytes -= dropped.nbytes
+        with self._lock:
+            old = self._chunks.pop(key, None)
+            if old is not None:
+                self.bytes -= old.nbytes
+            self._chunks[key] = chunk
+            self.bytes += chunk.nbytes
+            while self.bytes > self.max_bytes:
+                _, dropped = self._chunks.popitem(last=False)
+                self.bytes -= dropped.nbytes
 
     def forget(self, rec_id: str) -> None:
-        for key in [k for k in self._chunks if k[0] == rec_id]:
-            self.bytes -= self._chunks.pop(key).nbytes
+        with self._lock:
+            for key in [k for k in self._chunks if k[0] == rec_id]:
+                self.bytes -= self._chunks.pop(key).nbytes
 
 
 class ChunkLoader:
     """Reads ranges of the store's recordings, a chunk at a time, through the cache.
 
-    Synchronous and not thread-safe: call it from one thread (the API runs it in the
-    event loop for small reads; big ones go to a worker thread one at a time).
+    Synchronous; safe from several threads at once (its state is the cache, which
+    locks). Two threads missing the same chunk both read it: harmless.
     """
 
     def __init__(self, store: RecordingStore, *, cache_bytes: int, chunk_bytes: int) -> None:
