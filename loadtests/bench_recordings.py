@@ -242,17 +242,8 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             out["job_screen_s"] = (await run_job(port, screened["id"], screen=True))[1]
             out["scipy_screen_file_s"] = await trio.to_thread.run_sync(scipy_in_memory,
                                                                        screen_file)
-            server_ms: list[float] = []
-            lat = await views(port, meta, args.views, server_ms)
-            out["view_p50_ms"], out["view_p99_ms"] = np.percentile(lat, [50, 99]).tolist()
-            out["view_server_p50_ms"], out["view_server_p99_ms"] = np.percentile(
-                server_ms, [50, 99]).tolist()
-            base = []
-            for _ in range(args.views):  # the same request path without the view's work
-                t0 = time.perf_counter()
-                await http_json(port, "GET", "/healthz")
-                base.append((time.perf_counter() - t0) * 1000)
-            out["healthz_p50_ms"], out["healthz_p99_ms"] = np.percentile(base, [50, 99]).tolist()
+            if args.views:
+                await _view_figures(port, meta, args.views, out)
             out["loadavg_end"] = os.getloadavg()
             nursery.cancel_scope.cancel()
     finally:
@@ -269,6 +260,23 @@ def _commit() -> str:
                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+async def _view_figures(port: int, meta: dict[str, Any], count: int,
+                        out: dict[str, Any]) -> None:
+    """*count* random views, their latency client and server side, and /healthz on the
+    same path for scale."""
+    server_ms: list[float] = []
+    lat = await views(port, meta, count, server_ms)
+    out["view_p50_ms"], out["view_p99_ms"] = np.percentile(lat, [50, 99]).tolist()
+    out["view_server_p50_ms"], out["view_server_p99_ms"] = np.percentile(
+        server_ms, [50, 99]).tolist()
+    base = []
+    for _ in range(count):  # the same request path without the view's work
+        t0 = time.perf_counter()
+        await http_json(port, "GET", "/healthz")
+        base.append((time.perf_counter() - t0) * 1000)
+    out["healthz_p50_ms"], out["healthz_p99_ms"] = np.percentile(base, [50, 99]).tolist()
 
 
 async def _job_with_views(port: int, meta: dict[str, Any], count: int,
