@@ -70,6 +70,27 @@ def write_npy(path: Path, frames: int, *, seed: int = 0) -> None:
             done += n
 
 
+def write_mitbih_npy(path: Path, frames: int) -> None:
+    """MIT-BIH (the DS1 records in ../shared/data/mitdb: 2 channels, 360 Hz, gain 200,
+    baseline 1024, as the synthetic file) one after another, repeated to *frames*, as
+    an int16 NPY."""
+    from vital_actors.sources import data_dir, list_records, load_record
+
+    root = data_dir()
+    if root is None or not (root / "mitdb").is_dir():
+        raise SystemExit("--source mitbih needs ../shared/data/mitdb")
+    records = [load_record(p) for p in list_records(root / "mitdb")]
+    header = {"descr": "<i2", "fortran_order": False, "shape": (frames, 2)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        done, k = 0, 0
+        while done < frames:
+            x = np.ascontiguousarray(records[k % len(records)].samples[:, :2], "<i2")
+            piece = x[:frames - done]
+            f.write(piece.tobytes())
+            done, k = done + len(piece), k + 1
+
+
 class RssWatch:
     """Peak RSS of a process tree, sampled every 20 ms in a thread of ours."""
 
@@ -183,14 +204,18 @@ def free_port() -> int:
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     frames = int(args.gb * 1e9) // 4
     big, ratio_file, screen_file = work / "big.npy", work / "ratio.npy", work / "screen.npy"
-    write_npy(big, frames)
+    if args.source == "mitbih":  # the big file; the ratio and screening files stay synthetic
+        write_mitbih_npy(big, frames)
+    else:
+        write_npy(big, frames)
     write_npy(ratio_file, int(args.ratio_mb * 1e6) // 4, seed=1)
     write_npy(screen_file, int(args.screen_mb * 1e6) // 4, seed=2)
     port = free_port()
     env = {**os.environ, "VITAL_STORE__DIR": str(work / "store")}
     proc = subprocess.Popen([sys.executable, "-m", "vital_actors.cli", "serve",  # noqa: ASYNC220
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
-    out: dict[str, Any] = {"gb": args.gb, "frames": frames, "commit": _commit(),
+    out: dict[str, Any] = {"gb": args.gb, "frames": frames, "source": args.source,
+                           "commit": _commit(),
                            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                            "loadavg_start": os.getloadavg()}
     try:
@@ -373,6 +398,9 @@ def main() -> None:
     p.add_argument("--idle-s", type=float, default=60.0,
                    help="idle wait before the big job: the server's lag probe (a 60 s "
                         "window) then gives the loop's lag with no job, 0: skip")
+    p.add_argument("--source", choices=("synthetic", "mitbih"), default="synthetic",
+                   help="the big file: synthetic ECG-like, or MIT-BIH DS1 records "
+                        "repeated to --gb")
     p.add_argument("--no-resumable", dest="resumable", action="store_false",
                    help="skip the resumable upload of the big file")
     p.add_argument("--inprocess-frames", type=int, default=0,
