@@ -35,6 +35,7 @@ import trio
 from pydantic import BaseModel, Field
 
 from .formats import FormatError
+from .recording import start_writeback
 
 __all__ = ["ChecksumError", "OffsetError", "Session", "UploadState", "parse_checksum"]
 
@@ -187,6 +188,8 @@ class PatchWriter:
             raise FormatError(413, f"the body goes past Upload-Length "
                               f"{self.session.state.length}")
         os.write(self._fd, data)
+        start_writeback(self._fd, self.start + self.written, self.start + self.written +
+                        len(data))
         self.written += len(data)
         self._unsynced += len(data)
         if self._hash is not None:
