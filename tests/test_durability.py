@@ -103,9 +103,20 @@ def archived(root: Path, stream: str) -> tuple[list[int], np.ndarray]:
     return seqs, samples
 
 
-async def replay(client: DeviceClient, rec: Recording, frame: int) -> None:
-    for start in range(0, len(rec.samples), frame):
-        await client.send(rec.samples[start:start + frame])
+async def replay(client: DeviceClient, rec: Recording, frame: int, kills: list[int],
+                 parts: int = 4) -> None:
+    """Send *rec* in *parts*; after each part but the last, wait for the proxy's next cut,
+    so that cuts land while frames are in flight however fast the machine is."""
+    starts = list(range(0, len(rec.samples), frame))
+    step = -(-len(starts) // parts)
+    for i in range(0, len(starts), step):
+        for start in starts[i:i + step]:
+            await client.send(rec.samples[start:start + frame])
+        if i + step < len(starts):
+            seen = len(kills)
+            with trio.fail_after(10):
+                while len(kills) == seen:  # the proxy cuts on wall-clock time
+                    await trio.sleep(0.01)
     with trio.fail_after(60):
         await client.drain()
 
@@ -121,7 +132,7 @@ async def test_killing_connections_during_a_replay_loses_and_duplicates_nothing(
                               max_unacked=200, backoff=Backoff(initial=0.01, maximum=0.05))
         async with trio.open_nursery() as inner:
             await inner.start(client.run)
-            await replay(client, rec, 72)
+            await replay(client, rec, 72, kills)
             inner.cancel_scope.cancel()
     server.shutdown()
     seqs, samples = archived(tmp_path, "k1")
