@@ -11,7 +11,7 @@ from functools import partial
 
 import trio
 
-__all__ = ["killing_proxy"]
+__all__ = ["Cuts", "killing_proxy"]
 
 
 async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
@@ -22,12 +22,29 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
         pass
 
 
+class Cuts(list[int]):
+    """The proxy's cuts so far (one entry per connection cut); ``await next_cut()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cut = trio.Event()
+
+    def record(self) -> None:
+        self.append(1)
+        self._cut.set()
+        self._cut = trio.Event()
+
+    async def next_cut(self) -> None:
+        """Return at the next cut."""
+        await self._cut.wait()
+
+
 @asynccontextmanager
 async def killing_proxy(upstream_port: int, *, rng: random.Random,
-                        every_s: tuple[float, float]) -> AsyncIterator[tuple[int, list[int]]]:
+                        every_s: tuple[float, float]) -> AsyncIterator[tuple[int, Cuts]]:
     """A TCP proxy to *upstream_port* that cuts its live connections at random moments."""
     live: set[trio.CancelScope] = set()
-    kills: list[int] = []
+    kills = Cuts()
 
     async def handle(client: trio.SocketStream) -> None:
         with trio.CancelScope() as scope:
@@ -45,7 +62,7 @@ async def killing_proxy(upstream_port: int, *, rng: random.Random,
             await trio.sleep(rng.uniform(*every_s))
             for scope in list(live):
                 scope.cancel()  # closes both sockets: an abrupt end (no close frame)
-                kills.append(1)
+                kills.record()
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))

@@ -17,7 +17,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 import protocol as P
-from loadtests.proxy import killing_proxy
+from loadtests.proxy import Cuts, killing_proxy
 from vital_actors import archive
 from vital_actors.archive import (
     RECORD,
@@ -103,7 +103,7 @@ def archived(root: Path, stream: str) -> tuple[list[int], np.ndarray]:
     return seqs, samples
 
 
-async def replay(client: DeviceClient, rec: Recording, frame: int, kills: list[int],
+async def replay(client: DeviceClient, rec: Recording, frame: int, kills: Cuts,
                  parts: int = 4) -> None:
     """Send *rec* in *parts*; after each part but the last, wait for the proxy's next cut,
     so that cuts land while frames are in flight however fast the machine is."""
@@ -113,10 +113,8 @@ async def replay(client: DeviceClient, rec: Recording, frame: int, kills: list[i
         for start in starts[i:i + step]:
             await client.send(rec.samples[start:start + frame])
         if i + step < len(starts):
-            seen = len(kills)
             with trio.fail_after(10):
-                while len(kills) == seen:  # the proxy cuts on wall-clock time
-                    await trio.sleep(0.01)
+                await kills.next_cut()
     with trio.fail_after(60):
         await client.drain()
 
