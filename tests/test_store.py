@@ -282,3 +282,37 @@ async def test_the_loader_serves_several_threads_at_once(store: RecordingStore) 
     assert not wrong
     cache = loader.cache
     assert cache.bytes == sum(c.nbytes for c in cache._chunks.values()) <= 60_000
+
+
+async def test_a_store_opened_by_another_worker_sweeps_only_dead_work_areas(
+        store: RecordingStore) -> None:
+    """Workers share store.dir: one starting must not delete another's upload in
+    progress, only what a stopped server left behind."""
+    dead = store.partial / "dead-upload"
+    (dead / "rec").mkdir(parents=True)
+    (dead / "rec" / "samples.bin").write_bytes(b"\0" * 40)
+    x = _signal(60_000)
+    data, reopened = _npy(x), []
+    first_half = trio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        half = len(data) // 2
+        yield data[:half]
+        first_half.set()
+        await trio.testing.wait_all_tasks_blocked()
+        reopened.append(RecordingStore(store.root))  # another worker starts meanwhile
+        yield data[half:]
+
+    async with trio.open_nursery() as nursery:
+        results: list[Any] = []
+
+        async def run() -> None:
+            results.append(await receive_upload(store, slow_body(), declared=None,
+                                                params=UploadParams(360.0), chunk_bytes=50_000,
+                                                max_bytes=1 << 30))
+        nursery.start_soon(run)
+    assert not dead.exists()  # nobody held it: swept
+    meta = results[0]
+    assert reopened and meta.frames == len(x)
+    assert np.array_equal(store.reader(meta.id).read(0, len(x)), x)
+    assert list(store.partial.iterdir()) == []

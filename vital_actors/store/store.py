@@ -3,7 +3,8 @@
 ::
 
     <root>/recordings/<id>/   committed recordings (see recording.py)
-    <root>/partial/<id>/      uploads being written; swept when the server starts
+    <root>/partial/<id>/      uploads being written; swept when a server starts (but
+                              not what another process is writing)
     <root>/jobs/<id>/         processing jobs: spec, checkpoint and their unfinished result
     <root>/uploads/<id>/      resumable uploads (resumable.py): kept across restarts for
                               UPLOAD_TTL_S after their last byte
@@ -13,10 +14,14 @@ Only :meth:`Writer.commit` moves a directory into ``recordings/``, with one rena
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .recording import Meta, Reader, Writer
@@ -36,6 +41,46 @@ def new_id(prefix: str = "rec") -> str:
     return f"{prefix}-{secrets.token_hex(5)}"
 
 
+@contextmanager
+def hold(directory: Path) -> Iterator[None]:
+    """Hold an exclusive flock on *directory* (a work area in partial/) while inside:
+    a store opened meanwhile by another process (a worker starting on the same
+    store.dir) does not sweep it."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _in_use(directory: Path, *, grace_s: float = 60.0) -> bool:
+    """Whether a live process holds *directory*: by :func:`hold`, or by a Writer made
+    with ``lock=True`` (a flock on its samples.bin). A directory with neither, made
+    less than *grace_s* ago, counts as in use too (its maker may not hold it yet)."""
+    if _locked(directory) or any(_locked(f) for f in directory.rglob("samples.bin")):
+        return True
+    try:
+        return time.time() - directory.stat().st_mtime < grace_s and not any(
+            directory.iterdir())
+    except FileNotFoundError:
+        return False
+
+
+def _locked(file: Path) -> bool:
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
 class RecordingStore:
     """Committed recordings under *root*, with cached metadata."""
 
@@ -48,9 +93,11 @@ class RecordingStore:
         for d in (self.recordings, self.partial, self.jobs, self.uploads):
             d.mkdir(parents=True, exist_ok=True)
         sweep(self.uploads, older_than_s=UPLOAD_TTL_S)
-        # Whatever was being uploaded when the last server stopped is incomplete.
+        # What was being written when a server stopped is incomplete; what another
+        # process (a worker sharing this store) is writing now is not.
         for leftover in self.partial.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            if not _in_use(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
         self._meta: dict[str, Meta] = {}
 
     def __iter__(self) -> Iterator[Meta]:
@@ -92,7 +139,7 @@ class RecordingStore:
         """A new recording id and a writer in a private directory for it."""
         rec_id = new_id()
         return rec_id, Writer(self.partial / rec_id, fs=fs, channels=channels, dtype=dtype,
-                              gain=gain, baseline=baseline)
+                              gain=gain, baseline=baseline, lock=True)
 
     def commit(self, rec_id: str, writer: Writer, **source: str | None) -> Meta:
         meta = writer.commit(self.recordings / rec_id, id=rec_id, **source)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import trio
 from .formats import Decoder, FormatError, UploadParams, make_decoder, resolve
 from .recording import Meta, Writer
 from .resumable import ChecksumError
-from .store import RecordingStore, new_id
+from .store import RecordingStore, hold, new_id
 
 __all__ = ["TooLargeError", "receive_upload"]
 
@@ -77,6 +77,14 @@ async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
     workdir = store.partial / rec_id
     workdir.mkdir()
     writer = _ChunkWriter(store, workdir, declared, params)
+    with hold(workdir):
+        return await _receive(store, body, rec_id, workdir, writer, chunk_bytes=chunk_bytes,
+                              max_bytes=max_bytes, sha256=sha256, params=params)
+
+
+async def _receive(store: RecordingStore, body: AsyncIterator[bytes], rec_id: str,
+                   workdir: Path, writer: _ChunkWriter, *, chunk_bytes: int, max_bytes: int,
+                   sha256: str | None, params: UploadParams) -> Meta:
     try:
         failure: Exception | None = None
         tx, rx = trio.open_memory_channel[tuple[bytes, bool]](1)
