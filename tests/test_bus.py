@@ -103,6 +103,24 @@ async def test_a_subscriber_on_one_node_receives_a_device_on_another(
     assert a.bus.counters.published >= 5 and b.bus.counters.received >= 5
 
 
+async def test_a_device_that_connects_elsewhere_just_after_a_subscribe_loses_no_frame(
+        redis: Redis, nursery: trio.Nursery) -> None:
+    # Interest rounds 60 s apart: only advertising a new topic at once (on b) and
+    # learning it when a device's stream is claimed (on a) get frame 0 to b.
+    slow = {"bus": {"interest_s": 60.0}}
+    async with node(redis, "a", nursery, **slow) as a, node(redis, "b", nursery, **slow) as b, \
+            connect(url(b), P.SUBSCRIBE_PATH) as sub, connect(url(a), P.INGEST_PATH) as dev:
+        assert a.bus is not None and b.bus is not None
+        await subscribe(sub, "stream/bed1/raw")
+        with trio.fail_after(5):
+            await b.bus.advertised("stream/bed1/raw")
+        assert isinstance(await hello(dev), P.Welcome)
+        for seq in range(3):
+            await dev.send_message(frame(seq))
+        got = await samples(sub, 3)
+    assert [m.seq for m in got] == [0, 1, 2]
+
+
 async def test_a_stream_belongs_to_one_node_at_a_time(redis: Redis,
                                                       nursery: trio.Nursery) -> None:
     async with node(redis, "a", nursery) as a, node(redis, "b", nursery) as b:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -67,6 +68,17 @@ class BusHub(Hub):
         return log is not None and (log.idle_since is None or
                                     trio.current_time() - log.idle_since <= self.ring.seconds)
 
+    def subscribe(self, sub: Subscriber, topics: Iterable[str]) -> dict[str, Position]:
+        """As :meth:`Hub.subscribe`; a topic new to this node is advertised on the bus at
+        once, so a device that connects to another node just after starts publishing to
+        this one from its first frame."""
+        topics = list(topics)
+        new = any(not self.wanted_here(topic) for topic in topics)
+        out = super().subscribe(sub, topics)
+        if new and self.bus is not None:
+            self.bus.advertise_soon()
+        return out
+
     def has_subscribers(self, topic: str) -> bool:
         return super().has_subscribers(topic) or (
             self.bus is not None and self.bus.followed_elsewhere(topic))
@@ -124,6 +136,8 @@ class BusHub(Hub):
     def recover(self, sub: Subscriber, topic: str, since: Position) -> Resume:
         """As :meth:`Hub.recover`; and for a topic this node has no history of (another
         node produces it), catch up from its Redis Stream."""
+        if self.bus is not None and not self.wanted_here(topic):
+            self.bus.advertise_soon()  # as in subscribe (the round runs after this returns)
         log = self._log(topic)
         fresh = log is not None and not log.entries and (log.epoch is None or log.last < 0)
         if self.bus is None or not self.bus.settings.history or log is None or not fresh \

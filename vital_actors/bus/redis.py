@@ -101,6 +101,8 @@ class RedisBus:
         self._hub: BusHub | None = None
         self._elsewhere: frozenset[str] = frozenset()  # topics other nodes' subscribers follow
         self._learned = trio.Event()  # set (and replaced) after each refresh of _elsewhere
+        self._advertised: frozenset[str] = frozenset()  # what this node last advertised
+        self._advertise = trio.Event()  # set: advertise now, not at the next round
         self._leases_changed = trio.Event()
         self._queued = self._handled = 0  # outbox items queued, and published or dropped
         self._progress = trio.Event()  # set (and replaced) after each batch
@@ -141,6 +143,17 @@ class RedisBus:
     def followed_elsewhere(self, topic: str) -> bool:
         """Does a subscriber on another node follow *topic* (as last advertised)?"""
         return topic in self._elsewhere
+
+    def advertise_soon(self) -> None:
+        """This node's subscribers follow a new topic: advertise it now, not up to
+        ``interest_s`` later (a device that connects elsewhere meanwhile would have its
+        first frames published to nobody)."""
+        self._advertise.set()
+
+    async def advertised(self, topic: str) -> None:
+        """Return once this node has advertised *topic* on the bus."""
+        while topic not in self._advertised:
+            await self._learned.wait()
 
     async def learned(self, topic: str) -> None:
         """Return once this node knows that another node's subscribers follow *topic*."""
@@ -248,6 +261,7 @@ class RedisBus:
         nodes = f"{self.prefix}nodes"
         ttl = max(1, round(3 * self.settings.interest_s))
         while True:
+            self._advertise = trio.Event()
             with contextlib.suppress(*AWAY):
                 topics = hub.local_topics()
                 async with self._client.pipeline(transaction=True) as pipe:
@@ -256,14 +270,21 @@ class RedisBus:
                         pipe.sadd(mine, list(topics))
                     pipe.expire(mine, ttl)
                     pipe.sadd(nodes, [self.node])
-                others = [n.decode() for n in await self._client.smembers(nodes)
-                          if n.decode() != self.node]
-                keys = [self._key("interest", n) for n in others]
-                union = await self._client.sunion(keys) if keys else set()
-                self._elsewhere = frozenset(t.decode() for t in union)
-                self._learned.set()
-                self._learned = trio.Event()
-            await trio.sleep(self.settings.interest_s)
+                self._advertised = frozenset(topics)
+                await self._learn()
+            with trio.move_on_after(self.settings.interest_s):
+                await self._advertise.wait()
+
+    async def _learn(self) -> None:
+        """Refresh which topics the other nodes' subscribers follow."""
+        nodes = f"{self.prefix}nodes"
+        others = [n.decode() for n in await self._client.smembers(nodes)
+                  if n.decode() != self.node]
+        keys = [self._key("interest", n) for n in others]
+        union = await self._client.sunion(keys) if keys else set()
+        self._elsewhere = frozenset(t.decode() for t in union)
+        self._learned.set()
+        self._learned = trio.Event()
 
     # --- stream ownership -----------------------------------------------------------------
 
@@ -290,6 +311,8 @@ class RedisBus:
         except AWAY:
             saved = {}
         self.counters.leases.add(stream)
+        with contextlib.suppress(*AWAY):
+            await self._learn()  # who follows this stream elsewhere, before its first frame
         info = registry.get(stream)
         if saved and hello.resume is not None and (info is None or not info.connected):
             run, next_seq, t0 = (int(saved[k]) for k in (b"run", b"next_seq", b"t0"))
