@@ -26,8 +26,8 @@ class BusHub(Hub):
 
     Which topics other nodes follow comes from the bus (each node advertises the topics
     it wants: followed, being recovered, or kept in its ring for subscribers that may
-    come back; see :class:`RedisBus`), refreshed every ``bus.interest_s``: a subscriber
-    of a new topic on another node gets it from this node within that time.
+    come back; see :class:`RedisBus`), refreshed every ``bus.interest_s``, at once when
+    a topic new to a node is followed there, and when a device's stream is claimed.
 
     Subscriber recovery across nodes: each positioned message this node encodes is also
     recorded in its topic's Redis Stream (``history.py``); messages from other nodes
