@@ -127,10 +127,13 @@ class FilterBank:
         sos = blocks[members[0]].stream.filter.sos
         if len(members) == 1:
             x = _to_mv(blocks[members[0]])
-        else:  # to mV in one pass for the group: the same operations per sample
+        else:  # to mV in one pass for the group: the same operations per sample,
+            # stored column by column (Fortran order): the layout sosfilt works in, and
+            # one in which the quality chain joins the streams' columns again cheaply
             infos = [blocks[i].stream for i in members]
             x = np.multiply(np.concatenate([blocks[i].raw for i in members], axis=1),
-                            np.concatenate([info.scale for info in infos]), dtype=np.float64)
+                            np.concatenate([info.scale for info in infos]), dtype=np.float64,
+                            order="F")
             x -= np.concatenate([info.offset for info in infos])
         zi = states[0].zi if len(members) == 1 else np.concatenate([s.zi for s in states], 2)
         y, zf = scipy.signal.sosfilt(sos, x, axis=0, zi=zi)

@@ -123,10 +123,8 @@ class RhythmState:
             beats10 += 1
             if rr is not None:
                 rr10.append(rr)
-        for _, rr in reversed(self.beats):
-            if rr is not None:
-                last = rr
-                break
+        if self.beats:  # only the first beat kept has no RR (see _expire)
+            last = self.beats[-1][1]
         hr_inst = round(60.0 / last, 1) if last is not None else None
         hr = round(60.0 / median(rr10), 1) if rr10 else None
         sdnn = rmssd = None
