@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.ndimage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from quality_helpers import F64, bandpass, feed, of_type, to_mv
@@ -17,6 +18,7 @@ from protocol import Priority
 from vital_actors.quality import Frame, QualityChain
 from vital_actors.quality.chain import gc_deferred
 from vital_actors.quality.evaluate import reference_beats
+from vital_actors.quality.front import _window_max
 from vital_actors.quality.sqi import match_count
 from vital_actors.settings import ScreenSettings
 from vital_actors.sources import load_record, synthetic_ecg
@@ -177,6 +179,24 @@ def test_running_totals_are_bit_identical_whatever_the_framing(
         feed(chain, "x", 360.0, mv, sizes, f)
         states.append(chain._streams["x"].front.sqi)
     assert all(np.array_equal(states[0], s) for s in states[1:])
+
+
+@pytest.mark.parametrize("before, after", [(1, 1), (72, 18), (90, 90), (250, 50), (3, 60)])
+@pytest.mark.parametrize("n", [1, 2, 36, 360])
+def test_the_running_maximum_is_scipys_exactly(before: int, after: int, n: int) -> None:
+    """The detectors' running maximum equals maximum_filter1d's, with ties and
+    zeros of either sign included, and its own where a window holds a NaN."""
+    rng = np.random.default_rng(n + before)
+    x = np.round(rng.standard_normal((before + after + n, 3)), 1)  # many ties
+    x[::5, 0] = -0.0
+    x[1::5, 0] = 0.0
+    size = before + after + 1
+    ref = scipy.ndimage.maximum_filter1d(x, size, axis=0, origin=before - size // 2)
+    assert np.array_equal(_window_max(x, before, after), ref[before:before + n])
+    x[before + n // 2, 1] = np.nan
+    ref = scipy.ndimage.maximum_filter1d(x, size, axis=0, origin=before - size // 2)
+    assert np.array_equal(_window_max(x, before, after), ref[before:before + n],
+                          equal_nan=True)
 
 
 def test_the_garbage_collector_waits_for_the_batch_and_comes_back() -> None:
