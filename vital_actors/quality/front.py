@@ -265,9 +265,14 @@ def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64, new: dict[str, F64]
     g[:, 4] = bw
     np.multiply(bw, bw, out=g[:, 5])
     np.multiply(hf, hf, out=g[:, 6])
-    last = np.vstack([old["last"], mv])
-    new["last"] = last[-1:]
-    g[:, 7] = (last[1:] == last[:-1]) & (np.abs(mv - bw) > CLIP_MV)
+    # Clipped: equal to the sample before (the last block's last for the first row)
+    # and far from the baseline; computed in mv's own layout, written to g once.
+    clip = np.empty(mv.shape, np.bool_, order="F" if mv.flags.f_contiguous else "C")
+    np.equal(mv[:1], old["last"], out=clip[:1])
+    np.equal(mv[1:], mv[:-1], out=clip[1:])
+    clip &= np.abs(mv - bw) > CLIP_MV
+    g[:, 7] = clip
+    new["last"] = mv[-1:]
     g[:, 8] = mv
     np.multiply(mv, mv, out=g[:, 9])
     carry_all = old["tot"][0]  # (features, channels)
