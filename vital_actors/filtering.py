@@ -130,11 +130,16 @@ class FilterBank:
         else:  # to mV in one pass for the group: the same operations per sample,
             # stored column by column (Fortran order): the layout sosfilt works in, and
             # one in which the quality chain joins the streams' columns again cheaply
+            # (built transposed, (channels, n) in C order: the cheapest way there)
             infos = [blocks[i].stream for i in members]
-            x = np.multiply(np.concatenate([blocks[i].raw for i in members], axis=1),
-                            np.concatenate([info.scale for info in infos]), dtype=np.float64,
-                            order="F")
-            x -= np.concatenate([info.offset for info in infos])
+            raws = [blocks[i].raw.T for i in members]
+            raw = np.empty((sum(r.shape[0] for r in raws), raws[0].shape[1]),
+                           np.result_type(*(r.dtype for r in raws)))
+            np.concatenate(raws, axis=0, out=raw)
+            xt = np.multiply(raw, np.concatenate([info.scale for info in infos])[:, None],
+                             dtype=np.float64)
+            xt -= np.concatenate([info.offset for info in infos])[:, None]
+            x = xt.T
         zi = states[0].zi if len(members) == 1 else np.concatenate([s.zi for s in states], 2)
         y, zf = scipy.signal.sosfilt(sos, x, axis=0, zi=zi)
         self.calls += 1
