@@ -15,6 +15,7 @@ over the whole signal) and a peak is judged only once the samples it needs (up t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,13 +49,13 @@ def _unpack(packed: F64, parts: tuple[tuple[str, tuple[int, ...]], ...],
             into: dict[str, F64]) -> None:
     row = 0
     for name, lead in parts:
-        rows = int(np.prod(lead))
+        rows = math.prod(lead)
         into[name] = packed[row:row + rows].reshape(*lead, packed.shape[1])
         row += rows
 
 
 def _pack(arrays: dict[str, F64], parts: tuple[tuple[str, tuple[int, ...]], ...]) -> F64:
-    return np.concatenate([arrays[name].reshape(int(np.prod(lead)), -1)
+    return np.concatenate([arrays[name].reshape(math.prod(lead), -1)
                            for name, lead in parts], axis=0)
 
 CLIP_MV = 1.0  # a sample stuck (equal to the one before) this far from the baseline clips
@@ -70,8 +71,8 @@ class FrontState:
 
     @classmethod
     def fresh(cls, d: Design, channels: int, t0: int) -> FrontState:
-        det = np.zeros((sum(int(np.prod(lead)) for _, lead in _det_parts(d)), 1))
-        sqi = np.zeros((sum(int(np.prod(lead)) for _, lead in _sqi_parts(d)), channels))
+        det = np.zeros((sum(math.prod(lead) for _, lead in _det_parts(d)), 1))
+        sqi = np.zeros((sum(math.prod(lead) for _, lead in _sqi_parts(d)), channels))
         sqi[-1] = np.nan  # "last": no sample before the first
         return cls(det, sqi, t0)
 
