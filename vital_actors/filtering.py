@@ -12,13 +12,14 @@ import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 import scipy.signal
 import trio
 
-from .messages import Block, Filtered, Item, take_batch
+from .messages import Block, Filtered, Item, run_batches
 from .settings import FilterSettings
 
 __all__ = ["FilterBank", "FilterDesign", "FilterSettingsError", "design", "run_filter"]
@@ -183,15 +184,9 @@ async def run_filter(
     as one batch. Owns both ends: returns, closing *outbox*, when *inbox* ends.
     """
     bank = bank or FilterBank()
-    with inbox, outbox:
-        task_status.started(bank)
-        while True:
-            try:
-                batch = await take_batch(inbox, max_batch=max_batch, linger=linger)
-            except trio.EndOfChannel:
-                break
-            for item in _filter_batch(bank, batch):
-                await outbox.send(item)
+    task_status.started(bank)
+    await run_batches(inbox, outbox, partial(_filter_batch, bank), max_batch=max_batch,
+                      linger=linger)
 
 
 def _filter_batch(bank: FilterBank, batch: list[Item]) -> list[Item]:

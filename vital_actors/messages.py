@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from protocol import Event, StreamSamples
 if TYPE_CHECKING:
     from .streams import StreamInfo
 
-__all__ = ["Block", "Filtered", "Item", "Publication", "take_batch"]
+__all__ = ["Block", "Filtered", "Item", "Publication", "run_batches", "take_batch"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -73,3 +74,20 @@ async def take_batch(inbox: trio.MemoryReceiveChannel[Item], *, max_batch: int,
         except (trio.WouldBlock, trio.EndOfChannel):
             break
     return batch
+
+
+async def run_batches(inbox: trio.MemoryReceiveChannel[Item],
+                      outbox: trio.MemorySendChannel[Item],
+                      process: Callable[[list[Item]], Iterable[Item]], *, max_batch: int,
+                      linger: float = 0.0) -> None:
+    """A batching stage: each batch of *inbox* (:func:`take_batch`) through *process*,
+    what it yields into *outbox*. Owns both ends: returns, closing *outbox*, when
+    *inbox* ends."""
+    with inbox, outbox:
+        while True:
+            try:
+                batch = await take_batch(inbox, max_batch=max_batch, linger=linger)
+            except trio.EndOfChannel:
+                break
+            for item in process(batch):
+                await outbox.send(item)

@@ -9,12 +9,13 @@ item followed by the events of its block, in order.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import trio
 
 from protocol import Event
 
-from .messages import Filtered, Item, Publication, take_batch
+from .messages import Filtered, Item, Publication, run_batches
 from .quality import Frame, QualityChain
 from .quality.chain import gc_deferred
 from .settings import ScreenSettings
@@ -76,12 +77,6 @@ async def run_screen(
     as one batch. Owns both ends: returns, closing *outbox*, when *inbox* ends.
     """
     chain = chain or QualityChain(settings)
-    with inbox, outbox:
-        task_status.started(chain)
-        while True:
-            try:
-                batch = await take_batch(inbox, max_batch=max_batch, linger=linger)
-            except trio.EndOfChannel:
-                break
-            for item in screen_batch(chain, batch):
-                await outbox.send(item)
+    task_status.started(chain)
+    await run_batches(inbox, outbox, partial(screen_batch, chain), max_batch=max_batch,
+                      linger=linger)
