@@ -16,7 +16,6 @@ CRC, the pyramid's pending frames), so a job can checkpoint and resume it exactl
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import json
 import os
 import shutil
@@ -77,8 +76,7 @@ class Writer:
 
     def __init__(self, path: Path, *, fs: float, channels: list[str], dtype: str,
                  gain: list[float], baseline: list[float],
-                 state: WriterState | None = None, pending: list[Array] | None = None,
-                 lock: bool = False) -> None:
+                 state: WriterState | None = None, pending: list[Array] | None = None) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.path = path
@@ -88,9 +86,6 @@ class Writer:
         self.pyramid = PyramidBuilder(len(channels), self.dtype, pending)
         path.mkdir(parents=True, exist_ok=True)
         self._samples = self._open("samples.bin", self.state.frames * self.frame_bytes)
-        if lock:  # held until close: a store opened by another process (a worker
-            # starting) leaves this directory alone (RecordingStore's sweep of partial/)
-            fcntl.flock(self._samples.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._written_back = self.state.frames * self.frame_bytes
         self._levels = [self._open(f"pyr{k}.bin", n * self.entry_bytes)
                         for k, n in enumerate(self.state.level_entries)]

@@ -55,21 +55,10 @@ def hold(directory: Path) -> Iterator[None]:
 
 
 def _in_use(directory: Path, *, grace_s: float = 60.0) -> bool:
-    """Whether a live process holds *directory*: by :func:`hold`, or by a Writer made
-    with ``lock=True`` (a flock on its samples.bin). A directory with neither, made
-    less than *grace_s* ago, counts as in use too (its maker may not hold it yet)."""
-    if _locked(directory) or any(_locked(f) for f in directory.rglob("samples.bin")):
-        return True
+    """Whether a live process holds *directory* (:func:`hold`); one made less than
+    *grace_s* ago and still empty counts too (its maker may not hold it yet)."""
     try:
-        return time.time() - directory.stat().st_mtime < grace_s and not any(
-            directory.iterdir())
-    except FileNotFoundError:
-        return False
-
-
-def _locked(file: Path) -> bool:
-    try:
-        fd = os.open(file, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -78,7 +67,11 @@ def _locked(file: Path) -> bool:
         return True
     finally:
         os.close(fd)  # closing releases a lock taken here
-    return False
+    try:
+        return time.time() - directory.stat().st_mtime < grace_s and not any(
+            directory.iterdir())
+    except FileNotFoundError:  # another process swept it meanwhile
+        return False
 
 
 class RecordingStore:
@@ -136,10 +129,11 @@ class RecordingStore:
 
     def writer(self, *, fs: float, channels: list[str], dtype: str, gain: list[float],
                baseline: list[float]) -> tuple[str, Writer]:
-        """A new recording id and a writer in a private directory for it."""
+        """A new recording id and a writer in a private directory for it (not held
+        against another process's sweep: wrap its use in :func:`hold` for that)."""
         rec_id = new_id()
         return rec_id, Writer(self.partial / rec_id, fs=fs, channels=channels, dtype=dtype,
-                              gain=gain, baseline=baseline, lock=True)
+                              gain=gain, baseline=baseline)
 
     def commit(self, rec_id: str, writer: Writer, **source: str | None) -> Meta:
         meta = writer.commit(self.recordings / rec_id, id=rec_id, **source)  # type: ignore[arg-type]
