@@ -26,11 +26,13 @@ from protocol import (
     Priority,
     Samples,
     ServerMessage,
+    StreamSamples,
     Welcome,
 )
+from vital_actors.broadcast import Hub
 from vital_actors.ingest import run_ingest
 from vital_actors.messages import Block, Item, Publication
-from vital_actors.settings import FilterSettings
+from vital_actors.settings import FilterSettings, LaneSettings
 from vital_actors.sources import Recording, load_record
 from vital_actors.stats import Stats
 from vital_actors.streams import StreamRegistry
@@ -90,7 +92,8 @@ class Rig:
 @asynccontextmanager
 async def ingest(*, capacity: int = 64, max_samples: int = 8192,
                  max_message_bytes: int = 1 << 20,
-                 registry: StreamRegistry | None = None) -> AsyncIterator[Rig]:
+                 registry: StreamRegistry | None = None,
+                 live: Hub | None = None) -> AsyncIterator[Rig]:
     """A running ``run_ingest`` on one connection, with its outbox's receive end."""
     registry = StreamRegistry(FilterSettings()) if registry is None else registry
     stats = Stats()
@@ -99,7 +102,8 @@ async def ingest(*, capacity: int = 64, max_samples: int = 8192,
     done = trio.Event()
 
     async def serve() -> None:
-        await run_ingest(ws, tx, registry=registry, stats=stats, max_samples=max_samples)
+        await run_ingest(ws, tx, registry=registry, stats=stats, max_samples=max_samples,
+                         live=live)
         done.set()
 
     # Tests run on the autojump clock: one stuck waiting fails at once, not after 60 s.
@@ -159,6 +163,46 @@ async def test_frames_become_blocks_each_acked(rec: Recording, autojump_clock: M
         assert (totals.messages_in, totals.samples_in) == (4, 3 * FRAME)
         assert totals.bytes_in > 3 * FRAME * 2 * 2
         await rig.client.close()
+
+
+async def test_live_view_does_not_wait_for_the_pipeline(
+        rec: Recording, autojump_clock: MockClock) -> None:
+    """With the hub as *live*, each frame's raw-topic message (and each status) is
+    published on arrival, in order, even while nobody reads the pipeline: a live view
+    never waits behind filtering and screening. Blocks still go down the pipeline, marked
+    as published, and backpressure still holds."""
+    hub = Hub(buffer=100, settings=LaneSettings(), stats=Stats())
+    sub = hub.add()
+    hub.subscribe(sub, ["stream/dev1/raw"])
+    async with ingest(capacity=1, live=hub) as rig:
+        await rig.client.send(hello_for(rec))
+        assert isinstance(await rig.client.receive(), Welcome)
+        for seq in range(2):  # the pipeline holds one block: ingest parks on the second
+            await rig.client.send(frame(rec, seq))
+        await trio.testing.wait_all_tasks_blocked()
+        got = [sub.lanes.take_nowait().message for _ in range(3)]
+        with pytest.raises(trio.WouldBlock):
+            sub.lanes.take_nowait()
+        blocks = [await rig.block() for _ in range(2)]  # the pipeline gets them all the same
+        await rig.client.send(frame(rec, 2))
+        await trio.testing.wait_all_tasks_blocked()
+        got.append(sub.lanes.take_nowait().message)
+        blocks.append(await rig.block())
+        # (the lanes hand out the HIGH samples before the NORMAL status)
+        samples = [m for m in got if isinstance(m, StreamSamples)]
+        assert [m.body["state"] for m in got if isinstance(m, Event)] == ["connected"]
+        assert [m.seq for m in samples] == [0, 1, 2]
+        for m in samples:
+            assert isinstance(m, StreamSamples)
+            np.testing.assert_array_equal(
+                np.frombuffer(m.data, "<i2").reshape(-1, 2),
+                rec.samples[m.seq * FRAME:(m.seq + 1) * FRAME])
+        # Marked, so the broadcaster does not publish them a second time.
+        assert [(b.seq, b.published) for b in blocks] == [(0, True), (1, True), (2, True)]
+        await rig.client.close()
+        await rig.done.wait()
+    status = sub.lanes.take_nowait().message
+    assert isinstance(status, Event) and status.body["state"] == "disconnected"
 
 
 async def test_ping_gets_pong(rec: Recording, autojump_clock: MockClock) -> None:

@@ -30,12 +30,13 @@ from protocol import Dtype, Event, Position, StreamSamples, position
 from .edge.codecs import Outgoing
 from .history import PROCESS_TOKEN, History, Ring, TopicLog, is_sample_topic, stamp
 from .lanes import LaneCounts, Lanes, State, Verdict
-from .messages import Filtered, Item, Publication
+from .messages import Block, Filtered, Item, Publication
 from .settings import LaneSettings, RecoverySettings
 from .stats import Stats
 from .streams import StreamRegistry
 
-__all__ = ["Hub", "Resume", "Subscriber", "run_broadcast", "run_hub_rates", "sample_messages"]
+__all__ = ["Hub", "Resume", "Subscriber", "raw_message", "run_broadcast", "run_hub_rates",
+           "sample_messages"]
 
 _ids = itertools.count(1)
 
@@ -98,7 +99,7 @@ class Hub:
         self.registry = registry
         self.history: History | None = None  # older raw messages (set by the server)
         self.epoch_token = PROCESS_TOKEN  # names stream runs in epochs (the archive's, if any)
-        self.published: dict[str, tuple[int, int]] = {}  # stream -> (run, last seq out)
+        self.published: dict[str, tuple[int, int]] = {}  # sample topic -> (run, last seq out)
         self._catching: dict[str, set[Subscriber]] = defaultdict(set)  # replays running
 
     def add(self, remote: str = "", codec: str = "plain") -> Subscriber:
@@ -213,7 +214,7 @@ class Hub:
         log = self.ring.logs.get(topic)
         if log is None and is_sample_topic(topic):
             stream = topic.split("/")[1]
-            known = self.published.get(stream)
+            known = self.published.get(topic)
             info = self.registry.get(stream) if self.registry is not None else None
             if known is None:  # a stream unknown here begins with run 0, seq 0
                 known = (0, -1) if info is None else (info.run, info.next_seq - 1)
@@ -299,26 +300,42 @@ class Hub:
             sub.rate, sub._last_sent = (sent - sub._last_sent) / max(dt, 1e-9), sent
 
 
-def sample_messages(item: Filtered, hub: Hub, *, filtered_dtype: str) -> Iterator[StreamSamples]:
-    """The raw and filtered ``samples`` messages of a block, for topics someone follows;
+def _where(hub: Hub, block: Block) -> dict[str, object]:
+    return ({"epoch": hub.stream_epoch(block.run), "offset": block.seq}
+            if hub.recovery.enabled else {})
+
+
+def raw_message(block: Block, hub: Hub) -> StreamSamples | None:
+    """The ``samples`` message of *block*'s raw topic, if that topic is wanted;
     positioned by the frame's seq in its run's epoch (when recovery is on)."""
-    block, info = item.block, item.block.stream
-    hello = info.hello
-    hub.published[info.id] = (block.run, block.seq)
-    where = ({"epoch": hub.stream_epoch(block.run), "offset": block.seq}
-             if hub.recovery.enabled else {})
+    info = block.stream
     topic = f"stream/{info.id}/raw"
-    if hub.wants(topic):
-        yield StreamSamples(topic, info.id, block.seq, block.t0, info.fs, info.channels,
-                            hello.dtype, hello.gain, hello.baseline, block.raw.tobytes(),
-                            extra=where)
+    hub.published[topic] = (block.run, block.seq)
+    if not hub.wants(topic):
+        return None
+    hello = info.hello
+    return StreamSamples(topic, info.id, block.seq, block.t0, info.fs, info.channels,
+                         hello.dtype, hello.gain, hello.baseline, block.raw.tobytes(),
+                         extra=_where(hub, block))
+
+
+def sample_messages(item: Filtered, hub: Hub, *, filtered_dtype: str) -> Iterator[StreamSamples]:
+    """The raw (unless ingest published it already) and filtered ``samples`` messages of
+    a block, for topics someone follows."""
+    block, info = item.block, item.block.stream
+    if not block.published:
+        raw = raw_message(block, hub)
+        if raw is not None:
+            yield raw
     topic = f"stream/{info.id}/filtered"
+    hub.published[topic] = (block.run, block.seq)
     if hub.wants(topic):
         data = item.filtered.astype(np.dtype(filtered_dtype).newbyteorder("<")).tobytes()
         n = len(info.channels)
         yield StreamSamples(topic, info.id, block.seq, block.t0, info.fs, info.channels,
                             cast(Dtype, filtered_dtype), (1.0,) * n, (0.0,) * n, data,
-                            extra={"filter_version": item.filter_version, **where})
+                            extra={"filter_version": item.filter_version,
+                                   **_where(hub, block)})
 
 
 async def run_broadcast(

@@ -232,7 +232,7 @@ class Server:
             try:
                 await run_ingest(ws, outbox, registry=self.registry, stats=self.stats,
                                  limits=self.settings.limits, archive=archive,
-                                 patience=self.settings.server.close_timeout_s)
+                                 live=self.hub, patience=self.settings.server.close_timeout_s)
             finally:
                 self._devices.discard(scope)
         if scope.cancelled_caught:

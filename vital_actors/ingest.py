@@ -40,6 +40,7 @@ from protocol import (
 
 from .archive import Append, ArchiveItem, Close, Durable
 from .auth import GRANT, authorize_stream
+from .broadcast import Hub, raw_message
 from .clock import ClockTracker
 from .edge.websocket import ConnectionClosed, WebSocket
 from .limits import TokenBucket, check_hello, idle_error, stream_cap_error
@@ -54,9 +55,10 @@ __all__ = ["run_ingest"]
 class _Ingest:
     def __init__(self, ws: WebSocket, outbox: trio.MemorySendChannel[Item],
                  registry: StreamRegistry, stats: Stats, limits: LimitSettings,
-                 archive: trio.MemorySendChannel[ArchiveItem] | None) -> None:
+                 archive: trio.MemorySendChannel[ArchiveItem] | None,
+                 live: Hub | None) -> None:
         self.ws, self.outbox, self.registry, self.stats = ws, outbox, registry, stats
-        self.limits, self.archive = limits, archive
+        self.limits, self.archive, self.live = limits, archive, live
         self.session = DeviceSession(max_samples=limits.max_samples_per_frame)
         self.bucket = TokenBucket(limits.messages_per_s, limits.message_burst)
         self.info: StreamInfo | None = None
@@ -167,8 +169,13 @@ class _Ingest:
             # and is acked once durable, even if a shutdown cancels the send below.
             self._count(info, n)
             await self._ack(frame.seq)
-        await self.outbox.send(Block(info, info.run, frame.seq, frame.t0, frame.samples,
-                                     trio.current_time()))  # parks while the pipeline is full
+        block = Block(info, info.run, frame.seq, frame.t0, frame.samples, trio.current_time(),
+                      published=self.live is not None)
+        if self.live is not None:  # the live view first: it need not wait for the pipeline
+            message = raw_message(block, self.live)
+            if message is not None:
+                self.live.publish(message)
+        await self.outbox.send(block)  # parks while the pipeline is full
         if self.archive is None:
             self._count(info, n)
             await self._ack(frame.seq)
@@ -202,11 +209,15 @@ class _Ingest:
 
     async def _status(self, state: str, **fields: Any) -> None:
         """A ``status`` event, in order with the stream's data: on ``streams`` and on the
-        stream's raw topic."""
+        stream's raw topic (straight to *live* when raw samples go there too)."""
         assert self.info is not None
         body = {"stream": self.info.id, "state": state, **fields}
         for topic in ("streams", f"stream/{self.info.id}/raw"):
-            await self.outbox.send(Publication(Event("status", topic, Priority.NORMAL, body)))
+            event = Event("status", topic, Priority.NORMAL, body)
+            if self.live is not None:
+                self.live.publish(event)
+            else:
+                await self.outbox.send(Publication(event))
 
     async def finish(self, *, patience: float) -> None:
         if self.info is None:
@@ -237,20 +248,26 @@ async def run_ingest(
     max_samples: int | None = None,
     limits: LimitSettings | None = None,
     archive: trio.MemorySendChannel[ArchiveItem] | None = None,
+    live: Hub | None = None,
     patience: float = 2.0,
 ) -> None:
     """Serve one device connection until it closes or sends something invalid.
 
     Owns *outbox* (its own clone of the pipeline's inlet) and *archive* (its own clone
     of the archive writer's inbox; None: ack once a frame is in the pipeline), closing
-    both on return. Invalid input gets an ``error`` message and the fitting close code;
-    it touches nothing beyond this connection. When cancelled (shutdown), frames already
+    both on return. With *live* (the server's hub), each frame's raw-topic message and
+    each ``status`` event are published on arrival, so a live view does not wait behind
+    filtering and screening (frames still go down the pipeline for those); without it,
+    they travel down the pipeline and the broadcaster publishes them.
+
+    Invalid input gets an ``error`` message and the fitting close code; it touches
+    nothing beyond this connection. When cancelled (shutdown), frames already
     archived are acked first, for up to *patience* seconds.
     """
     limits = limits or LimitSettings()
     if max_samples is not None:
         limits = limits.model_copy(update={"max_samples_per_frame": max_samples})
-    ingest = _Ingest(ws, outbox, registry, stats, limits, archive)
+    ingest = _Ingest(ws, outbox, registry, stats, limits, archive, live)
     with outbox, archive or contextlib.nullcontext():
         try:
             async with trio.open_nursery() as nursery:
