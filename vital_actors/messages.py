@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -56,10 +56,11 @@ class Publication:
 
 #: What flows down the live pipeline: data, and events kept in order with it.
 Item = Block | Filtered | Publication
+T = TypeVar("T")
 
 
-async def take_batch(inbox: trio.MemoryReceiveChannel[Item], *, max_batch: int,
-                     linger: float = 0.0) -> list[Item]:
+async def take_batch(inbox: trio.MemoryReceiveChannel[T], *, max_batch: int,
+                     linger: float = 0.0) -> list[T]:
     """The next item and whatever else is waiting, up to *max_batch*: one numpy call for
     many streams' blocks. With *linger* (seconds), a batch that is not full yet waits
     that long for more first: at moderate load most blocks would otherwise go one or
