@@ -151,8 +151,10 @@ class QualityChain:
         widths = [f.mv.shape[1] for f in frames]
         results = run_front(d, [e.front for e in entries], np.asarray(det, np.float64),
                             np.asarray(det_f, np.float64), np.asarray(mv, np.float64),
-                            np.asarray(filt, np.float64), widths, self._scratch)
-        taken = [e.quality.take(res) for e, res in zip(entries, results, strict=True)]
+                            np.asarray(filt, np.float64), widths,
+                            [bool(e.quality.noise.waiting) for e in entries], self._scratch)
+        taken = [e.quality.take(res) if res is not None else []
+                 for e, res in zip(entries, results, strict=True)]
         measure([e.quality.noise for e in entries])  # the beats cut by take, at once
         steps = [x for items in taken for x in items if isinstance(x, Step)]
         rows = self._rows(steps)

@@ -13,6 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.signal
 
+from .repeat import history_kept
+
 __all__ = ["FEATURES", "Design", "design_for"]
 
 F64 = npt.NDArray[np.float64]
@@ -48,6 +50,7 @@ class Design:
     b_half: int
     bp_keep: int  # rows of band-passed history kept to locate the R peak
     qrs_delay: int  # group delay of the QRS band-pass near 10 Hz, in samples
+    snr_keep: int  # samples of the filtered detection channel kept for .repeat
 
     def seconds(self, s: float) -> int:
         return max(1, round(s * self.fs))
@@ -69,7 +72,7 @@ def design_for(fs: float, step_s: float = 1.0) -> Design:
         bw_sos=np.ascontiguousarray(bw), hf_sos=np.ascontiguousarray(hf),
         env_b=np.array([alpha]), env_a=np.array([1.0, alpha - 1.0]), mwi=mwi,
         back=back, ahead=ahead, b_half=round(B_HALF_S * fs), bp_keep=mwi + back + ahead + 8,
-        qrs_delay=_group_delay(qrs, fs, 10.0),
+        qrs_delay=_group_delay(qrs, fs, 10.0), snr_keep=history_kept(fs),
     )
 
 

@@ -26,7 +26,7 @@ import scipy.signal
 
 from .design import FEATURES, Design
 
-__all__ = ["B_FACTOR", "FrontOut", "FrontState", "run_front"]
+__all__ = ["B_FACTOR", "FrontOut", "FrontState", "Pack", "run_front"]
 
 F64 = npt.NDArray[np.float64]
 B_FACTOR = 3.0  # detector B: a peak of |x| must exceed this many times its envelope
@@ -37,7 +37,7 @@ B_FACTOR = 3.0  # detector B: a peak of |x| must exceed this many times its enve
 def _det_parts(d: Design) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return (("zi_qrs", (d.qrs_sos.shape[0], 2)), ("bp", (d.bp_keep,)), ("cs", (d.mwi,)),
             ("mwi", (d.back + d.ahead,)), ("zi_env", (1,)), ("ab", (2 * d.b_half,)),
-            ("env", (2 * d.b_half,)))
+            ("env", (2 * d.b_half,)), ("hist", (d.snr_keep,)))
 
 
 def _sqi_parts(d: Design) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -61,12 +61,27 @@ def _pack(arrays: dict[str, F64], parts: tuple[tuple[str, tuple[int, ...]], ...]
 CLIP_MV = 1.0  # a sample stuck (equal to the one before) this far from the baseline clips
 
 
-@dataclass(slots=True)
-class FrontState:
-    """One stream's filter states and histories, packed (see ``_det_parts``)."""
+@dataclass(slots=True, eq=False)
+class Pack:
+    """The packed states of a group of streams, side by side: ``det`` one column per
+    stream, ``sqi`` one per channel. A group that comes back with the same streams in
+    the same order uses its pack as it is, without stacking and splitting 2 x streams
+    small arrays per call."""
 
-    det: F64  # (rows, 1): detector A and B state of the detection channel
-    sqi: F64  # (rows, channels): SQI filter states and running totals
+    det: F64
+    sqi: F64
+    streams: int
+
+
+@dataclass(slots=True, eq=False)
+class FrontState:
+    """One stream's filter states and histories (see ``_det_parts``): column ``index``
+    of its pack's ``det``, columns ``col`` to ``col + width`` of its ``sqi``."""
+
+    pack: Pack
+    index: int
+    col: int
+    width: int
     next_t: int  # the sample index the next block must start at
 
     @classmethod
@@ -74,15 +89,45 @@ class FrontState:
         det = np.zeros((sum(math.prod(lead) for _, lead in _det_parts(d)), 1))
         sqi = np.zeros((sum(math.prod(lead) for _, lead in _sqi_parts(d)), channels))
         sqi[-1] = np.nan  # "last": no sample before the first
-        return cls(det, sqi, t0)
+        return cls(Pack(det, sqi, 1), 0, 0, channels, t0)
+
+    @property
+    def det(self) -> F64:
+        """(rows, 1): detector A and B state of the detection channel."""
+        return self.pack.det[:, self.index:self.index + 1]
+
+    @property
+    def sqi(self) -> F64:
+        """(rows, channels): SQI filter states and running totals."""
+        return self.pack.sqi[:, self.col:self.col + self.width]
+
+    def __getstate__(self) -> tuple[F64, F64, int]:
+        """Pickles its own columns only (not the whole group's pack)."""
+        return self.det.copy(), self.sqi.copy(), self.next_t
+
+    def __setstate__(self, state: tuple[F64, F64, int]) -> None:
+        det, sqi, self.next_t = state
+        self.pack, self.index, self.col, self.width = Pack(det, sqi, 1), 0, 0, sqi.shape[1]
+
+
+def _joined(states: Sequence[FrontState]) -> Pack | None:
+    """The pack *states* share as its streams, in order, or None."""
+    pack = states[0].pack
+    if pack.streams != len(states):
+        return None
+    for k, st in enumerate(states):
+        if st.pack is not pack or st.index != k:
+            return None
+    return pack
 
 
 @dataclass(slots=True)
 class FrontOut:
     """What one block yields for one stream, all indices are global sample indices.
 
-    ``t0``: the block's first sample index; ``det_f``: the block of the filtered
-    detection channel; ``peaks_a``: (decision index, MWI value, R index) of detector A's
+    ``t0``: the block's first sample index; ``full``: the group's filtered detection
+    channels, the last ``snr_keep`` samples before the block and then the block, this
+    stream's in column ``k``; ``peaks_a``: (decision index, MWI value, R index) of detector A's
     candidate peaks;
     ``beats_b``: detector B's candidate beats (R index, |x|); ``snaps``: (boundary, totals) at every
     1-s boundary in the block, totals of shape (features, channels) summed over all
@@ -90,30 +135,36 @@ class FrontOut:
     """
 
     t0: int
-    det_f: F64
+    full: F64
+    k: int
     peaks_a: list[tuple[int, float, int]]
     beats_b: list[tuple[int, float]]
     snaps: list[tuple[int, F64]]
 
 
-def _stack(arrays: list[F64]) -> F64:
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
-
-
 def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
-              mv: F64, filtered: F64, widths: Sequence[int],
-              scratch: dict[tuple[int, ...], F64] | None = None) -> list[FrontOut]:
+              mv: F64, filtered: F64, widths: Sequence[int], waiting: Sequence[bool],
+              scratch: dict[tuple[int, ...], F64] | None = None) -> list[FrontOut | None]:
     """Process one block per stream, stacked: *det* / *det_f* (n, streams) hold each
     stream's detection channel (in mV / filtered), *mv* / *filtered* (n, channels)
-    all channels, ``widths[s]`` channels for stream *s*. Updates *states*. *scratch*
-    keeps the big work array between calls (one per caller: not shared by threads)."""
+    all channels, ``widths[s]`` channels for stream *s*. Updates *states*; returns
+    what each stream got, None for a stream with no peak and no step in the block
+    unless ``waiting[s]`` (it has beats waiting for their segment). *scratch* keeps
+    the big work array between calls (one per caller: not shared by threads)."""
     n = det.shape[0]
     old: dict[str, F64] = {}
     new: dict[str, F64] = {}
-    _unpack(_stack([s.det for s in states]), _det_parts(d), old)
-    _unpack(_stack([s.sqi for s in states]), _sqi_parts(d), old)
+    pack = _joined(states)
+    if pack is None:
+        _unpack(np.concatenate([s.det for s in states], axis=1), _det_parts(d), old)
+        _unpack(np.concatenate([s.sqi for s in states], axis=1), _sqi_parts(d), old)
+    else:
+        _unpack(pack.det, _det_parts(d), old)
+        _unpack(pack.sqi, _sqi_parts(d), old)
     peaks_a = _detector_a(d, old, det, new)
     peaks_b = _detector_b(d, old, det_f, new)
+    full = np.vstack([old["hist"], det_f])  # the beat-to-beat SNR's history (.repeat)
+    new["hist"] = full[-d.snr_keep:]
     # Each stream's first step end in the block (a row index; >= n when none), and
     # the columns of the streams that share it: their totals are summed together.
     firsts = [(-(s.next_t + 1)) % d.step for s in states]
@@ -124,23 +175,31 @@ def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
         col += width
     at_step = _totals(d, old, mv, filtered, new, phases, {} if scratch is None else scratch)
     det_new, sqi_new = _pack(new, _det_parts(d)), _pack(new, _sqi_parts(d))
-    out = []
-    col = 0
+    if pack is None:
+        pack = Pack(det_new, sqi_new, len(states))
+        col = 0
+        for k, (state, width) in enumerate(zip(states, widths, strict=True)):
+            state.pack, state.index, state.col, state.width = pack, k, col, width
+            col += width
+    else:
+        pack.det, pack.sqi = det_new, sqi_new
+    out: list[FrontOut | None] = []
     offsets: dict[int, int] = {}  # per phase, the next stream's column in its array
     for k, (state, width, first) in enumerate(zip(states, widths, firsts, strict=True)):
         t0 = state.next_t
-        at = offsets.get(first, 0)
-        offsets[first] = at + width
+        state.next_t = t0 + n
+        a, b = peaks_a.get(k), peaks_b.get(k)
+        if first >= n and a is None and b is None and not waiting[k]:
+            out.append(None)
+            continue
         snaps = []
         if first < n:
+            at = offsets.get(first, 0)
+            offsets[first] = at + width
             rows = at_step[first][:, :, at:at + width]
             snaps = [(t0 + first + 1 + j * d.step, rows[j]) for j in range(len(rows))]
-        out.append(FrontOut(t0, det_f[:, k],
-                            [(t0 + q, v, t0 + r) for q, v, r in peaks_a.get(k, ())],
-                            [(t0 + q, v) for q, v in peaks_b.get(k, ())], snaps))
-        state.det, state.sqi = det_new[:, k:k + 1], sqi_new[:, col:col + width]
-        state.next_t = t0 + n
-        col += width
+        out.append(FrontOut(t0, full, k, [(t0 + q, v, t0 + r) for q, v, r in a or ()],
+                            [(t0 + q, v) for q, v in b or ()], snaps))
     return out
 
 

@@ -23,7 +23,9 @@ out), so which beats count and when depends on the samples alone.
 
 from __future__ import annotations
 
+import itertools
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +33,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from .rhythm import median
+from .rhythm import median, sorted_median
 
-__all__ = ["LAG", "MIN_BEATS", "QRS_S", "SEG_S", "BeatNoise", "measure"]
+__all__ = ["LAG", "MIN_BEATS", "QRS_S", "SEG_S", "BeatNoise", "history_kept", "measure"]
 
 F64 = npt.NDArray[np.float64]
 SEG_S = (0.25, 0.45)  # the stretch compared: before and after R
@@ -42,6 +44,11 @@ LAG = 2  # compared with each of this many beats before, keeping the smaller noi
 HISTORY_S = 1.5  # samples of the channel kept; a beat must be measured within this
 MIN_BEATS = 3  # measured beats a window needs for an estimate
 MAX_DB = 60.0  # estimates are capped here (a noiseless synthetic signal)
+
+
+def history_kept(fs: float) -> int:
+    """Samples of the channel kept before a block (the front end keeps them)."""
+    return max(round(HISTORY_S * fs), round(SEG_S[0] * fs) + round(SEG_S[1] * fs))
 
 
 @dataclass(slots=True)
@@ -61,18 +68,21 @@ class BeatNoise:
     keep: int = 0
     outside: npt.NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, np.intp))
     qrs: slice = field(default_factory=lambda: slice(0))
-    history: F64 = field(default_factory=lambda: np.zeros(0))
     waiting: deque[tuple[int, int]] = field(default_factory=deque)  # (R, ready at)
     cut: int = 0  # beats cut so far
     fresh: list[tuple[int, F64]] = field(default_factory=list)  # cut, not measured: R, seg
     previous: deque[F64] = field(default_factory=lambda: deque(maxlen=LAG))
     # (number, R, noise variance, QRS ptp) of the measured beats, in order
     measured: deque[tuple[int, int, float, float]] = field(default_factory=deque)
+    counted: int = 0  # the first of ``measured`` in the last step's window ...
+    by_noise: list[float] = field(default_factory=list)  # ... their noise, sorted ...
+    by_ptp: list[float] = field(default_factory=list)  # ... their heights, sorted
+    nans: int = 0  # ... and how many of them have a NaN (then left out of the lists)
 
     def __post_init__(self) -> None:
         fs = self.fs
         self.pre, self.post = round(SEG_S[0] * fs), round(SEG_S[1] * fs)
-        self.keep = max(round(HISTORY_S * fs), self.pre + self.post)
+        self.keep = history_kept(fs)
         q0, q1 = self.pre - round(QRS_S[0] * fs), self.pre + round(QRS_S[1] * fs)
         self.qrs = slice(q0, q1 + 1)
         width = self.pre + self.post
@@ -93,31 +103,48 @@ class BeatNoise:
             self.fresh.append((r, full[lo - full_start:r + self.post - full_start]))
             self.cut += 1
 
-    def keep_history(self, full: F64) -> None:
-        self.history = full[-self.keep:].copy()
-
     def snr_db(self, lo: int, upto: int) -> float | None:
         """The estimate over the beats cut before number *upto* with R from *lo* on
         (None if fewer than ``MIN_BEATS``). Calls come with *lo* and *upto* not
-        decreasing, after :func:`measure`."""
+        decreasing, after :func:`measure`.
+
+        The window's beats are the first ``counted`` of ``measured``; their noise
+        variances and heights are also kept sorted (``by_noise``, ``by_ptp``), so a
+        step moves the beats that came and went and takes the medians by index."""
         m = self.measured
         while m and m[0][1] < lo:
-            m.popleft()
-        noise: list[float] = []
-        ptp: list[float] = []
-        for k, _, var, height in m:
-            if k >= upto:
-                break
-            noise.append(var)
-            ptp.append(height)
-        if len(noise) < MIN_BEATS:
+            _, _, var, height = m.popleft()
+            if self.counted:  # in the window: out of the sorted lists
+                self.counted -= 1
+                self._move(var, height, -1)
+        while self.counted < len(m) and m[self.counted][0] < upto:
+            _, _, var, height = m[self.counted]
+            self.counted += 1
+            self._move(var, height, 1)
+        if self.counted < MIN_BEATS:
             return None
-        n, h = median(noise), median(ptp)
+        if self.nans:  # a NaN has no place in a sorted list: the plain medians
+            window = list(itertools.islice(m, self.counted))
+            n, h = median([x[2] for x in window]), median([x[3] for x in window])
+        else:
+            n, h = sorted_median(self.by_noise), sorted_median(self.by_ptp)
         if n <= 0:
             return MAX_DB
         if h <= 0:
             return -MAX_DB
         return round(min(MAX_DB, 10 * math.log10(h * h / 8 / n)), 1)
+
+    def _move(self, var: float, height: float, sign: int) -> None:
+        """Put a beat's values into the sorted lists (*sign* 1) or take them out (-1)."""
+        if math.isnan(var) or math.isnan(height):
+            self.nans += sign
+            return
+        if sign > 0:
+            insort(self.by_noise, var)
+            insort(self.by_ptp, height)
+        else:
+            del self.by_noise[bisect_left(self.by_noise, var)]
+            del self.by_ptp[bisect_left(self.by_ptp, height)]
 
 
 def measure(streams: Sequence[BeatNoise]) -> None:

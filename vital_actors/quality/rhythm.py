@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["HRV_WINDOW_S", "Rhythm", "RhythmState", "median", "rhythm"]
+__all__ = ["HRV_WINDOW_S", "Rhythm", "RhythmState", "median", "rhythm", "sorted_median"]
 
 HR_WINDOW_S = 10.0  # the median heart rate is over the RR intervals of the last 10 s
 HRV_WINDOW_S = 60.0  # SDNN and RMSSD over the last 60 s
@@ -63,16 +64,16 @@ def rhythm(r_peaks: Sequence[int], now: int, fs: float) -> Rhythm:
 
 def median(xs: Sequence[float]) -> float:
     """The median of a non-empty *xs* (plain Python: a dozen values, once a second)."""
-    s = sorted(xs)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+    return sorted_median(sorted(xs))
 
 
 @dataclass(slots=True)
 class RhythmState:
     """:func:`rhythm` kept up to date: :meth:`push` each beat (in order), :meth:`at` a
     step. The same figures as ``rhythm(beats, now, fs)`` over the pushed beats
-    (test), from running sums over the beats of the last ``HRV_WINDOW_S``."""
+    (test), from running sums over the beats of the last ``HRV_WINDOW_S`` and a sorted
+    list of the RR intervals of the last ``HR_WINDOW_S`` (the median by index: a step
+    costs a few operations, not a pass over the window's beats and a sort)."""
 
     fs: float
     beats: deque[tuple[int, float | None]] = field(default_factory=deque)  # R, RR (s)
@@ -80,26 +81,35 @@ class RhythmState:
     total: float = 0.0  # sum of ``good`` ...
     squares: float = 0.0  # ... of its squares ...
     diffs: float = 0.0  # ... and of its successive differences squared
+    # The beats of ``beats`` from the last step's 10-s window on (a suffix of it) ...
+    recent: deque[tuple[int, float | None]] = field(default_factory=deque)
+    rr10: list[float] = field(default_factory=list)  # ... and their RRs, sorted
 
     def push(self, r: int) -> None:
         rr = (r - self.beats[-1][0]) / self.fs if self.beats else None
         self.beats.append((r, rr))
-        if rr is not None and RR_RANGE_S[0] <= rr <= RR_RANGE_S[1]:
-            ms = rr * 1000
-            if self.good:
-                self.diffs += (ms - self.good[-1]) ** 2
-            self.good.append(ms)
-            self.total += ms
-            self.squares += ms * ms
+        self.recent.append((r, rr))
+        if rr is not None:
+            insort(self.rr10, rr)
+            if RR_RANGE_S[0] <= rr <= RR_RANGE_S[1]:
+                ms = rr * 1000
+                if self.good:
+                    self.diffs += (ms - self.good[-1]) ** 2
+                self.good.append(ms)
+                self.total += ms
+                self.squares += ms * ms
 
     def _expire(self, lo: float) -> None:
         beats = self.beats
         while beats and beats[0][0] < lo:
             beats.popleft()
-            if beats and beats[0][1] is not None:
+            r, rr = beats[0] if beats else (0, None)
+            if rr is not None:
                 # The new first beat's RR reaches out of the window: it no longer counts.
-                rr = beats[0][1]
-                beats[0] = (beats[0][0], None)
+                beats[0] = (r, None)
+                if self.recent and self.recent[0][0] == r:  # ``recent`` is a suffix
+                    self.recent[0] = (r, None)
+                    self._drop(rr)
                 if RR_RANGE_S[0] <= rr <= RR_RANGE_S[1]:
                     ms = self.good.popleft()
                     self.total -= ms
@@ -109,28 +119,34 @@ class RhythmState:
         if not self.good:  # no drift left over from the running sums
             self.total = self.squares = self.diffs = 0.0
 
+    def _drop(self, rr: float) -> None:
+        del self.rr10[bisect_left(self.rr10, rr)]
+
     def at(self, now: int) -> Rhythm:
         """The rates at sample index *now* (not before the last push's)."""
         fs = self.fs
-        self._expire(now - HRV_WINDOW_S * fs)
         lo10 = now - HR_WINDOW_S * fs
-        rr10: list[float] = []
-        beats10 = 0
-        last: float | None = None
-        for r, rr in reversed(self.beats):
-            if r < lo10:
-                break
-            beats10 += 1
+        recent = self.recent
+        while recent and recent[0][0] < lo10:  # first: then _expire finds in ``recent``
+            rr = recent.popleft()[1]           # only beats it keeps
             if rr is not None:
-                rr10.append(rr)
-        if self.beats:  # only the first beat kept has no RR (see _expire)
-            last = self.beats[-1][1]
+                self._drop(rr)
+        self._expire(now - HRV_WINDOW_S * fs)
+        # only the first beat kept has no RR (see _expire)
+        last = self.beats[-1][1] if self.beats else None
         hr_inst = round(60.0 / last, 1) if last is not None else None
-        hr = round(60.0 / median(rr10), 1) if rr10 else None
+        s = self.rr10
+        hr = round(60.0 / sorted_median(s), 1) if s else None
         sdnn = rmssd = None
         n = len(self.good)
         if n >= 2:
             mean = self.total / n
             sdnn = round(math.sqrt(max(self.squares / n - mean * mean, 0.0)), 1)
             rmssd = round(math.sqrt(max(self.diffs, 0.0) / (n - 1)), 1)
-        return Rhythm(hr_inst, hr, sdnn, rmssd, beats10)
+        return Rhythm(hr_inst, hr, sdnn, rmssd, len(recent))
+
+
+def sorted_median(s: Sequence[float]) -> float:
+    """:func:`median` of an already sorted non-empty *s*."""
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2

@@ -82,6 +82,7 @@ class StreamQuality:
         for c in range(channels):
             for kind in ("lead_off", "flatline"):
                 self.alarms[(kind, c)] = Alarm(settings.on_windows, settings.off_windows)
+        self.quiet = True  # no alarm active or counting towards a start
         self.topic_q = f"stream/{key}/quality"
         self.topic_b = f"stream/{key}/beats"
 
@@ -94,8 +95,8 @@ class StreamQuality:
                 self.b_beats.append(r)
         out: list[Event | Step] = []
         noise = self.noise
-        full = np.concatenate([noise.history, res.det_f])
-        full_start = res.t0 - len(noise.history)
+        full = res.full[:, res.k]  # the kept history, then the block
+        full_start = res.t0 - self.d.snr_keep
         peaks = iter(res.peaks_a)
         pending = next(peaks, None)
         for boundary, totals in res.snaps:
@@ -107,8 +108,7 @@ class StreamQuality:
         while pending is not None:
             self._peak(*pending, out)
             pending = next(peaks, None)
-        noise.advance(res.t0 + len(res.det_f), full, full_start)
-        noise.keep_history(full)
+        noise.advance(res.t0 + len(full) - self.d.snr_keep, full, full_start)
         return out
 
     def _b_accepts(self, r: int, height: float) -> bool:
@@ -209,11 +209,14 @@ class StreamQuality:
         change nor is counting towards a change is left as it is (what its step would
         do), so a quiet second costs a few comparisons."""
         s, fs, step = self.s, self.d.fs, self.d.step
-        noisy = cls == "unusable"
         last = self.last_r
         # A beat is decided up to ~0.35 s after its R peak: count the gap to then.
         asys = (t - last) / fs - 0.35 >= s.asystole_s
-        hr, margin = rh.hr, s.rate_margin_bpm
+        hr = rh.hr
+        if (self.quiet and not asys and (hr is None or s.brady_bpm <= hr <= s.tachy_bpm)
+                and not any(lead_off) and not any(flat_now)):
+            return []  # no alarm active or counting, and none wants to: what stepping does
+        noisy, margin = cls == "unusable", s.rate_margin_bpm
         checks: list[tuple[str, int | None, bool, bool, int | None, bool]] = [
             ("asystole", None, asys, not asys,
              last + round(s.asystole_s * fs) if asys else t, noisy),
@@ -239,6 +242,7 @@ class StreamQuality:
             change = alarm.step(onset, clear, t, began=began)
             if change is not None:
                 changes.append((kind, channel, change))
+        self.quiet = not any(a.active or a.streak for a in self.alarms.values())
         return changes
 
     def _alert(self, kind: str, channel: int | None, change: Change,
