@@ -56,6 +56,11 @@ class ServerSettings(_Section):
     close_timeout_s: float = Field(2.0, gt=0)
     reuse_port: bool = Field(False, description="share the port with other processes "
                              "(SO_REUSEPORT; set by serve --workers)")
+    gc_thresholds: tuple[int, int, int] = Field(
+        (10_000, 20, 100), description="gc.set_threshold once serving: the live path "
+        "allocates tens of thousands of short-lived containers per second, and CPython's "
+        "default (700, 10, 10) then ran a full collection every ~2 s (18-80 ms of CPU each "
+        "at 150 devices); see docs/benchmarks.md")
 
 
 class LimitSettings(_Section):
@@ -285,7 +290,10 @@ class BusSettings(_Section):
     lease_s: float = Field(5.0, gt=0, description="stream ownership lease; a dead node's "
                            "streams move after at most this long")
     outbox: int = Field(10_000, ge=1, description="messages waiting to be published")
-    publish_batch: int = Field(256, ge=1, description="PUBLISH commands per pipeline")
+    publish_batch: int = Field(256, ge=1, description="messages published (and recorded) "
+                               "per round trip to Redis at most")
+    publish_linger_s: float = Field(0.005, ge=0, description="how long the bus publisher "
+                                    "lets a batch gather before it sends it (0: at once)")
     retry_s: float = Field(0.5, gt=0, description="pause before reconnecting to Redis")
     interest_s: float = Field(1.0, gt=0, description="how often nodes advertise and learn "
                               "which topics their subscribers follow")
