@@ -23,6 +23,7 @@ __all__ = ["BASE", "FACTOR", "LEVELS", "PyramidBuilder", "bucket", "envelope", "
 BASE = 64  # frames per level-0 bucket
 FACTOR = 8  # buckets of level k per bucket of level k+1
 LEVELS = 8  # level 7 buckets hold 64 * 8**7 = 134M frames: enough for any 2 GB file
+_FEW = 4  # groups up to which one plain min/max beats folding in halves (measured)
 
 Array = npt.NDArray[Any]
 
@@ -53,9 +54,11 @@ def _halve(lo: Array, hi: Array) -> tuple[Array, Array]:
 
     A power-of-two *g* is folded in halves, elementwise over whole rows: numpy's own
     reduction along a middle axis of length 64 runs one short loop per group, 2-3x
-    slower (and a channel-major copy to avoid that costs a pass over the data)."""
+    slower (and a channel-major copy to avoid that costs a pass over the data). A few
+    groups (the live archive's one or two buckets per frame) go the plain way too: there
+    the folding's dozen calls cost 2-3x the two reductions."""
     g = lo.shape[1]
-    if g & (g - 1):  # not a power of two (a last, partial bucket): plain reduction
+    if g & (g - 1) or lo.shape[0] <= _FEW:  # a partial bucket, or a few: plain reduction
         return lo.min(axis=1), hi.max(axis=1)
     while lo.shape[1] > 1:
         h = lo.shape[1] // 2
