@@ -89,13 +89,14 @@ async def _progress(book: Book, plan: Plan, meter: Meter, stop: float, label: st
 
 
 async def _idle_kb_each(target: Target, port: int, meter: Meter, count: int,
-                        nursery: trio.Nursery, done: trio.Event) -> float:
+                        nursery: trio.Nursery, done: trio.Event, clients: str) -> float:
     """Connect *count* idle subscribers; the server's RSS growth per connection (KB)."""
     if count == 0:
         return float("nan")
     server = meter.processes["server"]
     before = server.memory_info().rss
-    await nursery.start(partial(connect_idle, f"ws://{HOST}:{port}", count, done=done))
+    await nursery.start(partial(connect_idle, f"ws://{HOST}:{port}", count, done=done,
+                                clients=clients))
     await trio.sleep(1.0)  # let the server settle its buffers
     return float(server.memory_info().rss - before) / count / 1024
 
@@ -141,12 +142,13 @@ def _dropped(stats: dict[str, Any] | None) -> int:
 
 
 async def run_scenario(target: Target, devices: int, recordings: Sequence[Recording],
-                       scenario: Scenario, *, log: Path) -> Outcome:
-    """Run *target* under *devices* devices and their subscribers; its figures."""
+                       scenario: Scenario, *, log: Path, clients: str = "lean") -> Outcome:
+    """Run *target* under *devices* devices and their subscribers, played by the
+    *clients* stack; its figures."""
     load, timing = scenario.load, scenario.timing
     async with running(target, log) as (server, port):
         plan = make_plan(f"ws://{HOST}:{port}", recordings, devices=devices, kind=target.kind,
-                         load=load, seconds=timing.sending_s)
+                         load=load, seconds=timing.sending_s, clients=clients)
         book = Book.for_plan(plan)
         meter = Meter(server)
         stats = None
@@ -155,7 +157,8 @@ async def run_scenario(target: Target, devices: int, recordings: Sequence[Record
                      else None)
         async with trio.open_nursery() as idle:
             done = trio.Event()
-            idle_kb = await _idle_kb_each(target, port, meter, load.idle_subscribers, idle, done)
+            idle_kb = await _idle_kb_each(target, port, meter, load.idle_subscribers, idle, done,
+                                          clients)
             with trio.fail_after(planned + STUCK_AFTER_S + 0.05 * load.idle_subscribers):
                 async with trio.open_nursery() as nursery:
                     started = trio.Event()
@@ -193,7 +196,7 @@ def _outcome(target: Target, plan: Plan, book: Book, meter: Meter, scenario: Sce
         machine_cpu=meter.usage["machine"].cpu_percent,
         other_cpu_peak=meter.usage["other_peak"].cpu_percent,
         bits_per_sample=bits, loop_lag_p99_ms=float(lag), dropped=_dropped(stats),
-        idle_kb_each=idle_kb,
+        idle_kb_each=idle_kb, clients=plan.clients,
     )
     seconds = int(np.ceil(book.deadline - book.t0))
     per_s = series(book.sent, book.received, t0=book.t0_perf, seconds=seconds)

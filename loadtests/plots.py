@@ -34,7 +34,9 @@ def write_plots(runs: Sequence[dict[str, Any]], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
         for run in runs:
             data = run[which]
-            label = f"{run['row']['target']} N={run['row']['devices']}"
+            row = run["row"]
+            stack = "" if row.get("clients", "lean") == "lean" else f" [{row['clients']}]"
+            label = f"{row['target']}{stack} N={row['devices']}"
             ax.plot(data["t"], data[key], label=label, linewidth=1.2)
         ax.set_title(title)
         ax.set_xlabel("seconds since the first frame")

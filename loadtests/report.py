@@ -6,13 +6,14 @@ Pure functions of numpy arrays and rows: no I/O, no trio.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Row", "median_rows", "ratio_table", "series", "summarize", "table"]
+__all__ = ["Row", "generator_table", "median_rows", "ratio_table", "series", "summarize",
+           "table"]
 
 Stamps = npt.NDArray[np.float64]
 
@@ -42,16 +43,23 @@ class Row:
     dropped: int = 0
     idle_kb_each: float = float("nan")
     runs: int = 1
+    clients: str = "lean"  # the load generator's client stack (loadtests.clients.CLIENTS)
+    harness_us_per_msg: float = float("nan")  # the generator's CPU per delivered message
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def label(self) -> str:
+        """The target, and the client stack when it is not the default (lean) one."""
+        return self.target if self.clients == "lean" else f"{self.target} [{self.clients}]"
 
 
 def summarize(target: str, sent: Stamps, received: Stamps, *, window: tuple[float, float],
               samples_per_message: int, server_cpu: float, rss_mb: float, harness_cpu: float,
               machine_cpu: float, other_cpu_peak: float, bits_per_sample: float = np.nan,
               loop_lag_p99_ms: float = np.nan, dropped: int = 0,
-              idle_kb_each: float = np.nan) -> Row:
+              idle_kb_each: float = np.nan, clients: str = "lean") -> Row:
     """Figures of one run. *window* is (start, stop) on the stamps' clock.
 
     *sent* is (devices, seq); *received* is (listeners, devices, seq): every measured
@@ -59,7 +67,8 @@ def summarize(target: str, sent: Stamps, received: Stamps, *, window: tuple[floa
     messages received in it; lost counts copies of frames sent at any time and never
     received. CPU figures are % of one core over the window; *machine_cpu* is all
     processes', so the other tenants' load is what the server and the harness do not
-    account for; *other_cpu_peak* is that load in its busiest second.
+    account for; *other_cpu_peak* is that load in its busiest second. The per-message
+    CPU figures divide by the messages delivered in the window.
     """
     start, stop = window
     sent_b = np.broadcast_to(sent, received.shape)
@@ -75,7 +84,8 @@ def summarize(target: str, sent: Stamps, received: Stamps, *, window: tuple[floa
         samples_per_s=rate * samples_per_message,
         p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99), max_ms=float(top),
         server_cpu=server_cpu, cpu_us_per_msg=server_cpu / 100 / rate * 1e6 if rate else np.nan,
-        rss_mb=rss_mb, harness_cpu=harness_cpu,
+        rss_mb=rss_mb, harness_cpu=harness_cpu, clients=clients,
+        harness_us_per_msg=harness_cpu / 100 / rate * 1e6 if rate else np.nan,
         other_cpu=max(0.0, machine_cpu - server_cpu - harness_cpu),
         other_cpu_peak=max(0.0, other_cpu_peak),
         sent=int(np.count_nonzero(was_sent)),
@@ -104,14 +114,15 @@ def series(sent: Stamps, received: Stamps, *, t0: float, seconds: int) -> dict[s
 
 
 def median_rows(rows: Iterable[Row]) -> list[Row]:
-    """One row per (target, devices): the median of each figure over its runs (lost and
-    sent are summed), in first-seen order."""
-    groups: dict[tuple[str, int], list[Row]] = {}
+    """One row per (target, devices, clients): the median of each figure over its runs
+    (lost and sent are summed), in first-seen order."""
+    groups: dict[tuple[str, int, str], list[Row]] = {}
     for row in rows:
-        groups.setdefault((row.target, row.devices), []).append(row)
+        groups.setdefault((row.target, row.devices, row.clients), []).append(row)
     out = []
-    for (target, devices), group in groups.items():
-        values: dict[str, object] = {"target": target, "devices": devices, "runs": len(group)}
+    for (target, devices, clients), group in groups.items():
+        values: dict[str, object] = {"target": target, "devices": devices, "runs": len(group),
+                                     "clients": clients}
         for f in fields(Row):
             if f.name in values:
                 continue
@@ -123,13 +134,14 @@ def median_rows(rows: Iterable[Row]) -> list[Row]:
 
 
 _COLUMNS = (
-    ("target", "target", "{}"), ("N", "devices", "{}"),
+    ("target", "label", "{}"), ("N", "devices", "{}"),
     ("delivered msg/s", "delivered_per_s", "{:.0f}"), ("samples/s", "samples_per_s", "{:.0f}"),
     ("p50 ms", "p50_ms", "{:.2f}"), ("p95 ms", "p95_ms", "{:.2f}"),
     ("p99 ms", "p99_ms", "{:.2f}"), ("max ms", "max_ms", "{:.1f}"),
     ("bits/sample", "bits_per_sample", "{:.1f}"), ("loop lag p99 ms", "loop_lag_p99_ms", "{:.1f}"),
     ("server CPU %", "server_cpu", "{:.1f}"), ("CPU µs/msg", "cpu_us_per_msg", "{:.0f}"),
     ("RSS MB", "rss_mb", "{:.1f}"), ("harness CPU %", "harness_cpu", "{:.0f}"),
+    ("harness µs/msg", "harness_us_per_msg", "{:.0f}"),
     ("other CPU % (peak 1 s)", "other_cpu", "{:.0f}"),
     ("dropped", "dropped", "{}"), ("idle KB each", "idle_kb_each", "{:.1f}"),
     ("lost / sent", "lost", "{}"),
@@ -160,19 +172,38 @@ _RATIOS = (("delivered msg/s", "delivered_per_s"), ("p50", "p50_ms"), ("p99", "p
            ("RSS", "rss_mb"))
 
 
+def _pairs(rows: Sequence[Row], key: Callable[[Row], object],
+           is_base: Callable[[Row], bool]) -> list[tuple[Row, Row]]:
+    """(row, its baseline row): every row that is not a baseline and has one of its *key*."""
+    base = {key(r): r for r in rows if is_base(r)}
+    return [(row, base[key(row)]) for row in rows if not is_base(row) and key(row) in base]
+
+
 def ratio_table(rows: Sequence[Row], *, baseline: str = "relay") -> str:
-    """Each non-baseline row divided by the baseline row of the same N (x times)."""
-    base = {r.devices: r for r in rows if r.target == baseline}
-    lines = []
-    for row in rows:
-        ref = base.get(row.devices)
-        if row.target == baseline or ref is None:
-            continue
-        lines.append([f"{row.target} / {baseline}", str(row.devices),
-                      *(_ratio(getattr(row, attr), getattr(ref, attr)) for _, attr in _RATIOS)])
+    """Each non-baseline row divided by the baseline row of the same N and client stack
+    (x times)."""
+    lines = [[f"{row.label} / {ref.label}", str(row.devices),
+              *(_ratio(getattr(row, attr), getattr(ref, attr)) for _, attr in _RATIOS)]
+             for row, ref in _pairs(rows, lambda r: (r.devices, r.clients),
+                                    lambda r: r.target == baseline)]
     if not lines:
         return f"(no ratios: the run has no {baseline!r} row beside another target)"
     return _markdown(["ratio", "N", *(name for name, _ in _RATIOS)], lines)
+
+
+def generator_table(rows: Sequence[Row], *, baseline: str = "lean") -> str:
+    """The load generator's own cost: each row of another client stack beside the
+    *baseline* stack's row of the same target and N (empty when there is none)."""
+    lines = [[row.target, str(row.devices), f"{row.clients} / {baseline}",
+              f"{row.harness_cpu:.0f} / {ref.harness_cpu:.0f}",
+              f"{row.harness_us_per_msg:.0f} / {ref.harness_us_per_msg:.0f}",
+              _ratio(row.harness_us_per_msg, ref.harness_us_per_msg)]
+             for row, ref in _pairs(rows, lambda r: (r.target, r.devices),
+                                    lambda r: r.clients == baseline)]
+    if not lines:
+        return ""
+    return _markdown(["target", "N", "clients", "harness CPU %", "harness µs/msg",
+                      "µs/msg ratio"], lines)
 
 
 def _ratio(value: float, ref: float) -> str:

@@ -2,9 +2,12 @@
 
     vital-actors loadtest loadtests/scenarios/live.toml --out loadtests/out
     python -m loadtests.run loadtests/scenarios/live.toml --devices 50 200 --seconds 20
+    vital-actors loadtest knee --targets relay --clients lean trio-websocket
 
-For each repetition, each N and each target (in that nesting, so that the figures
-compared in a ratio are taken close together), one fresh server process. Prints a
+For each repetition, each N, each target and each client stack (in that nesting, so
+that the figures compared in a ratio are taken close together), one fresh server
+process. ``--clients`` picks the load generator's client stack: ``lean`` (default) or
+``trio-websocket`` (the one it replaced), or both to measure the generator itself. Prints a
 progress line while each run goes, then the tables; writes ``report.json`` (every
 figure, per-second series, the server's own stats), ``report.md`` and PNG plots.
 """
@@ -27,10 +30,12 @@ from typing import Any
 
 import trio
 
+from vital_actors.sources import Recording
+
 from .harness import Outcome, load_recordings, run_scenario
 from .plots import write_plots
-from .report import Row, median_rows, ratio_table, table
-from .scenario import Scenario, ScenarioError, load_scenario
+from .report import Row, generator_table, median_rows, ratio_table, table
+from .scenario import CLIENTS, Scenario, ScenarioError, load_scenario
 from .targets import TARGETS
 
 __all__ = ["REQUIRED_KEYS", "main"]
@@ -49,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", choices=list(TARGETS), help="override targets")
     p.add_argument("--seconds", type=float, help="override the measuring window (s)")
     p.add_argument("--repeat", type=int, help="override runs of each (target, N)")
+    p.add_argument("--clients", nargs="+", choices=CLIENTS,
+                   help="the load generator's client stacks (override; default lean)")
     p.add_argument("--out", type=Path, default=Path("loadtests/out"))
     return p
 
@@ -65,6 +72,8 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         changes["targets"] = tuple(args.targets)
     if args.repeat:
         changes["repeat"] = args.repeat
+    if args.clients:
+        changes["clients"] = tuple(dict.fromkeys(args.clients))
     if args.seconds:
         changes["timing"] = replace(scenario.timing, measure_s=args.seconds)
     unknown = [t for t in changes.get("targets", scenario.targets) if t not in TARGETS]
@@ -83,16 +92,23 @@ async def _run(scenario: Scenario, out: Path) -> list[Outcome]:
     for rep in range(scenario.repeat):
         for n in scenario.devices:
             for name in scenario.targets:
-                target = TARGETS[name]
-                log = out / f"{name}-n{n}-r{rep + 1}.log"
-                print(f"run {rep + 1}/{scenario.repeat}: {name} N={n} ...", flush=True)
-                outcome = await run_scenario(target, n, recordings, scenario, log=log)
-                row = outcome.row
-                print(f"  {row.delivered_per_s:.0f} msg/s  p50 {row.p50_ms:.2f} ms  "
-                      f"p99 {row.p99_ms:.2f} ms  server CPU {row.server_cpu:.0f}%  "
-                      f"lost {row.lost}/{row.sent}", flush=True)
-                outcomes.append(outcome)
+                for clients in scenario.clients:
+                    outcomes.append(await _run_one(scenario, recordings, name, n, rep, clients,
+                                                   out))
     return outcomes
+
+
+async def _run_one(scenario: Scenario, recordings: Sequence[Recording], name: str, n: int,
+                   rep: int, clients: str, out: Path) -> Outcome:
+    stack = "" if clients == "lean" else f"-{clients}"
+    log = out / f"{name}-n{n}-r{rep + 1}{stack}.log"
+    print(f"run {rep + 1}/{scenario.repeat}: {name} N={n} clients {clients} ...", flush=True)
+    outcome = await run_scenario(TARGETS[name], n, recordings, scenario, log=log, clients=clients)
+    row = outcome.row
+    print(f"  {row.delivered_per_s:.0f} msg/s  p50 {row.p50_ms:.2f} ms  "
+          f"p99 {row.p99_ms:.2f} ms  server CPU {row.server_cpu:.0f}%  "
+          f"harness {row.harness_us_per_msg:.0f} µs/msg  lost {row.lost}/{row.sent}", flush=True)
+    return outcome
 
 
 def knee(rows: Sequence[Row], goal_ms: float) -> dict[str, int | None]:
@@ -100,31 +116,34 @@ def knee(rows: Sequence[Row], goal_ms: float) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for row in rows:
         ok = math.isfinite(row.p99_ms) and row.p99_ms <= goal_ms and row.lost == 0
-        best = out.get(row.target)
-        out[row.target] = max(best or 0, row.devices) if ok else best
+        best = out.get(row.label)
+        out[row.label] = max(best or 0, row.devices) if ok else best
     return out
 
 
-def _environment(scenario: Scenario) -> dict[str, object]:
+def _environment(argv: Sequence[str]) -> dict[str, object]:
     return {
-        "command": shlex.join(["vital-actors", "loadtest", *sys.argv[1:]]),
+        "command": shlex.join(["vital-actors", "loadtest", *argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "platform": platform.platform(),
     }
 
 
-def _write(scenario: Scenario, outcomes: list[Outcome], out: Path) -> str:
+def _write(scenario: Scenario, outcomes: list[Outcome], out: Path, argv: Sequence[str]) -> str:
     summary = median_rows([o.row for o in outcomes])
     knees = knee(summary, scenario.p99_goal_ms)
     runs = [{"row": o.row.as_dict(), "series": o.series, "server_series": o.server_series,
              "server_stats": o.server_stats, "errors": o.errors} for o in outcomes]
     plots = [p.name for p in write_plots(runs, out)]
-    env = _environment(scenario)
+    env = _environment(argv)
     knee_line = ", ".join(f"{t}: {n if n is not None else 'none'}" for t, n in knees.items())
+    generator = generator_table(summary)
     report = (f"{table(summary)}\n\nRatios to the bare relay at the same N:\n\n"
               f"{ratio_table(summary)}\n\nKnee (most devices with p99 <= "
-              f"{scenario.p99_goal_ms:g} ms and nothing lost): {knee_line}\n")
+              f"{scenario.p99_goal_ms:g} ms and nothing lost): {knee_line}\n"
+              + (f"\nThe load generator's own CPU, per client stack:\n\n{generator}\n"
+                 if generator else ""))
     document = {"environment": env, "scenario": asdict(scenario), "runs": runs,
                 "summary": [r.as_dict() for r in summary], "knee": knees, "plots": plots}
     (out / "report.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
@@ -133,6 +152,7 @@ def _write(scenario: Scenario, outcomes: list[Outcome], out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         scenario = _scenario(args)
@@ -140,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"loadtest: {exc}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     outcomes = trio.run(partial(_run, scenario, args.out))
-    report = _write(scenario, outcomes, args.out)
+    report = _write(scenario, outcomes, args.out, argv)
     print(f"\n{report}\nwritten: {args.out / 'report.json'}, {args.out / 'report.md'}, plots")
 
 
