@@ -214,14 +214,17 @@ class Lanes:
     async def take(self) -> Outgoing:
         """Like :meth:`take_nowait`, but waits for a message."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        parked = False
         while True:
             try:
                 out = self.take_nowait()
             except trio.WouldBlock:
                 await self._waiting.park()
+                parked = True
                 continue
-            await trio.lowlevel.cancel_shielded_checkpoint()  # taken: not lost to a cancel
-            return out
+            if not parked:  # a schedule point still owed; one that cannot lose *out*
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return out  # (after a park, nothing awaited since: no second round trip)
 
     async def wait_for_room(self, priority: Priority, *, below: int | None = None) -> None:
         """Return once *priority*'s lane holds fewer than *below* messages (default: its
