@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -194,15 +195,27 @@ class Usage:
     rss_mb: float
 
 
+#: How long a process tree is reused: finding children reads every /proc/<pid>/stat
+#: (about 2.5 ms), and the meters ask several times a second.
+TREE_EVERY_S = 5.0
+_trees: dict[psutil.Process, tuple[float, list[psutil.Process]]] = {}  # by pid and start
+
+
 def _tree(p: psutil.Process) -> list[psutil.Process]:
-    """*p* and its children (the workers of ``serve --workers``); the harness itself
-    alone (its children are the servers it measures)."""
+    """*p* and its children (the workers of ``serve --workers``), as found at most
+    :data:`TREE_EVERY_S` ago; the harness itself alone (its children are the servers
+    it measures)."""
     if p.pid == os.getpid():
         return [p]
-    try:
-        return [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return [p]
+    now = time.monotonic()
+    found, tree = _trees.get(p, (-TREE_EVERY_S, [p]))
+    if now - found >= TREE_EVERY_S:
+        try:
+            tree = [p, *p.children(recursive=True)]
+        except psutil.Error:
+            tree = [p]
+        _trees[p] = (now, tree)
+    return tree
 
 
 def _cpu_s(p: psutil.Process) -> float:
