@@ -30,7 +30,7 @@ from protocol import Dtype, Event, Position, StreamSamples, position
 from .edge.codecs import Outgoing
 from .history import PROCESS_TOKEN, History, Ring, TopicLog, is_sample_topic, stamp
 from .lanes import LaneCounts, Lanes, State, Verdict
-from .messages import Block, Filtered, Item, Publication
+from .messages import Block, Filtered, Item, Publication, take_batch
 from .settings import LaneSettings, RecoverySettings
 from .stats import Stats
 from .streams import StreamRegistry
@@ -39,6 +39,7 @@ __all__ = ["Hub", "Resume", "Subscriber", "raw_message", "run_broadcast", "run_h
            "sample_messages"]
 
 _ids = itertools.count(1)
+_BATCH = 256  # items the broadcaster takes from its inbox per round
 
 
 @dataclass(eq=False, slots=True)
@@ -349,12 +350,17 @@ async def run_broadcast(
     so their connections flush what they hold and close: shutdown flows downstream."""
     with inbox:
         task_status.started()
-        async for item in inbox:
-            if isinstance(item, Filtered):
-                for message in sample_messages(item, hub, filtered_dtype=filtered_dtype):
-                    hub.publish(message)
-            elif isinstance(item, Publication):
-                hub.publish(item.message)
+        while True:
+            try:  # what waits, at once: one round trip through the scheduler, not one each
+                batch = await take_batch(inbox, max_batch=_BATCH)
+            except trio.EndOfChannel:
+                break
+            for item in batch:
+                if isinstance(item, Filtered):
+                    for message in sample_messages(item, hub, filtered_dtype=filtered_dtype):
+                        hub.publish(message)
+                elif isinstance(item, Publication):
+                    hub.publish(item.message)
     hub.close_all()
 
 

@@ -44,7 +44,7 @@ from .broadcast import Hub, raw_message
 from .clock import ClockTracker
 from .edge.websocket import ConnectionClosed, WebSocket
 from .limits import TokenBucket, check_hello, idle_error, stream_cap_error
-from .messages import Block, Item, Publication
+from .messages import Block, Item, Publication, put
 from .settings import LimitSettings
 from .stats import Stats
 from .streams import StreamBusyError, StreamInfo, StreamRegistry
@@ -162,9 +162,9 @@ class _Ingest:
         assert info is not None
         n = int(frame.samples.shape[0])
         if self.archive is not None:  # first to disk: parks while the writer is behind
-            await self.archive.send(Append(info.id, info.run, info.hello, frame.seq, frame.t0,
-                                           n, frame.samples.tobytes(), self.durable,
-                                           self._stamp(frame, n, info.fs)))
+            await put(self.archive, Append(info.id, info.run, info.hello, frame.seq,
+                                           frame.t0, n, frame.samples.tobytes(),
+                                           self.durable, self._stamp(frame, n, info.fs)))
             # On its way to disk, the frame counts as received (a resend is a duplicate)
             # and is acked once durable, even if a shutdown cancels the send below.
             self._count(info, n)
@@ -175,7 +175,7 @@ class _Ingest:
             message = raw_message(block, self.live)
             if message is not None:
                 self.live.publish(message)
-        await self.outbox.send(block)  # parks while the pipeline is full
+        await put(self.outbox, block)  # parks while the pipeline is full
         if self.archive is None:
             self._count(info, n)
             await self._ack(frame.seq)
