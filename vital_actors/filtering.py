@@ -20,6 +20,7 @@ import scipy.signal
 import trio
 
 from .messages import Block, Filtered, Item, run_batches
+from .quality.front import joined
 from .settings import FilterSettings
 
 __all__ = ["FilterBank", "FilterDesign", "FilterSettingsError", "design", "run_filter"]
@@ -83,11 +84,31 @@ def _fit(settings: FilterSettings, fs: float) -> FilterSettings:
     return settings.model_copy(update={"high_hz": high, "low_hz": low, "notch_hz": notch})
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
+class _Zi:
+    """The filter states of a group of streams side by side, (sections, 2, channels): a
+    group that comes back with the same streams in the same order filters from it
+    as it is, without joining and splitting a state per stream per call."""
+
+    zi: F64
+    streams: int
+
+
+@dataclass(slots=True, eq=False)
 class _State:
+    """A stream's filter state: stream ``index`` of ``pack``, its columns ``col`` to
+    ``col + width``."""
+
     run: int
     version: int
-    zi: F64
+    pack: _Zi
+    index: int
+    col: int
+    width: int
+
+    @property
+    def zi(self) -> F64:
+        return self.pack.zi[:, :, self.col:self.col + self.width]
 
 
 class FilterBank:
@@ -112,10 +133,15 @@ class FilterBank:
         for i, b in enumerate(blocks):
             rounds[seen[b.stream.id]].append(i)
             seen[b.stream.id] += 1
+        keys: dict[int, bytes] = {}  # per design version: its key, made once a call
         for k in sorted(rounds):
             groups: dict[tuple[bytes, int], list[int]] = defaultdict(list)
             for i in rounds[k]:
-                groups[(blocks[i].stream.filter.key, blocks[i].n)].append(i)
+                design = blocks[i].stream.filter
+                key = keys.get(design.version)
+                if key is None:
+                    key = keys[design.version] = design.key
+                groups[(key, blocks[i].n)].append(i)
             for members in groups.values():
                 self._filter_group(blocks, mv, members, out, versions)
         return [Filtered(b, m, f, v)
@@ -141,24 +167,31 @@ class FilterBank:
                              dtype=np.float64)
             xt -= np.concatenate([info.offset for info in infos])[:, None]
             x = xt.T
-        zi = states[0].zi if len(members) == 1 else np.concatenate([s.zi for s in states], 2)
+        pack = joined(states)
+        zi = pack.zi if pack is not None else np.concatenate([s.zi for s in states], 2)
         y, zf = scipy.signal.sosfilt(sos, x, axis=0, zi=zi)
         self.calls += 1
-        col = 0
+        if pack is not None:
+            pack.zi = zf
+        else:
+            pack = _Zi(zf, len(states))
+            col = 0
+            for k, state in enumerate(states):
+                state.pack, state.index, state.col = pack, k, col
+                col += state.width
         for i, state in zip(members, states, strict=True):
-            width = blocks[i].raw.shape[1]
+            col, width = state.col, state.width
             mv[i] = x[:, col:col + width]
             out[i] = y[:, col:col + width]
-            state.zi = zf[:, :, col:col + width]
             versions[i] = state.version
-            col += width
 
     def _state_for(self, block: Block) -> _State:
         info, state = block.stream, self._state.get(block.stream.id)
         if state is None or state.run != block.run or state.version != info.filter.version:
             # New stream, fresh run or new settings: start from rest, as offline sosfilt does.
             zi = np.zeros((info.filter.sos.shape[0], 2, len(info.channels)))
-            state = self._state[info.id] = _State(block.run, info.filter.version, zi)
+            state = self._state[info.id] = _State(block.run, info.filter.version,
+                                                  _Zi(zi, 1), 0, 0, len(info.channels))
         return state
 
 

@@ -121,9 +121,12 @@ class QualityChain:
         return out
 
     def _entry(self, f: Frame) -> _Entry:
-        d = design_for(float(f.fs), self.settings.window_s)
         e = self._streams.get(f.key)
         channels = f.mv.shape[1]
+        if (e is not None and e.front.next_t == f.t0 and e.run == f.run
+                and e.design.fs == f.fs and e.quality.channels == channels):
+            return e  # the stream goes on (a design is one per rate: fs decides)
+        d = design_for(float(f.fs), self.settings.window_s)
         if (e is None or e.run != f.run or _key(e.design) != _key(d) or e.front.next_t != f.t0
                 or e.quality.channels != channels):
             channel = min(self.settings.detect_channel, channels - 1)

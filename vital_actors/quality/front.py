@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +27,7 @@ import scipy.signal
 
 from .design import FEATURES, Design
 
-__all__ = ["B_FACTOR", "FrontOut", "FrontState", "Pack", "run_front"]
+__all__ = ["B_FACTOR", "FrontOut", "FrontState", "Member", "Pack", "joined", "run_front"]
 
 F64 = npt.NDArray[np.float64]
 B_FACTOR = 3.0  # detector B: a peak of |x| must exceed this many times its envelope
@@ -110,8 +111,28 @@ class FrontState:
         self.pack, self.index, self.col, self.width = Pack(det, sqi, 1), 0, 0, sqi.shape[1]
 
 
-def _joined(states: Sequence[FrontState]) -> Pack | None:
-    """The pack *states* share as its streams, in order, or None."""
+class _Group(Protocol):
+    @property
+    def streams(self) -> int: ...
+
+
+G = TypeVar("G", bound=_Group)
+G_co = TypeVar("G_co", bound=_Group, covariant=True)
+
+
+class Member(Protocol[G_co]):
+    """A stream's state kept as stream ``index`` of a group's ``pack``."""
+
+    @property
+    def pack(self) -> G_co: ...
+
+    @property
+    def index(self) -> int: ...
+
+
+def joined(states: Sequence[Member[G]]) -> G | None:
+    """The pack *states* make up, as its streams in order, or None (then they are
+    joined anew): a check per stream instead of a copy per stream."""
     pack = states[0].pack
     if pack.streams != len(states):
         return None
@@ -154,7 +175,7 @@ def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
     n = det.shape[0]
     old: dict[str, F64] = {}
     new: dict[str, F64] = {}
-    pack = _joined(states)
+    pack = joined(states)
     if pack is None:
         _unpack(np.concatenate([s.det for s in states], axis=1), _det_parts(d), old)
         _unpack(np.concatenate([s.sqi for s in states], axis=1), _sqi_parts(d), old)

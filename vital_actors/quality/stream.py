@@ -38,6 +38,22 @@ B_LEVEL = 0.25  # detector B: share of its running beat height a beat must reach
 B_HALF_LIFE_S = 10.0  # ... a level that halves every 10 s without a beat
 
 
+_ROUNDED: dict[float, float] = {}
+
+
+def _round4(x: float) -> float:
+    """``round(x, 4)`` remembered, for non-negative ratios: the shares rounded here
+    (flat seconds of ten, bSQI: matched beats over the union) come from a small set of
+    ratios, and ``round`` with digits costs a correctly rounded decimal conversion."""
+    try:
+        return _ROUNDED[x]
+    except KeyError:
+        if len(_ROUNDED) > 100_000:
+            _ROUNDED.clear()
+        value = _ROUNDED[x] = round(x, 4)
+        return value
+
+
 @dataclass(slots=True, eq=False)
 class Step:
     """A quality step waiting for its indices (computed for many streams at once)."""
@@ -172,9 +188,10 @@ class StreamQuality:
         self.flat.append(flat)
         for c, now in enumerate(flat):
             counts[c] += now
-        flat_share = [round(k / len(self.flat), 4) for k in counts]
+        seconds = len(self.flat)
+        flat_share = [_round4(k / seconds) for k in counts]
         q = WindowSQI(rows.kurtosis[i], rows.skewness[i], rows.bw_ratio[i], rows.hf_ratio[i],
-                      flat_share, rows.sat_fraction[i], rows.std_mv[i], round(st.bsqi, 4),
+                      flat_share, rows.sat_fraction[i], rows.std_mv[i], _round4(st.bsqi),
                       self.noise.snr_db(st.lo, st.cut))
         cls = classify(q, self.channel, beats=st.beats)
         value = score(q, self.channel)
