@@ -29,18 +29,7 @@ from protocol import Event, RemoteProtocolError, StreamSamples, decode_server
 
 from ..edge.codecs import Outgoing
 
-__all__ = ["RECORD_SCRIPT", "RedisHistory", "history_key"]
-
-#: KEYS the streams; ARGV maxlen ttl_ms, then per key: id payload prev.
-RECORD_SCRIPT = """
-local maxlen, ttl = ARGV[1], ARGV[2]
-for i, key in ipairs(KEYS) do
-  local a = 3 * i
-  redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, ARGV[a], 'p', ARGV[a + 1], 'v', ARGV[a + 2])
-  redis.call('PEXPIRE', key, ttl)
-end
-return #KEYS
-"""
+__all__ = ["RedisHistory", "history_key"]
 
 
 def history_key(prefix: str, topic: str, epoch: str) -> str:

@@ -2,10 +2,14 @@
 
 Every node publishes what its own pipeline produces and delivers it to its own
 subscribers at once (no round trip through Redis for local readers). It also publishes
-each message, already encoded, on the Redis channel ``<prefix>t:<node>:<topic>``; every
-node reads ``<prefix>t:*`` and hands messages from *other* nodes to its hub, whose lanes
-apply the same priority policy as to local messages. Publishing is batched: one
-pipeline of PUBLISH commands per batch, from a bounded outbox.
+the messages that other nodes follow, already encoded, on its Redis channel
+``<prefix>live:<node>``; every node reads ``<prefix>live:*`` and hands messages from
+*other* nodes to its hub, whose lanes apply the same priority policy as to local
+messages. Publishing is batched per tick: the publisher lets a bounded outbox gather
+for ``bus.publish_linger_s`` (or until ``bus.publish_batch`` wait), then sends the
+batch in one script call (history appends, then one PUBLISH of the whole batch as a
+bundle, ``bundle.py``): one round trip and one pub/sub message per batch, not per
+message, for the node, Redis and every reader.
 
 Delivery across nodes is at most once, like Redis pub/sub itself: while Redis is away
 (restart, network) the outbox fills and further messages are counted as
@@ -13,7 +17,7 @@ Delivery across nodes is at most once, like Redis pub/sub itself: while Redis is
 delivery resumes. What must not be lost is on disk in each node's archive.
 
 History: :meth:`RedisBus.record` appends a positioned message to its topic's Redis
-Stream in the same pipelines (see ``history.py``), so that a subscriber that comes back
+Stream in the same script call (see ``history.py``), so that a subscriber that comes back
 on another node recovers what it missed.
 
 Stream ownership: a device's stream belongs to the node holding the lease
@@ -39,7 +43,9 @@ import trio
 from protocol import Event, Hello, RemoteProtocolError, StreamSamples, decode_server
 
 from ..edge.codecs import Outgoing
-from .history import RECORD_SCRIPT, RedisHistory, history_key
+from ..messages import take_batch
+from .bundle import BundleError, pack_bundle, unpack_bundle
+from .history import RedisHistory, history_key
 
 if TYPE_CHECKING:
     from .hub import BusHub
@@ -48,17 +54,49 @@ from ..streams import StreamInfo, StreamRegistry
 
 __all__ = ["AWAY", "BusCounters", "RedisBus", "client_for", "default_node_id"]
 
+#: Renew each lease this node holds, or takes again one nobody holds (a restarted Redis
+#: forgot it), and saves the position of each stream it holds. KEYS: n lease keys, then
+#: the n streams' position keys; ARGV: node, lease ms, then per stream: run, next seq, t0
+#: ("" when unknown). Returns how many it holds.
+_RENEW_ALL = """
+local n, held = #KEYS / 2, 0
+for i = 1, n do
+  local owner = redis.call('GET', KEYS[i])
+  if owner == ARGV[1] or not owner then
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    held = held + 1
+    local a = 3 * i
+    if ARGV[a] ~= '' then
+      redis.call('HSET', KEYS[n + i], 'run', ARGV[a], 'next_seq', ARGV[a + 1],
+                 't0', ARGV[a + 2], 'node', ARGV[1])
+    end
+  end
+end
+return held
+"""
 #: Renew a lease only if this node still holds it (compare and extend, atomically).
 _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
           "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
 _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
             "return redis.call('del', KEYS[1]) else return 0 end")
+#: Record then publish one batch. KEYS: the history streams; ARGV: maxlen, ttl_ms, the
+#: channel, the bundle ("": nothing to publish), then per key: entry id, payload, prev.
+_PUBLISH = """
+local maxlen, ttl = ARGV[1], ARGV[2]
+for i, key in ipairs(KEYS) do
+  local a = 2 + 3 * i
+  redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, ARGV[a], 'p', ARGV[a + 1], 'v', ARGV[a + 2])
+  redis.call('PEXPIRE', key, ttl)
+end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return #KEYS
+"""
 #: Errors that mean "Redis is not there right now": retry, never crash the node.
 AWAY = (coredis.exceptions.ConnectionError, TimeoutError, OSError,
          trio.BrokenResourceError)
 
 
-#: (channel to PUBLISH on or None, payload, history (stream key, entry id, prev) or None)
+#: (topic to publish or None, payload, history (stream key, entry id, prev) or None)
 _Outgoing = tuple[str | None, bytes, tuple[str, str, int | str] | None]
 
 
@@ -98,6 +136,8 @@ class RedisBus:
         self._outbox_tx, self._outbox_rx = trio.open_memory_channel[_Outgoing](settings.outbox)
         self._client = client_for(self.url)
         self.history = RedisHistory(self._client, self.prefix)
+        self._publish_script = self._client.register_script(_PUBLISH)
+        self._renew_script = self._client.register_script(_RENEW_ALL)
         self._hub: BusHub | None = None
         self._elsewhere: frozenset[str] = frozenset()  # topics other nodes' subscribers follow
         self._learned = trio.Event()  # set (and replaced) after each refresh of _elsewhere
@@ -106,21 +146,22 @@ class RedisBus:
         self._leases_changed = trio.Event()
         self._queued = self._handled = 0  # outbox items queued, and published or dropped
         self._progress = trio.Event()  # set (and replaced) after each batch
+        self._renewed = trio.Event()  # set (and replaced) after each round of renewals
 
     # --- publishing (sync: called from the broadcaster's loop) -----------------------------
 
     def publish(self, topic: str, out: Outgoing) -> None:
         """Queue *out* (a message on *topic*) for the other nodes, never blocking."""
-        self._queue((f"{self.prefix}t:{self.node}:{topic}", out.payload, None))
+        self._queue((topic, out.payload, None))
 
     def record(self, topic: str, out: Outgoing, *, epoch: str, offset: int,
                prev: int | None, publish: bool) -> None:
         """Queue *out* (at *offset* of *topic*'s *epoch*; *prev*: the offset recorded
         before it, None if unknown) for the topic's history stream, and (*publish*) for
         the other nodes' live subscribers; never blocking."""
-        channel = f"{self.prefix}t:{self.node}:{topic}" if publish else None
         key = history_key(self.prefix, topic, epoch)
-        self._queue((channel, out.payload, (key, f"{offset}-1", "u" if prev is None else prev)))
+        self._queue((topic if publish else None, out.payload,
+                     (key, f"{offset}-1", "u" if prev is None else prev)))
 
     def _queue(self, item: _Outgoing) -> None:
         try:
@@ -174,30 +215,12 @@ class RedisBus:
             task_status.started()
 
     async def _publisher(self) -> None:
-        batch_max = self.settings.publish_batch
-        async for first in self._outbox_rx:
-            batch = [first]
-            while len(batch) < batch_max:
-                try:
-                    batch.append(self._outbox_rx.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            keys: list[str] = []
-            args: list[Any] = [self.settings.history_maxlen,
-                               round(self.settings.history_s * 1000)]
-            for _, payload, entry in batch:
-                if entry is not None:
-                    keys.append(entry[0])
-                    args += [entry[1], payload, entry[2]]
+        batch_max, linger = self.settings.publish_batch, self.settings.publish_linger_s
+        while True:
+            # The first message, then the rest of its tick (linger): one round trip each.
+            batch = await take_batch(self._outbox_rx, max_batch=batch_max, linger=linger)
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    if keys:  # first: a message received live has its past recorded
-                        pipe.eval(RECORD_SCRIPT, keys=keys, args=args)
-                    for channel, payload, _ in batch:
-                        if channel is not None:
-                            pipe.publish(channel, payload)
-                self.counters.published += sum(item[0] is not None for item in batch)
-                self.counters.recorded += len(keys)
+                await self._send(batch)
             except AWAY:
                 self.counters.dropped += len(batch)
                 await trio.sleep(self.settings.retry_s)
@@ -205,11 +228,30 @@ class RedisBus:
             self._progress.set()
             self._progress = trio.Event()
 
+    async def _send(self, batch: list[_Outgoing]) -> None:
+        """Record *batch*'s history entries, then publish its live part as one bundle:
+        one script call (EVALSHA; coredis loads the script when Redis does not know it)."""
+        keys: list[str] = []
+        live: list[tuple[str, bytes]] = []
+        args: list[Any] = [self.settings.history_maxlen, round(self.settings.history_s * 1000),
+                           f"{self.prefix}live:{self.node}", b""]
+        for topic, payload, entry in batch:
+            if entry is not None:
+                keys.append(entry[0])
+                args += [entry[1], payload, entry[2]]
+            if topic is not None:
+                live.append((topic, payload))
+        if live:
+            args[3] = pack_bundle(live)
+        await self._publish_script(keys=keys, args=args)
+        self.counters.published += len(live)
+        self.counters.recorded += len(keys)
+
     async def _reader(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                       ) -> None:
         started = False
-        pattern = f"{self.prefix}t:*"
-        skip = len(self.prefix) + 2
+        pattern = f"{self.prefix}live:*"
+        skip = len(self.prefix) + 5
         while True:
             try:
                 try:
@@ -239,20 +281,29 @@ class RedisBus:
             yield pubsub
 
     async def _deliver(self, message: Any, skip: int) -> None:
-        if message.get("type") != "pmessage" or self._hub is None:
+        """Hand the messages of another node's bundle that this node wants to its hub,
+        in order; each one is decoded only when it is wanted here."""
+        hub = self._hub
+        if message.get("type") != "pmessage" or hub is None:
             return
-        node, _, topic = bytes(message["channel"])[skip:].decode().partition(":")
-        if node == self.node or not self._hub.wanted_here(topic):
-            return  # our own (delivered locally already), or nobody here follows it
+        if bytes(message["channel"])[skip:].decode() == self.node:
+            return  # our own: delivered locally already
         try:
-            decoded = decode_server(bytes(message["data"]))
-        except RemoteProtocolError:
+            entries = unpack_bundle(bytes(message["data"]))
+        except BundleError:
             return  # not ours to crash on: another version or garbage on the channel
-        if not isinstance(decoded, StreamSamples | Event) or decoded.topic != topic:
-            return
-        self.counters.received += 1
-        await self._hub.fill_before(decoded)
-        self._hub.take_remote(decoded, bytes(message["data"]))
+        for topic, payload in entries:
+            if not hub.wanted_here(topic):
+                continue  # nobody here follows it (another node does)
+            try:
+                decoded = decode_server(payload)
+            except RemoteProtocolError:
+                continue
+            if not isinstance(decoded, StreamSamples | Event) or decoded.topic != topic:
+                continue
+            self.counters.received += 1
+            await hub.fill_before(decoded)
+            hub.take_remote(decoded, payload)
 
     async def _interest(self, hub: BusHub) -> None:
         """Every ``interest_s``: advertise the topics this node's subscribers follow (a
@@ -336,19 +387,30 @@ class RedisBus:
         while stream in self.counters.leases:
             await self._leases_changed.wait()
 
+    async def renewed(self) -> None:
+        """Return after the next round of lease renewals."""
+        await self._renewed.wait()
+
     async def _save(self, info: StreamInfo) -> None:
         await self._client.hset(self._key("stream", info.id), {
             "run": info.run, "next_seq": info.next_seq, "t0": info.t0, "node": self.node})
 
     async def _renewer(self, registry: StreamRegistry) -> None:
+        """Every ``lease_s / 3``: renew every lease this node holds and save its streams'
+        positions, in one script call (one round trip however many streams)."""
         px = round(self.settings.lease_s * 1000)
         while True:
             await trio.sleep(self.settings.lease_s / 3)
-            for stream in list(self.counters.leases):
+            streams = list(self.counters.leases)
+            if not streams:
+                continue
+            args: list[Any] = [self.node, px]
+            for stream in streams:
                 info = registry.get(stream)
-                with contextlib.suppress(*AWAY):
-                    await self._client.eval(_RENEW, keys=[self._key("lease", stream)],
-                                            args=[self.node, px])
-                    if info is not None:
-                        await self._save(info)
-
+                args += ["", "", ""] if info is None else [info.run, info.next_seq, info.t0]
+            keys = ([self._key("lease", stream) for stream in streams]
+                    + [self._key("stream", stream) for stream in streams])
+            with contextlib.suppress(*AWAY):
+                await self._renew_script(keys=keys, args=args)
+            self._renewed.set()
+            self._renewed = trio.Event()
