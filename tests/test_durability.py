@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed
 
 import protocol as P
@@ -72,6 +73,47 @@ async def test_frames_are_written_in_order_and_marked_durable(tmp_path: Path,
     samples = np.frombuffer((path / "samples.bin").read_bytes(), "<i2").reshape(-1, 2)
     assert (samples[:, 0] == np.repeat(np.arange(20), 3)).all()
     assert scan(tmp_path)[0].next_seq == 20
+
+
+async def test_group_commit_waits_its_delay_and_serves_the_window_with_one_sync(
+        tmp_path: Path, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """interval with commit_delay_s: frames written within the delay after the first
+    unsynced one share one sync, and none counts as durable before it."""
+    # Jump only once nothing has run for 50 ms of real time: the writer's worker thread
+    # (a few ms of file I/O) is not something to jump over.
+    mock_clock.autojump_threshold = 0.05
+    syncs: list[float] = []  # when each sync began (it runs in a worker thread)
+    real_sync = archive._Writer.sync
+    token = trio.lowlevel.current_trio_token()
+
+    def counted(writer: archive._Writer) -> None:
+        syncs.append(trio.from_thread.run_sync(trio.current_time, trio_token=token))
+        real_sync(writer)
+
+    monkeypatch.setattr(archive._Writer, "sync", counted)
+    tx, rx = trio.open_memory_channel[ArchiveItem](8)
+    durable = Durable()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: run_archive(
+            rx, root=tmp_path, fsync="interval", interval_s=1.0, commit_delay_s=0.2,
+            task_status=task_status))
+        with tx:
+            await tx.send(append(0, durable))
+            await trio.sleep(0.1)
+            await tx.send(append(1, durable))
+            await trio.sleep(0.05)
+            assert durable.seq == -1 and syncs == []  # idle, but within the delay
+            with trio.fail_after(5):
+                await durable.wait_beyond(0)
+            assert durable.seq == 1  # both at once
+            assert len(syncs) == 1 and 0.2 <= syncs[0] < 0.25
+            await tx.send(append(2, durable))  # a new window begins with it
+            with trio.fail_after(5):
+                await durable.wait_beyond(1)
+            assert len(syncs) == 2 and syncs[1] - syncs[0] >= 0.2
+            await tx.send(Close("d1", 0))
+    assert list(read_frames(run_dir(tmp_path, "d1", 0))) == [(s, 3 * s, 3) for s in range(3)]
 
 
 def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:

@@ -120,7 +120,8 @@ class Server:
                 if archive_rx is not None:
                     await root.start(partial(
                         run_archive, archive_rx, root=self.archive_root, fsync=s.archive.fsync,
-                        interval_s=s.archive.fsync_interval_s, max_batch=s.buffers.max_batch))
+                        interval_s=s.archive.fsync_interval_s,
+                        commit_delay_s=s.archive.commit_delay_s, max_batch=s.buffers.max_batch))
                 await root.start(partial(run_filter, ingest_rx, filtered_tx,
                                          max_batch=s.buffers.max_batch, bank=self.filter_bank,
                                          linger=s.buffers.linger_ms / 1000))

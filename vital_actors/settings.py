@@ -104,6 +104,10 @@ class ArchiveSettings(_Section):
         "fsync_interval_s behind; never: the OS decides (survives a crash of the server, "
         "not of the machine)")
     fsync_interval_s: float = Field(1.0, gt=0, le=60)
+    commit_delay_s: float = Field(
+        0.2, ge=0, le=60, description="interval: the shortest wait after the first "
+        "unsynced write before a sync, so that one sync (and one ack per device) serves "
+        "the frames of that window; 0: sync whenever the writer is idle")
 
 
 class RecoverySettings(_Section):
