@@ -46,7 +46,7 @@ CLOSE_TIMEOUT_S = 2.0
 #: How long the devices wait, once all are connected, before the first frame.
 START_DELAY_S = 0.5
 #: A lean device reads its acks at most this often (they wait in the socket buffer).
-ACK_PAUSE_S = 0.5
+ACK_PAUSE_S = 1.0
 
 
 class LoadError(Exception):

@@ -32,7 +32,7 @@ __all__ = ["SLACK_S", "Pacer"]
 
 #: Frames due within this much of the earliest are written in the same wake-up (early by
 #: at most this; each is stamped when it is written, so latencies stay exact).
-SLACK_S = 0.001
+SLACK_S = 0.002
 
 
 @dataclass(slots=True, eq=False)
