@@ -18,6 +18,7 @@ from protocol import Priority
 from vital_actors.quality import Frame, QualityChain
 from vital_actors.quality.chain import gc_deferred
 from vital_actors.quality.evaluate import reference_beats
+from vital_actors.quality import front
 from vital_actors.quality.front import _window_max
 from vital_actors.quality.sqi import match_count
 from vital_actors.settings import ScreenSettings
@@ -179,6 +180,31 @@ def test_running_totals_are_bit_identical_whatever_the_framing(
         feed(chain, "x", 360.0, mv, sizes, f)
         states.append(chain._streams["x"].front.sqi)
     assert all(np.array_equal(states[0], s) for s in states[1:])
+
+
+def test_chunked_totals_of_many_streams_equal_the_streams_fed_alone(
+        slices: dict[str, tuple[F64, list[int]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of 60 streams in three step phases, in blocks summed in chunks of three
+    rows (chunk edges inside and across step ends): every stream's running totals and
+    events are those it gets alone, whole and unchunked."""
+    mv = slices["208"][0][:360 * 12]
+    f = bandpass(mv, 360.0)
+    starts = {f"s{i}": 100 * (i % 3) for i in range(60)}  # t0 0, 100, 200: three phases
+    ends = {k: s + (360 * 12 - 200 - s) // 500 * 500 for k, s in starts.items()}
+    alone = {k: QualityChain(SETTINGS) for k in starts}
+    whole = {k: c.feed_one(k, 360.0, starts[k], mv[starts[k]:ends[k]], f[starts[k]:ends[k]])
+             for k, c in alone.items()}
+    monkeypatch.setattr(front, "CHUNK_VALUES", 3 * 10 * 2 * 60)  # 3 rows of 60 streams
+    chain, got = QualityChain(SETTINGS), {k: [] for k in starts}
+    for t in range(0, 360 * 12 - 200, 500):
+        frames = [Frame(k, 360.0, t + s, mv[t + s:t + s + 500], f[t + s:t + s + 500])
+                  for k, s in starts.items() if t + s + 500 <= ends[k]]
+        for fr, events in zip(frames, chain.feed(frames), strict=True):
+            got[fr.key] += events
+    for k in starts:
+        assert got[k] == whole[k]
+        assert len(of_type(got[k], "quality")) >= 9
+        assert np.array_equal(alone[k]._streams[k].front.sqi, chain._streams[k].front.sqi)
 
 
 @pytest.mark.parametrize("before, after", [(1, 1), (72, 18), (90, 90), (250, 50), (3, 60)])
