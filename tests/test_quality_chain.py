@@ -15,10 +15,9 @@ from hypothesis import strategies as st
 from quality_helpers import F64, bandpass, feed, of_type, to_mv
 
 from protocol import Priority
-from vital_actors.quality import Frame, QualityChain
+from vital_actors.quality import Frame, QualityChain, front
 from vital_actors.quality.chain import gc_deferred
 from vital_actors.quality.evaluate import reference_beats
-from vital_actors.quality import front
 from vital_actors.quality.front import _window_max
 from vital_actors.quality.sqi import match_count
 from vital_actors.settings import ScreenSettings
