@@ -118,6 +118,46 @@ async def test_what_waits_goes_out_in_one_write(autojump_clock: MockClock) -> No
         hub.close_all()
 
 
+async def test_a_busy_subscriber_lingers_so_one_write_carries_several_messages(
+        autojump_clock: MockClock) -> None:
+    """Over 200 messages/s (a wall on every stream): the sender waits 2 ms after the
+    message that woke it, so writes carry several; a quiet one, and CRITICAL, do not wait."""
+    hub = make_hub()
+    async with serving(hub) as [(ws, client, _)], trio.open_nursery() as nursery:
+        writes: list[float] = []
+        send_all = ws.stream.send_all
+
+        async def counting(data: bytes | bytearray | memoryview) -> None:
+            writes.append(trio.current_time())
+            await send_all(data)
+
+        ws.stream.send_all = counting  # type: ignore[method-assign]
+        got: list[ServerMessage | Closed] = []
+
+        async def read() -> None:
+            while True:
+                got.append(await client.receive())
+
+        nursery.start_soon(read)
+        start = trio.current_time()
+        for k in range(2000):  # 1 kHz for two seconds
+            await trio.sleep_until(start + k / 1000)
+            hub.publish(event(Priority.HIGH, k))
+        await trio.sleep(0.1)
+        first = sum(1 for t in writes if t < start + 1)
+        second = sum(1 for t in writes if start + 1 <= t < start + 2)
+        assert first >= 950  # not busy before: a write per message
+        assert second <= 500  # busy: a write per 2 ms at most, 2+ messages each
+        assert [m.body["k"] for m in got if isinstance(m, Event)] == list(range(2000))
+        before = len(writes)
+        now = trio.current_time()
+        hub.publish(event(Priority.CRITICAL, -1))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(writes) == before + 1 and trio.current_time() == now  # no wait
+        nursery.cancel_scope.cancel()
+        hub.close_all()
+
+
 async def test_an_evicted_subscriber_gets_the_error_and_1013_not_the_stale_messages(
         autojump_clock: MockClock) -> None:
     hub = make_hub()  # CRITICAL lane: 30

@@ -181,6 +181,13 @@ class LaneSettings(_Section):
                                  "(eviction, shutdown), how long its pending writes may "
                                  "take before its connection is aborted")
     seed: int | None = Field(None, description="seed of the drop draws; null: from the OS")
+    write_linger_ms: float = Field(
+        2.0, ge=0, le=50, description="a busy subscriber's sender waits this long after a "
+        "message wakes it, so that one write carries what comes meanwhile (not for "
+        "CRITICAL messages); 0: write at once")
+    write_linger_above: float = Field(
+        200.0, ge=0, description="messages/s (over the last second) above which a "
+        "subscriber counts as busy: a dashboard on every stream, not one stream's viewer")
 
     def capacities(self, buffer: int) -> tuple[int, ...]:
         """Lane capacities for a buffer of *buffer* messages, CRITICAL first (each >= 1)."""
