@@ -57,7 +57,7 @@ def screen_batch(chain: QualityChain, batch: list[Item]) -> list[Item]:
         for item in batch:
             out.append(item)
             if isinstance(item, Filtered):
-                out.extend(Publication(e) for e in next(events))
+                out.extend(map(Publication, next(events)))
     return out
 
 

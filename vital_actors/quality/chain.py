@@ -47,9 +47,11 @@ __all__ = ["Frame", "QualityChain", "gc_deferred"]
 F64 = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Frame:
-    """One block of one stream: see :class:`QualityChain`."""
+    """One block of one stream: see :class:`QualityChain`. (Not frozen: one is made
+    per block, and a frozen dataclass sets each field through ``object.__setattr__``,
+    3x the cost; the chain never changes a frame.)"""
 
     key: str
     fs: float
