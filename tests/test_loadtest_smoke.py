@@ -35,3 +35,21 @@ def test_smoke_scenario_writes_a_complete_report(tmp_path: Path, mitdb: Path) ->
     for name in PLOTS:
         assert (tmp_path / name).stat().st_size > 1000, name
     assert "Knee" in (tmp_path / "report.md").read_text()
+
+
+def test_both_client_stacks_run_side_by_side_and_the_report_compares_them(
+        tmp_path: Path, mitdb: Path) -> None:
+    main(["loadtest", "smoke", "--targets", "relay", "--clients", "lean", "trio-websocket",
+          "--seconds", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = {r["row"]["clients"]: r["row"] for r in report["runs"]}
+    assert set(rows) == {"lean", "trio-websocket"}
+    for row in rows.values():
+        assert row["sent"] > 0 and row["delivered_per_s"] > 0
+        assert math.isfinite(row["harness_us_per_msg"]) and row["harness_us_per_msg"] > 0
+        assert math.isfinite(row["bits_per_sample"])
+    assert rows["lean"]["bits_per_sample"] == rows["trio-websocket"]["bits_per_sample"]
+    text = (tmp_path / "report.md").read_text()
+    assert "relay [trio-websocket]" in text
+    assert "| relay | 4 | trio-websocket / lean |" in text  # the generator's own cost
+    assert report["environment"]["command"].startswith("vital-actors loadtest smoke ")
