@@ -16,7 +16,7 @@ from quality_helpers import F64, bandpass, feed, of_type, to_mv
 
 from protocol import Priority
 from vital_actors.quality import Frame, QualityChain, front
-from vital_actors.quality.chain import gc_deferred
+from vital_actors.quality.chain import StaleStateError, gc_deferred
 from vital_actors.quality.evaluate import reference_beats
 from vital_actors.quality.front import _window_max
 from vital_actors.quality.sqi import match_count
@@ -242,3 +242,17 @@ def test_the_garbage_collector_waits_for_the_batch_and_comes_back() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_chain_pickled_by_older_code_is_refused_clearly() -> None:
+    """Its streams keep other state: resuming it would not give the same events."""
+    mv = to_mv(synthetic_ecg(seconds=3, seed=2))
+    chain = QualityChain(SETTINGS)
+    chain.feed_one("s", 360.0, 0, mv, bandpass(mv, 360.0))
+    state = chain.__getstate__()
+    del state["format"]  # what the code before format 2 wrote
+    with pytest.raises(StaleStateError, match="format 1"):
+        QualityChain.__new__(QualityChain).__setstate__(state)
+    stream_state = (None, {"det": np.zeros((3, 1)), "sqi": np.zeros((3, 2)), "next_t": 0})
+    with pytest.raises(StaleStateError):  # a stream's front state as older code pickled it
+        front.FrontState.__new__(front.FrontState).__setstate__(stream_state)  # type: ignore[arg-type]

@@ -37,14 +37,19 @@ from protocol import Event
 
 from ..settings import ScreenSettings
 from .design import Design, design_for
-from .front import FrontState, run_front
+from .front import FrontState, StaleStateError, run_front
 from .repeat import measure
 from .sqi import StepRows, step_rows
 from .stream import Step, StreamQuality
 
-__all__ = ["Frame", "QualityChain", "gc_deferred"]
+__all__ = ["STATE_FORMAT", "Frame", "QualityChain", "StaleStateError", "gc_deferred"]
 
 F64 = npt.NDArray[np.float64]
+
+
+#: What a pickled chain holds; changes with the state its streams keep (2: the
+#: sorted window medians, the group-packed front state and SNR history).
+STATE_FORMAT = 2
 
 
 @dataclass(slots=True, eq=False)
@@ -80,9 +85,15 @@ class QualityChain:
 
     def __getstate__(self) -> dict[str, object]:
         """Pickles (job checkpoints) without the scratch array, which is rebuilt."""
-        return {"settings": self.settings, "_streams": self._streams}
+        return {"format": STATE_FORMAT, "settings": self.settings, "_streams": self._streams}
 
     def __setstate__(self, state: dict[str, object]) -> None:
+        """Raises:
+            StaleStateError: the state was pickled by code that keeps other state."""
+        found = state.pop("format", 1)
+        if found != STATE_FORMAT:
+            raise StaleStateError(f"quality chain state of format {found}, this code "
+                                  f"resumes format {STATE_FORMAT} only: start over")
         self.__dict__.update(state)
         self._scratch = {}
 

@@ -27,7 +27,8 @@ import scipy.signal
 
 from .design import FEATURES, Design
 
-__all__ = ["B_FACTOR", "FrontOut", "FrontState", "Member", "Pack", "joined", "run_front"]
+__all__ = ["B_FACTOR", "FrontOut", "FrontState", "Member", "Pack", "StaleStateError",
+           "joined", "run_front"]
 
 F64 = npt.NDArray[np.float64]
 B_FACTOR = 3.0  # detector B: a peak of |x| must exceed this many times its envelope
@@ -61,6 +62,10 @@ def _pack(arrays: dict[str, F64], parts: tuple[tuple[str, tuple[int, ...]], ...]
 
 CLIP_MV = 1.0  # a sample stuck (equal to the one before) this far from the baseline clips
 CHUNK_VALUES = 1 << 16  # big blocks' SQI features go in chunks of this many (512 KB)
+
+
+class StaleStateError(ValueError):
+    """A pickled chain from code that kept other state: it cannot resume exactly."""
 
 
 @dataclass(slots=True, eq=False)
@@ -108,6 +113,8 @@ class FrontState:
         return self.det.copy(), self.sqi.copy(), self.next_t
 
     def __setstate__(self, state: tuple[F64, F64, int]) -> None:
+        if not isinstance(state, tuple) or len(state) != 3:
+            raise StaleStateError("front state pickled by older code: start over")
         det, sqi, self.next_t = state
         self.pack, self.index, self.col, self.width = Pack(det, sqi, 1), 0, 0, sqi.shape[1]
 
