@@ -107,7 +107,7 @@ def make_plan(url: str, recordings: Sequence[Recording], *, devices: int, kind: 
     ``load.frame_s`` seconds, for *seconds* seconds (looping over the recording).
 
     With ``clients="lean"`` each frame is also framed and masked here (a fresh random
-    key per frame), so that sending it is one ``send_all`` of ready bytes.
+    key per frame), so that sending it is one write of ready bytes.
     """
     if clients not in CLIENTS:
         raise ValueError(f"clients must be one of {CLIENTS}, not {clients!r}")
