@@ -32,7 +32,7 @@ from protocol import (
 from vital_actors.broadcast import Hub
 from vital_actors.ingest import run_ingest
 from vital_actors.messages import Block, Item, Publication
-from vital_actors.settings import FilterSettings, LaneSettings
+from vital_actors.settings import FilterSettings, LaneSettings, LimitSettings
 from vital_actors.sources import Recording, load_record
 from vital_actors.stats import Stats
 from vital_actors.streams import StreamRegistry
@@ -93,7 +93,8 @@ class Rig:
 async def ingest(*, capacity: int = 64, max_samples: int = 8192,
                  max_message_bytes: int = 1 << 20,
                  registry: StreamRegistry | None = None,
-                 live: Hub | None = None) -> AsyncIterator[Rig]:
+                 live: Hub | None = None,
+                 limits: LimitSettings | None = None) -> AsyncIterator[Rig]:
     """A running ``run_ingest`` on one connection, with its outbox's receive end."""
     registry = StreamRegistry(FilterSettings()) if registry is None else registry
     stats = Stats()
@@ -103,7 +104,7 @@ async def ingest(*, capacity: int = 64, max_samples: int = 8192,
 
     async def serve() -> None:
         await run_ingest(ws, tx, registry=registry, stats=stats, max_samples=max_samples,
-                         live=live)
+                         live=live, limits=limits)
         done.set()
 
     # Tests run on the autojump clock: one stuck waiting fails at once, not after 60 s.
@@ -343,6 +344,28 @@ async def test_bad_input_gets_an_error_then_the_close_code(
 
 
 # --- backpressure --------------------------------------------------------------------------
+
+
+async def test_a_device_parked_by_a_full_pipeline_is_not_idle(
+        rec: Recording, autojump_clock: MockClock) -> None:
+    """The idle timeout counts the time spent waiting for the device, not the time its
+    frame waits for room in the pipeline (backpressure is ours, not the device's)."""
+    async with ingest(capacity=1, limits=LimitSettings(idle_timeout_s=5)) as rig:
+        await rig.client.send(hello_for(rec))
+        await rig.expect(Welcome)
+        await rig.status()
+        await rig.client.send(frame(rec, 0))  # fills the outbox (capacity 1)
+        await rig.client.send(frame(rec, 1))  # read by ingest, which parks sending it
+        await trio.sleep(30)  # six idle timeouts, parked all along
+        assert not rig.done.is_set()
+        assert (await rig.block()).seq == 0
+        assert (await rig.block()).seq == 1
+        start = trio.current_time()  # now it waits for the device: 5 s, then closed
+        while not isinstance(message := await rig.client.receive(), Closed):
+            pass
+        assert message.code == CloseCode.POLICY_VIOLATION
+        assert 5 <= trio.current_time() - start < 6
+        assert rig.stats.totals.rejected == {"idle-timeout": 1}
 
 
 async def test_full_pipeline_parks_ingest_and_holds_the_ack(

@@ -14,6 +14,7 @@ limits of :mod:`limits` apply: message rate, silence, channels and fs, streams k
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
 from typing import Any
@@ -67,15 +68,29 @@ class _Ingest:
         self.pending_added = trio.Event()
         self.clock = ClockTracker()
         self.received_at = 0.0  # our clock (Unix s) when the current message arrived
+        self.waiting_since = trio.current_time()  # since when receive waits (idle watchdog)
+        self.silent = False  # the watchdog ended the connection: nothing came for too long
+
+    async def watch(self, receiving: trio.CancelScope) -> None:
+        """Cancel *receiving* once nothing has come for ``idle_timeout_s``, and say so
+        (:attr:`silent`). One watchdog per connection that wakes once per idle period,
+        instead of a cancel scope with a deadline around every receive."""
+        idle = self.limits.idle_timeout_s
+        while True:
+            now = trio.current_time()
+            due = self.waiting_since + idle  # inf while a message is being handled
+            if due <= now:
+                break
+            await trio.sleep_until(min(due, now + idle))
+        self.silent = True
+        receiving.cancel()
 
     async def serve(self) -> None:
         totals = self.stats.totals
-        idle = self.limits.idle_timeout_s
         while True:
-            with trio.move_on_after(idle) as waited:
-                payload = await self.ws.receive()
-            if waited.cancelled_caught:
-                raise idle_error(idle)
+            self.waiting_since = trio.current_time()
+            payload = await self.ws.receive()
+            self.waiting_since = math.inf  # a pipeline that parks us is not the device idling
             self.received_at = time.time()
             self.bucket.check(trio.current_time())
             totals.messages_in += 1
@@ -274,7 +289,11 @@ async def run_ingest(
                 if archive is not None:
                     nursery.start_soon(ingest.send_acks)
                 try:
-                    await ingest.serve()
+                    with trio.CancelScope() as receiving:
+                        nursery.start_soon(ingest.watch, receiving)
+                        await ingest.serve()
+                    if ingest.silent:
+                        raise idle_error(limits.idle_timeout_s)
                 except RemoteProtocolError as exc:
                     stats.reject(exc.reason)
                     await ws.fail(exc.code, exc.reason, exc.message)
