@@ -245,6 +245,31 @@ async def test_run_filter_keeps_publications_in_order_with_blocks(
     assert_close(joined(filtered, a), offline(a, rec.samples[:720]))
 
 
+async def test_run_filter_publishes_each_filtered_block_before_passing_it_on(
+        rec: Recording, autojump_clock: MockClock) -> None:
+    """With *publish* (the server's filtered topics), every filtered block is handed
+    over as soon as its batch is filtered, even while nobody reads downstream."""
+    info = StreamRegistry(FilterSettings()).attach(hello(rec, "a"))
+    blocks = blocks_of(info, rec.samples[:360], [120] * 3)
+    in_tx, in_rx = trio.open_memory_channel[Item](len(blocks))
+    out_tx, out_rx = trio.open_memory_channel[Item](1)  # room for one: the rest waits
+    published: list[Filtered] = []
+    for block in blocks:
+        in_tx.send_nowait(block)
+    with trio.fail_after(60):  # instant on the autojump clock, if it never ends
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(run_filter, in_rx, out_tx, max_batch=64,
+                                        publish=published.append))
+            await trio.testing.wait_all_tasks_blocked()
+            assert [f.block for f in published] == blocks
+            assert out_rx.statistics().current_buffer_used == 1
+            assert_close(joined(published, info), offline(info, rec.samples[:360]))
+            in_tx.close()
+            got = [item async for item in out_rx]
+    assert [g.block for g in got if isinstance(g, Filtered)] == blocks
+    assert got == published  # the same objects: published once, passed on once
+
+
 async def test_run_filter_ends_and_closes_its_outbox_when_its_inbox_ends(
         autojump_clock: MockClock) -> None:
     in_tx, in_rx = trio.open_memory_channel[Item](1)

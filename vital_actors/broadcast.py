@@ -35,8 +35,8 @@ from .settings import LaneSettings, RecoverySettings
 from .stats import Stats
 from .streams import StreamRegistry
 
-__all__ = ["Hub", "Resume", "Subscriber", "raw_message", "run_broadcast", "run_hub_rates",
-           "sample_messages"]
+__all__ = ["Hub", "Resume", "Subscriber", "filtered_message", "publish_filtered",
+           "raw_message", "run_broadcast", "run_hub_rates", "sample_messages"]
 
 _ids = itertools.count(1)
 _BATCH = 256  # items the broadcaster takes from its inbox per round
@@ -320,23 +320,40 @@ def raw_message(block: Block, hub: Hub) -> StreamSamples | None:
                          extra=_where(hub, block))
 
 
-def sample_messages(item: Filtered, hub: Hub, *, filtered_dtype: str) -> Iterator[StreamSamples]:
-    """The raw (unless ingest published it already) and filtered ``samples`` messages of
-    a block, for topics someone follows."""
+def filtered_message(item: Filtered, hub: Hub, *, filtered_dtype: str) -> StreamSamples | None:
+    """The ``samples`` message of a filtered block's filtered topic, if that topic is
+    wanted; positioned like the raw one."""
     block, info = item.block, item.block.stream
-    if not block.published:
-        raw = raw_message(block, hub)
-        if raw is not None:
-            yield raw
     topic = f"stream/{info.id}/filtered"
     hub.published[topic] = (block.run, block.seq)
-    if hub.wants(topic):
-        data = item.filtered.astype(np.dtype(filtered_dtype).newbyteorder("<")).tobytes()
-        n = len(info.channels)
-        yield StreamSamples(topic, info.id, block.seq, block.t0, info.fs, info.channels,
-                            cast(Dtype, filtered_dtype), (1.0,) * n, (0.0,) * n, data,
-                            extra={"filter_version": item.filter_version,
-                                   **_where(hub, block)})
+    if not hub.wants(topic):
+        return None
+    data = item.filtered.astype(np.dtype(filtered_dtype).newbyteorder("<")).tobytes()
+    n = len(info.channels)
+    return StreamSamples(topic, info.id, block.seq, block.t0, info.fs, info.channels,
+                         cast(Dtype, filtered_dtype), (1.0,) * n, (0.0,) * n, data,
+                         extra={"filter_version": item.filter_version, **_where(hub, block)})
+
+
+def publish_filtered(hub: Hub, item: Filtered, *, filtered_dtype: str) -> None:
+    """Publish *item*'s filtered topic message (the filter stage does, in the server)."""
+    message = filtered_message(item, hub, filtered_dtype=filtered_dtype)
+    if message is not None:
+        hub.publish(message)
+
+
+def sample_messages(item: Filtered, hub: Hub, *, filtered_dtype: str,
+                    filtered: bool = True) -> Iterator[StreamSamples]:
+    """The raw (unless ingest published it already) and, with *filtered*, the filtered
+    ``samples`` messages of a block, for topics someone follows."""
+    if not item.block.published:
+        raw = raw_message(item.block, hub)
+        if raw is not None:
+            yield raw
+    if filtered:
+        message = filtered_message(item, hub, filtered_dtype=filtered_dtype)
+        if message is not None:
+            yield message
 
 
 async def run_broadcast(
@@ -344,10 +361,13 @@ async def run_broadcast(
     *,
     hub: Hub,
     filtered_dtype: str,
+    filtered: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Fan out everything from *inbox*. When it ends, close every subscriber's lanes,
-    so their connections flush what they hold and close: shutdown flows downstream."""
+    """Fan out everything from *inbox*; with *filtered* False the filtered topics are
+    not published here (the filter stage does, :func:`publish_filtered`). When it
+    ends, close every subscriber's lanes, so their connections flush what they hold
+    and close: shutdown flows downstream."""
     with inbox:
         task_status.started()
         while True:
@@ -357,7 +377,8 @@ async def run_broadcast(
                 break
             for item in batch:
                 if isinstance(item, Filtered):
-                    for message in sample_messages(item, hub, filtered_dtype=filtered_dtype):
+                    for message in sample_messages(item, hub, filtered_dtype=filtered_dtype,
+                                                   filtered=filtered):
                         hub.publish(message)
                 elif isinstance(item, Publication):
                     hub.publish(item.message)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -209,22 +209,30 @@ async def run_filter(
     max_batch: int,
     linger: float = 0.0,
     bank: FilterBank | None = None,
+    publish: Callable[[Filtered], object] | None = None,
     task_status: trio.TaskStatus[FilterBank] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Filter the blocks from *inbox*; pass everything else through, in order.
 
     Takes whatever is waiting (up to *max_batch* items, lingering *linger* s for more)
-    as one batch. Owns both ends: returns, closing *outbox*, when *inbox* ends.
+    as one batch. With *publish*, each filtered block is handed to it at once (the
+    server publishes its filtered topic from here: a live view of it need not wait for
+    the quality chain). Owns both ends: returns, closing *outbox*, when *inbox* ends.
     """
     bank = bank or FilterBank()
     task_status.started(bank)
-    await run_batches(inbox, outbox, partial(_filter_batch, bank), max_batch=max_batch,
-                      linger=linger)
+    await run_batches(inbox, outbox, partial(_filter_batch, bank, publish),
+                      max_batch=max_batch, linger=linger)
 
 
-def _filter_batch(bank: FilterBank, batch: list[Item]) -> list[Item]:
+def _filter_batch(bank: FilterBank, publish: Callable[[Filtered], object] | None,
+                  batch: list[Item]) -> list[Item]:
     blocks = [item for item in batch if isinstance(item, Block)]
     if not blocks:
         return batch
-    results = iter(bank.apply(blocks))
+    filtered = bank.apply(blocks)
+    if publish is not None:
+        for item in filtered:
+            publish(item)
+    results = iter(filtered)
     return [next(results) if isinstance(item, Block) else item for item in batch]

@@ -29,7 +29,7 @@ from protocol import INGEST_PATH, SUBSCRIBE_PATH, CloseCode
 from .api.app import create_app
 from .archive import ArchiveItem, run_archive, scan
 from .auth import Gate, check_startup
-from .broadcast import Hub, run_broadcast, run_hub_rates
+from .broadcast import Hub, publish_filtered, run_broadcast, run_hub_rates
 from .bus import BusHub, RedisBus, RedisJobBoard
 from .edge.door import Route, serve_door
 from .edge.handshake import Compression
@@ -124,12 +124,14 @@ class Server:
                         commit_delay_s=s.archive.commit_delay_s, max_batch=s.buffers.max_batch))
                 await root.start(partial(run_filter, ingest_rx, filtered_tx,
                                          max_batch=s.buffers.max_batch, bank=self.filter_bank,
-                                         linger=s.buffers.linger_ms / 1000))
+                                         linger=s.buffers.linger_ms / 1000,
+                                         publish=partial(publish_filtered, self.hub,
+                                                         filtered_dtype=s.filtered_dtype)))
                 await root.start(partial(run_screen, filtered_rx, screened_tx,
                                          settings=s.screen, max_batch=s.buffers.max_batch,
                                          linger=s.buffers.linger_ms / 1000))
                 await root.start(partial(run_broadcast, screened_rx, hub=self.hub,
-                                         filtered_dtype=s.filtered_dtype))
+                                         filtered_dtype=s.filtered_dtype, filtered=False))
                 bus = trio.CancelScope()
                 if self.bus is not None:
                     await root.start(_cancellable, bus, self.bus.run, self.hub, self.registry)
