@@ -3,7 +3,7 @@
 One ``RedisBus`` on a redis-server of its own (loopback, no persistence) gets N encoded
 ``samples`` messages (one topic per stream, positioned like the hub positions them),
 either published only (``bus.history = false``: PUBLISH) or recorded and published
-(XADD in one EVAL per batch, then PUBLISH), as fast as its publisher drains them. It
+(XADD and PUBLISH in one script call per batch), as fast as its publisher drains them. It
 reports CPU time per message of this process (the bus publisher; nothing else runs
 in it) and of the redis-server (psutil), and the messages/s drained. The two modes
 alternate in rounds within one run, so a busy machine weighs on both alike.
@@ -21,6 +21,8 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil  # type: ignore[import-untyped]
 import trio
@@ -96,12 +98,10 @@ async def _run(args: argparse.Namespace, url: str, redis: psutil.Process) -> Non
     print(f"load average {os.getloadavg()}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+@contextmanager
+def redis_server() -> Iterator[tuple[str, psutil.Process]]:
+    """A redis-server of our own on a free loopback port (no persistence): its URL and
+    process (for its CPU time)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise SystemExit("redis-server not installed")
@@ -117,10 +117,20 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.02)
-            trio.run(_run, args, f"redis://127.0.0.1:{port}", psutil.Process(proc.pid))
+            yield f"redis://127.0.0.1:{port}", psutil.Process(proc.pid)
         finally:
             proc.kill()
             proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with redis_server() as (url, redis):
+        trio.run(_run, args, url, redis)
 
 
 if __name__ == "__main__":

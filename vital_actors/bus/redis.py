@@ -29,6 +29,7 @@ stream there once the old node released it or its lease expired (the node died).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -91,6 +92,8 @@ end
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return #KEYS
 """
+#: The scripts' SHA1 digests, for EVALSHA.
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_PUBLISH, _RENEW_ALL)}
 #: Errors that mean "Redis is not there right now": retry, never crash the node.
 AWAY = (coredis.exceptions.ConnectionError, TimeoutError, OSError,
          trio.BrokenResourceError)
@@ -136,8 +139,6 @@ class RedisBus:
         self._outbox_tx, self._outbox_rx = trio.open_memory_channel[_Outgoing](settings.outbox)
         self._client = client_for(self.url)
         self.history = RedisHistory(self._client, self.prefix)
-        self._publish_script = self._client.register_script(_PUBLISH)
-        self._renew_script = self._client.register_script(_RENEW_ALL)
         self._hub: BusHub | None = None
         self._elsewhere: frozenset[str] = frozenset()  # topics other nodes' subscribers follow
         self._learned = trio.Event()  # set (and replaced) after each refresh of _elsewhere
@@ -230,7 +231,7 @@ class RedisBus:
 
     async def _send(self, batch: list[_Outgoing]) -> None:
         """Record *batch*'s history entries, then publish its live part as one bundle:
-        one script call (EVALSHA; coredis loads the script when Redis does not know it)."""
+        one script call."""
         keys: list[str] = []
         live: list[tuple[str, bytes]] = []
         args: list[Any] = [self.settings.history_maxlen, round(self.settings.history_s * 1000),
@@ -243,9 +244,19 @@ class RedisBus:
                 live.append((topic, payload))
         if live:
             args[3] = pack_bundle(live)
-        await self._publish_script(keys=keys, args=args)
+        await self._script(_PUBLISH, keys, args)
         self.counters.published += len(live)
         self.counters.recorded += len(keys)
+
+    async def _script(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run *script* by its SHA1 (EVALSHA), loading it first if Redis does not know it
+        (new or restarted). Cheaper per call than coredis's ``Script`` wrapper."""
+        sha = _SHA[script]
+        try:
+            return await self._client.evalsha(sha, keys=keys, args=args)
+        except coredis.exceptions.NoScriptError:
+            await self._client.script_load(script)
+            return await self._client.evalsha(sha, keys=keys, args=args)
 
     async def _reader(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                       ) -> None:
@@ -411,6 +422,6 @@ class RedisBus:
             keys = ([self._key("lease", stream) for stream in streams]
                     + [self._key("stream", stream) for stream in streams])
             with contextlib.suppress(*AWAY):
-                await self._renew_script(keys=keys, args=args)
+                await self._script(_RENEW_ALL, keys, args)
             self._renewed.set()
             self._renewed = trio.Event()
