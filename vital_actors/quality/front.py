@@ -403,7 +403,7 @@ def _features(x: F64, f: F64, bw: F64, hf: F64, mv: F64, clip: npt.NDArray[np.bo
     far = x[:, 8]  # ... and far from the baseline: clipped (a work area until mv goes there)
     np.subtract(mv, bw, out=far)
     np.abs(far, out=far)
-    np.greater(far, CLIP_MV, out=x[:, 7])
-    x[:, 7] *= clip
+    clip &= far > CLIP_MV  # in bools: a ufunc casting into floats runs buffered, 2x slower
+    x[:, 7] = clip
     x[:, 8] = mv
     np.multiply(mv, mv, out=x[:, 9])

@@ -55,6 +55,7 @@ class PeakTracker:
     last_r: int | None = None
     last_v: float = 0.0
     rrs: deque[int] = field(default_factory=lambda: deque(maxlen=8))
+    rr_sum: int = 0  # sum(rrs), kept (integers: exact)
     noise: list[tuple[int, float, int]] = field(default_factory=list)
 
     @property
@@ -81,7 +82,7 @@ class PeakTracker:
             since = r - self.last_r
             if since > SILENCE_S * fs:
                 self.spk = max(self.spk * 0.5, self.npk * SILENCE_FLOOR)
-            if self.rrs and since > MISS_RR * (sum(self.rrs) / len(self.rrs)):
+            if self.rrs and since > MISS_RR * (self.rr_sum / len(self.rrs)):
                 found = self._search_back(decided, r)
                 if found is not None:
                     out.append(found)
@@ -115,7 +116,10 @@ class PeakTracker:
     def _beat(self, decided: int, value: float, r: int, *, searchback: bool) -> Beat:
         rr = 0 if self.last_r is None else r - self.last_r
         if rr:
+            if len(self.rrs) == self.rrs.maxlen:
+                self.rr_sum -= self.rrs[0]
             self.rrs.append(rr)
+            self.rr_sum += rr
         self.last_r, self.last_v = r, value
         self.noise.clear()
         conf = min(1.0, value / (2 * self.threshold)) if self.threshold > 0 else 0.0

@@ -99,6 +99,9 @@ class StreamQuality:
             for kind in ("lead_off", "flatline"):
                 self.alarms[(kind, c)] = Alarm(settings.on_windows, settings.off_windows)
         self.quiet = True  # no alarm active or counting towards a start
+        # Step lengths in samples (floats, as the expressions they stand for).
+        self.window_n = settings.sqi_window_s * d.fs
+        self.edge_n, self.match_n = EDGE_S * d.fs, round(MATCH_S * d.fs)
         self.topic_q = f"stream/{key}/quality"
         self.topic_b = f"stream/{key}/beats"
 
@@ -158,15 +161,15 @@ class StreamQuality:
 
     def _step(self, boundary: int, totals: F64) -> Step:
         """What a step needs from the stream's state as it stands at *boundary*."""
-        fs = self.d.fs
         prev_b, prev = self.snaps[-1]
         self.snaps.append((boundary, totals))
         first_b, first = self.snaps[0]
         rh = self.rhythm.at(boundary)
-        lo = boundary - self.s.sqi_window_s * fs
-        while self.b_beats and self.b_beats[0] < lo:
-            self.b_beats.popleft()
-        edge = boundary - EDGE_S * fs
+        lo = boundary - self.window_n
+        b_beats = self.b_beats
+        while b_beats and b_beats[0] < lo:
+            b_beats.popleft()
+        edge = boundary - self.edge_n
         a: list[int] = []
         for r, _ in reversed(self.rhythm.beats):
             if r < lo:
@@ -174,9 +177,9 @@ class StreamQuality:
             if r < edge:
                 a.append(r)
         a.reverse()
-        b = [r for r in self.b_beats if r < edge]
+        b = [r for r in b_beats if r < edge]
         return Step(self, boundary, boundary - first_b, boundary - prev_b, totals, prev, first,
-                    bsqi(a, b, round(MATCH_S * fs)), round(lo), self.noise.cut, bool(a or b), rh)
+                    bsqi(a, b, self.match_n), round(lo), self.noise.cut, bool(a or b), rh)
 
     def finish(self, st: Step, rows: StepRows, i: int) -> list[Event]:
         """The quality event and alert changes of step *st*, row *i* of *rows*."""
