@@ -20,6 +20,7 @@ from trio.testing import MockClock
 from protocol import Event, Hello, Priority
 from vital_actors.filtering import FilterBank, FilterSettingsError, design, run_filter
 from vital_actors.messages import Block, Filtered, Item, Publication
+from vital_actors.quality.design import sosfilt_columns
 from vital_actors.settings import FilterSettings
 from vital_actors.sources import Recording, load_record
 from vital_actors.streams import StreamInfo, StreamRegistry
@@ -322,3 +323,18 @@ async def test_run_filter_parks_when_downstream_is_full(
     assert [g.block.seq for g in got if isinstance(g, Filtered)] == list(range(6))
     assert_close(joined([g for g in got if isinstance(g, Filtered)], info),
                  offline(info, rec.samples[:360]))
+
+
+@pytest.mark.parametrize(("n", "columns", "order"), [(360, 40, "C"), (36, 7, "F"), (1, 3, "C"),
+                                                     (500, 1, "C")])
+def test_the_direct_kernel_is_scipys_sosfilt_bit_for_bit(n: int, columns: int,
+                                                         order: str) -> None:
+    rng = np.random.default_rng(n + columns)
+    for sos in (design(FilterSettings(), 360.0).sos,
+                design(FilterSettings(notch_hz=50.0), 250.0).sos):
+        x = np.asarray(rng.standard_normal((n, columns)), order=order)
+        zi = rng.standard_normal((sos.shape[0], 2, columns))
+        want_y, want_zf = scipy.signal.sosfilt(sos, x, axis=0, zi=zi)
+        y, zf = sosfilt_columns(sos, x, zi)
+        assert np.array_equal(y, want_y) and np.array_equal(zf, want_zf)
+        assert y.flags.f_contiguous == want_y.flags.f_contiguous

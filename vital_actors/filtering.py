@@ -20,6 +20,7 @@ import scipy.signal
 import trio
 
 from .messages import Block, Filtered, Item, run_batches
+from .quality.design import sosfilt_columns
 from .quality.front import joined
 from .settings import FilterSettings
 
@@ -169,7 +170,7 @@ class FilterBank:
             x = xt.T
         pack = joined(states)
         zi = pack.zi if pack is not None else np.concatenate([s.zi for s in states], 2)
-        y, zf = scipy.signal.sosfilt(sos, x, axis=0, zi=zi)
+        y, zf = sosfilt_columns(sos, x, zi)
         self.calls += 1
         if pack is not None:
             pack.zi = zf

@@ -15,7 +15,12 @@ import scipy.signal
 
 from .repeat import history_kept
 
-__all__ = ["FEATURES", "Design", "design_for"]
+try:  # scipy's compiled kernel behind sosfilt (scipy 1.x keeps it here)
+    from scipy.signal._sosfilt import _sosfilt as _kernel
+except ImportError:  # pragma: no cover - another scipy layout: the public function
+    _kernel = None
+
+__all__ = ["FEATURES", "Design", "design_for", "sosfilt_columns"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -80,3 +85,18 @@ def _group_delay(sos: F64, fs: float, hz: float) -> int:
     b, a = scipy.signal.sos2tf(sos)
     _, delay = scipy.signal.group_delay((b, a), w=[hz], fs=fs)
     return round(float(delay[0]))
+
+
+def sosfilt_columns(sos: F64, x: F64, zi: F64) -> tuple[F64, F64]:
+    """``scipy.signal.sosfilt(sos, x, axis=0, zi=zi)`` for float64 *x* (n, columns) and
+    *zi* (sections, 2, columns), bit for bit: the same compiled kernel, without the
+    wrapper's checks, axis moves and state copies (~25 µs a call, more than the
+    filtering of a 100-ms block of a few streams). Returns (y, zf) in sosfilt's
+    layouts: y (n, columns) column by column (Fortran order)."""
+    if _kernel is None:  # pragma: no cover
+        y, zf = scipy.signal.sosfilt(sos, x, axis=0, zi=zi)
+        return y, zf
+    rows = np.array(x.T, dtype=np.float64, order="C")  # the kernel filters rows in place
+    state = np.array(zi.transpose(2, 0, 1), dtype=np.float64, order="C")  # a copy
+    _kernel(sos, rows, state)
+    return rows.T, state.transpose(1, 2, 0)

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import scipy.ndimage
 import scipy.signal
 
-from .design import FEATURES, Design
+from .design import FEATURES, Design, sosfilt_columns
 
 __all__ = ["B_FACTOR", "FrontOut", "FrontState", "Member", "Pack", "StaleStateError",
            "joined", "run_front"]
@@ -242,7 +242,7 @@ def _detector_a(d: Design, old: dict[str, F64], x: F64,
     block-relative row of its R peak.
     """
     n = x.shape[0]
-    bp, new["zi_qrs"] = scipy.signal.sosfilt(d.qrs_sos, x, axis=0, zi=old["zi_qrs"])
+    bp, new["zi_qrs"] = sosfilt_columns(d.qrs_sos, x, old["zi_qrs"])
     hist = old["bp"]
     keep = hist.shape[0]
     full_bp = np.vstack([hist, bp])
@@ -344,8 +344,8 @@ def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64, new: dict[str, F64]
     stretch cut at a chunk's edge goes on from the carried total, the same additions
     in the same order."""
     n, c = mv.shape
-    bw, new["zi_bw"] = scipy.signal.sosfilt(d.bw_sos, mv, axis=0, zi=old["zi_bw"])
-    hf, new["zi_hf"] = scipy.signal.sosfilt(d.hf_sos, mv, axis=0, zi=old["zi_hf"])
+    bw, new["zi_bw"] = sosfilt_columns(d.bw_sos, mv, old["zi_bw"])
+    hf, new["zi_hf"] = sosfilt_columns(d.hf_sos, mv, old["zi_hf"])
     if not (mv.flags.f_contiguous and not mv.flags.c_contiguous):
         # sosfilt returns its own layout (F): ufuncs over mixed layouts crawl
         bw, hf = np.ascontiguousarray(bw), np.ascontiguousarray(hf)
