@@ -23,20 +23,22 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
-from protocol import Dtype, Event, Position, StreamSamples, position
+from protocol import Dtype, Event, Position, Priority, StreamSamples, position
 
 from .edge.codecs import Outgoing
 from .history import PROCESS_TOKEN, History, Ring, TopicLog, is_sample_topic, stamp
 from .lanes import LaneCounts, Lanes, State, Verdict
-from .messages import Block, Filtered, Item, Publication, take_batch
+from .messages import Block, Filtered, Item, Publication, put, take_batch
 from .settings import LaneSettings, RecoverySettings
 from .stats import Stats
-from .streams import StreamRegistry
+from .streams import StreamInfo, StreamRegistry
 
-__all__ = ["Hub", "Resume", "Subscriber", "filtered_message", "publish_filtered",
-           "raw_message", "run_broadcast", "run_hub_rates", "sample_messages"]
+__all__ = ["Hub", "Resume", "Subscriber", "admit", "announce", "filtered_message",
+           "publish_filtered", "raw_message", "run_broadcast", "run_hub_rates",
+           "sample_messages"]
 
 _ids = itertools.count(1)
 _BATCH = 256  # items the broadcaster takes from its inbox per round
@@ -318,6 +320,34 @@ def raw_message(block: Block, hub: Hub) -> StreamSamples | None:
     return StreamSamples(topic, info.id, block.seq, block.t0, info.fs, info.channels,
                          hello.dtype, hello.gain, hello.baseline, block.raw.tobytes(),
                          extra=_where(hub, block))
+
+
+async def admit(outbox: trio.MemorySendChannel[Item], live: Hub | None, stream: StreamInfo,
+                run: int, seq: int, t0: int, raw: npt.NDArray[np.generic]) -> None:
+    """Start a frame on its way as a :class:`Block`: its raw-topic message published
+    through *live* at once (the block marked so, and the broadcaster skips it), the
+    block down *outbox* for the rest. Without *live*, the broadcaster publishes raw too.
+    Parks while *outbox* is full."""
+    block = Block(stream, run, seq, t0, raw, trio.current_time(), published=live is not None)
+    if live is not None:
+        message = raw_message(block, live)
+        if message is not None:
+            live.publish(message)
+    await put(outbox, block)
+
+
+async def announce(stream: str, state: str, outbox: trio.MemorySendChannel[Item],
+                   live: Hub | None, **fields: object) -> None:
+    """A ``status`` event on ``streams`` and on the stream's raw topic: through *live*
+    (in order with raw samples published there), or down *outbox* in order with the
+    data when the broadcaster publishes raw topics."""
+    body = {"stream": stream, "state": state, **fields}
+    for topic in ("streams", f"stream/{stream}/raw"):
+        event = Event("status", topic, Priority.NORMAL, body)
+        if live is not None:
+            live.publish(event)
+        else:
+            await outbox.send(Publication(event))
 
 
 def filtered_message(item: Filtered, hub: Hub, *, filtered_dtype: str) -> StreamSamples | None:

@@ -193,7 +193,7 @@ class Server:
         board = (None if self.bus is None or s.store.dir is None
                  else RedisJobBoard(s.bus, node=self.bus.node))
         self.jobs = JobRunner(self.store, s.jobs, s.screen, board=board)
-        self.replays = Replays(self.loader, self.registry, self.stats)
+        self.replays = Replays(self.loader, self.registry, self.stats, live=self.hub)
 
     async def _recordings(self, scope: trio.CancelScope, inlet: trio.MemorySendChannel[Item],
                           progress: trio.MemorySendChannel[Item], *,

@@ -26,12 +26,10 @@ from protocol import (
     CloseCode,
     DeviceSession,
     Duplicate,
-    Event,
     Frame,
     Gap,
     PingReceived,
     Pong,
-    Priority,
     RemoteProtocolError,
     SessionEvent,
     Started,
@@ -41,11 +39,11 @@ from protocol import (
 
 from .archive import Append, ArchiveItem, Close, Durable
 from .auth import GRANT, authorize_stream
-from .broadcast import Hub, raw_message
+from .broadcast import Hub, admit, announce
 from .clock import ClockTracker
 from .edge.websocket import ConnectionClosed, WebSocket
 from .limits import TokenBucket, check_hello, idle_error, stream_cap_error
-from .messages import Block, Item, Publication, put
+from .messages import Item, put
 from .settings import LimitSettings
 from .stats import Stats
 from .streams import StreamBusyError, StreamInfo, StreamRegistry
@@ -184,13 +182,8 @@ class _Ingest:
             # and is acked once durable, even if a shutdown cancels the send below.
             self._count(info, n)
             await self._ack(frame.seq)
-        block = Block(info, info.run, frame.seq, frame.t0, frame.samples, trio.current_time(),
-                      published=self.live is not None)
-        if self.live is not None:  # the live view first: it need not wait for the pipeline
-            message = raw_message(block, self.live)
-            if message is not None:
-                self.live.publish(message)
-        await put(self.outbox, block)  # parks while the pipeline is full
+        await admit(self.outbox, self.live, info, info.run, frame.seq, frame.t0,
+                    frame.samples)  # parks while the pipeline is full
         if self.archive is None:
             self._count(info, n)
             await self._ack(frame.seq)
@@ -223,16 +216,9 @@ class _Ingest:
         await self._ack(dup.seq)  # it is here already (durable once those before it are)
 
     async def _status(self, state: str, **fields: Any) -> None:
-        """A ``status`` event, in order with the stream's data: on ``streams`` and on the
-        stream's raw topic (straight to *live* when raw samples go there too)."""
+        """A ``status`` event, in order with the stream's raw samples."""
         assert self.info is not None
-        body = {"stream": self.info.id, "state": state, **fields}
-        for topic in ("streams", f"stream/{self.info.id}/raw"):
-            event = Event("status", topic, Priority.NORMAL, body)
-            if self.live is not None:
-                self.live.publish(event)
-            else:
-                await self.outbox.send(Publication(event))
+        await announce(self.info.id, state, self.outbox, self.live, **fields)
 
     async def finish(self, *, patience: float) -> None:
         if self.info is None:

@@ -14,10 +14,11 @@ from typing import Any
 
 import trio
 
-from protocol import Event, Hello, Priority
+from protocol import Hello
 
+from .broadcast import Hub, admit, announce
 from .loader import ChunkLoader
-from .messages import Block, Item, Publication
+from .messages import Item
 from .stats import Stats
 from .streams import StreamInfo, StreamRegistry
 
@@ -53,8 +54,9 @@ class Replays:
     """The running replays. :meth:`run` owns the inlet clone they are cloned from."""
 
     def __init__(self, loader: ChunkLoader, registry: StreamRegistry, stats: Stats, *,
-                 frame_s: float = 0.1) -> None:
+                 frame_s: float = 0.1, live: Hub | None = None) -> None:
         self.loader, self.registry, self.stats = loader, registry, stats
+        self.live = live  # where raw samples and status go at once (as ingest's do)
         self.frame_s = frame_s
         self.replays: dict[str, Replay] = {}
         self._nursery: trio.Nursery | None = None
@@ -99,9 +101,9 @@ class Replays:
         with outbox, replay.scope:
             try:
                 replay.state = "playing"
-                await _status(outbox, info, "connected", fs=info.fs, run=info.run,
-                              channels=list(info.channels), next_seq=info.next_seq,
-                              device=info.hello.device)
+                await announce(info.id, "connected", outbox, self.live, fs=info.fs,
+                               run=info.run, channels=list(info.channels),
+                               next_seq=info.next_seq, device=info.hello.device)
                 try:
                     await self._play(replay, info, outbox)
                 except (OSError, KeyError, ValueError) as exc:  # the recording went away
@@ -113,7 +115,8 @@ class Replays:
                 if replay.state == "playing":
                     replay.state = "stopped"
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await _status(outbox, info, "disconnected", next_seq=info.next_seq)
+                    await announce(info.id, "disconnected", outbox, self.live,
+                                   next_seq=info.next_seq)
 
     async def _play(self, replay: Replay, info: StreamInfo,
                     outbox: trio.MemorySendChannel[Item]) -> None:
@@ -126,8 +129,9 @@ class Replays:
                     due = (info.t0 - t_first) / info.fs / replay.speed
                     await trio.sleep_until(clock0 + due)
                 frames = self.loader.read(replay.recording, start, start + size, cache=False)
-                await outbox.send(Block(info, info.run, info.next_seq, info.t0, frames,
-                                        trio.current_time()))
+                await admit(outbox, self.live, info, info.run, info.next_seq, info.t0, frames)
+                if replay.speed == 0:  # as fast as backpressure allows, yet one turn each
+                    await trio.lowlevel.checkpoint()
                 n = len(frames)
                 info.next_seq += 1
                 info.t0 += n
@@ -138,10 +142,3 @@ class Replays:
             replay.laps += 1
             if not replay.loop:
                 return
-
-
-async def _status(outbox: trio.MemorySendChannel[Item], info: StreamInfo, state: str,
-                  **fields: Any) -> None:
-    body = {"stream": info.id, "state": state, **fields}
-    for topic in ("streams", f"stream/{info.id}/raw"):
-        await outbox.send(Publication(Event("status", topic, Priority.NORMAL, body)))
