@@ -164,6 +164,33 @@ def test_a_fresh_run_resets_the_state_and_resume_keeps_it(rec: Recording) -> Non
     assert_close(joined(fresh, info), offline(info, raw[900:]))  # from rest
 
 
+def test_a_group_kept_together_follows_a_streams_new_format(rec: Recording) -> None:
+    """Three streams filtered together call after call (their states and mV scales kept
+    as one group); one comes back with another gain: a fresh run for it, from rest and
+    in its new scale, while the others go on."""
+    registry = StreamRegistry(FilterSettings())
+    infos = [registry.attach(hello(rec, k)) for k in "abc"]
+    raw = rec.samples[:N]
+    bank = FilterBank()
+    got: dict[str, list[Filtered]] = {k: [] for k in "abc"}
+    for t0 in (0, 300, 600):
+        for r in bank.apply([Block(i, i.run, t0 // 300, t0, raw[t0:t0 + 300], 0.0)
+                             for i in infos]):
+            got[r.block.stream.id].append(r)
+    b = infos[1]
+    registry.detach(b)
+    doubled = Hello("b", rec.fs, rec.channels, "int16", tuple(2 * g for g in rec.gain),
+                    tuple(float(x) for x in rec.baseline))
+    assert registry.attach(doubled) is b and b.run == 1
+    for t0 in (900, 1200):
+        for r in bank.apply([Block(i, i.run, t0 // 300, t0 - 900 * (i is b), raw[t0:t0 + 300],
+                                   0.0) for i in infos]):
+            got[r.block.stream.id].append(r)
+    for info in (infos[0], infos[2]):
+        assert_close(joined(got[info.id], info), offline(info, raw[:1500]))
+    assert_close(joined(got["b"][3:], b), offline(b, raw[900:1500]))  # half the mV
+
+
 def test_forget_drops_a_streams_state(rec: Recording) -> None:
     info = StreamRegistry(FilterSettings()).attach(hello(rec, "a"))
     raw = rec.samples[:N]

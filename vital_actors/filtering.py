@@ -93,6 +93,8 @@ class _Zi:
 
     zi: F64
     streams: int
+    scale: F64 | None = None  # the streams' mV scales and offsets as one column each
+    offset: F64 | None = None  # (made on the group's second call, then kept)
 
 
 @dataclass(slots=True, eq=False)
@@ -153,22 +155,27 @@ class FilterBank:
                       out: list[F64 | None], versions: list[int]) -> None:
         states = [self._state_for(blocks[i]) for i in members]
         sos = blocks[members[0]].stream.filter.sos
+        pack = joined(states)
         if len(members) == 1:
             x = _to_mv(blocks[members[0]])
         else:  # to mV in one pass for the group: the same operations per sample,
             # stored column by column (Fortran order): the layout sosfilt works in, and
             # one in which the quality chain joins the streams' columns again cheaply
             # (built transposed, (channels, n) in C order: the cheapest way there)
-            infos = [blocks[i].stream for i in members]
             raws = [blocks[i].raw.T for i in members]
             raw = np.empty((sum(r.shape[0] for r in raws), raws[0].shape[1]),
                            np.result_type(*(r.dtype for r in raws)))
             np.concatenate(raws, axis=0, out=raw)
-            xt = np.multiply(raw, np.concatenate([info.scale for info in infos])[:, None],
-                             dtype=np.float64)
-            xt -= np.concatenate([info.offset for info in infos])[:, None]
+            scale, offset = (pack.scale, pack.offset) if pack is not None else (None, None)
+            if scale is None or offset is None:
+                infos = [blocks[i].stream for i in members]
+                scale = np.concatenate([info.scale for info in infos])[:, None]
+                offset = np.concatenate([info.offset for info in infos])[:, None]
+                if pack is not None:  # the same streams again: keep them
+                    pack.scale, pack.offset = scale, offset
+            xt = np.multiply(raw, scale, dtype=np.float64)
+            xt -= offset
             x = xt.T
-        pack = joined(states)
         zi = pack.zi if pack is not None else np.concatenate([s.zi for s in states], 2)
         y, zf = sosfilt_columns(sos, x, zi)
         self.calls += 1
