@@ -14,7 +14,8 @@ import scipy.signal
 from vital_actors import processing
 from vital_actors.filtering import design
 from vital_actors.processing import Processing, read_checkpoint, sosfilt_inplace
-from vital_actors.settings import FilterSettings
+from vital_actors.quality import chain
+from vital_actors.settings import FilterSettings, ScreenSettings
 from vital_actors.store import Meta, RecordingStore
 from vital_actors.store.pyramid import minmax, reduce
 
@@ -59,6 +60,30 @@ def _run(work: Processing, store: RecordingStore, rec_id: str) -> Meta:
     while not work.done:
         work.step()
     return work.commit(store, rec_id)
+
+
+def test_a_checkpoint_from_code_that_keeps_other_state_starts_the_job_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quality chain pickled by older code refuses to resume (StaleStateError): the
+    job starts over from frame 0, to the same bytes, instead of failing."""
+    store = RecordingStore(tmp_path / "store")
+    meta = _recording(store, 30_000)
+    args: dict[str, Any] = {"job_id": "j", "chunk_frames": 4096,
+                            "filter_settings": FilterSettings(),
+                            "screen_settings": ScreenSettings()}
+    whole = _run(Processing(tmp_path / "a", store.reader(meta.id), **args), store, "whole")
+    jobdir = tmp_path / "b"
+    work = Processing(jobdir, store.reader(meta.id), **args)
+    for _ in range(4):
+        work.step()
+    work.close()
+    monkeypatch.setattr(chain, "STATE_FORMAT", chain.STATE_FORMAT + 1)  # newer code now
+    again = Processing(jobdir, store.reader(meta.id), **args)
+    assert again.next_frame == 0
+    resumed = _run(again, store, "again")
+    for name in ("samples.bin", "pyr0.bin"):
+        assert (store.path(whole.id) / name).read_bytes() == \
+            (store.path(resumed.id) / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("damage", ["torn", "flipped", "empty"])

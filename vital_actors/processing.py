@@ -34,7 +34,7 @@ import scipy.signal
 from protocol import Event
 
 from .filtering import design
-from .quality import QualityChain
+from .quality.chain import QualityChain, StaleStateError
 from .settings import FilterSettings, ScreenSettings
 from .store import Meta, Reader, RecordingStore, Writer, WriterState
 
@@ -169,6 +169,12 @@ class Processing:
         self._base = np.asarray(meta.baseline, dtype=np.float64)
         out = jobdir / "out"
         saved = self._load()
+        restored: tuple[Any, Any] | None = None
+        if saved is not None:
+            try:
+                restored = pickle.loads(saved["state"])
+            except StaleStateError:  # pickled by code that keeps other state: start over
+                saved = None
         if saved is None:
             self.next_frame = 0
             self.zi = np.zeros((self.sos.shape[0], len(meta.channels), 2))
@@ -176,8 +182,9 @@ class Processing:
             state, pending, events_bytes = WriterState(), None, 0
             shutil.rmtree(out, ignore_errors=True)
         else:
+            assert restored is not None
             self.next_frame = saved["next_frame"]
-            self.zi, self.screening = pickle.loads(saved["state"])
+            self.zi, self.screening = restored
             state, pending = WriterState.model_validate(saved["writer"]), saved["pending"]
             events_bytes = saved["events_bytes"]
         n = len(meta.channels)
