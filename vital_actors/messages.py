@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 __all__ = ["Block", "Filtered", "Item", "Publication", "put", "run_batches", "take_batch"]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+# Block and Filtered are made once per frame on the hot path and never changed after;
+# not frozen, because a frozen dataclass sets each field through object.__setattr__
+# (1.2 against 0.25 µs a construction, measured).
+@dataclass(slots=True, eq=False)
 class Block:
     """One accepted device frame, in the device's dtype, shape (n, channels)."""
 
@@ -37,7 +40,7 @@ class Block:
         return int(self.raw.shape[0])
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Filtered:
     """A block with its signal in mV (``mv``) and filtered (``filtered``), both float64."""
 
