@@ -12,6 +12,10 @@ redis-server per message, local against cross, in alternating rounds (fresh stre
 round) so that a busy machine weighs on both alike; medians over the rounds.
 
     python -m loadtests.bench_bus_cross [--streams 75] [--ticks 50] [--rounds 3] [--linger S]
+
+``--per-call`` measures coredis instead: the CPU of one publisher script call (EVALSHA
+of a 4-message bundle, one round trip at a time), then of the same with each bundle
+also received through coredis's pub/sub reader in this process.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 import trio
@@ -28,6 +33,8 @@ import trio
 import protocol as P
 from vital_actors.broadcast import Subscriber
 from vital_actors.bus import BusHub, RedisBus
+from vital_actors.bus.bundle import pack_bundle
+from vital_actors.bus.redis import _PUBLISH, _SHA, client_for
 from vital_actors.settings import BusSettings, FilterSettings, LaneSettings
 from vital_actors.stats import Stats
 from vital_actors.streams import StreamRegistry
@@ -113,6 +120,36 @@ async def _run(args: argparse.Namespace, url: str, redis: psutil.Process) -> Non
     print(f"load average {os.getloadavg()}")
 
 
+async def _per_call(url: str, calls: int) -> None:
+    """CPU µs per publisher script call, and per call with its bundle received."""
+    args: list[Any] = [10_000, 60_000, "vital:live:x",
+                       pack_bundle([("stream/a/raw", bytes(300))] * 4)]
+    async with client_for(url) as client, client_for(url) as reader:
+        await client.script_load(_PUBLISH)
+
+        async def publish() -> None:
+            for _ in range(calls):
+                await client.evalsha(_SHA[_PUBLISH], keys=[], args=args)
+
+        c0 = time.process_time()
+        await publish()
+        alone = (time.process_time() - c0) / calls * 1e6
+        async with reader.pubsub(patterns=["vital:live:*"],
+                                 ignore_subscribe_messages=True) as pubsub:
+            c0, got = time.process_time(), 0
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish)
+                async for _ in pubsub:
+                    got += 1
+                    if got == calls:
+                        break
+            both = (time.process_time() - c0) / calls * 1e6
+    print(f"EVALSHA, one round trip at a time: {alone:.0f} µs CPU per call; with each "
+          f"bundle received through coredis pub/sub: {both:.0f} µs per call "
+          f"(receiving: {both - alone:.0f})")
+    print(f"load average {os.getloadavg()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--streams", type=int, default=75)
@@ -121,9 +158,13 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=20, help="bursts per tick")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--linger", type=float, help="bus.publish_linger_s (s)")
+    parser.add_argument("--per-call", action="store_true", help="coredis's cost per call")
     args = parser.parse_args()
     with redis_server() as (url, redis):
-        trio.run(_run, args, url, redis)
+        if args.per_call:
+            trio.run(_per_call, url, 3000)
+        else:
+            trio.run(_run, args, url, redis)
 
 
 if __name__ == "__main__":
