@@ -62,21 +62,28 @@ def _run(work: Processing, store: RecordingStore, rec_id: str) -> Meta:
     return work.commit(store, rec_id)
 
 
-def test_a_checkpoint_from_code_that_keeps_other_state_starts_the_job_over(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A quality chain pickled by older code refuses to resume (StaleStateError): the
-    job starts over from frame 0, to the same bytes, instead of failing."""
+def _whole_and_cut(tmp_path: Path, screen: ScreenSettings | None
+                   ) -> tuple[RecordingStore, Meta, dict[str, Any], Meta, Path]:
+    """A recording processed whole (in ``a``), and the same job stopped after four
+    chunks with its checkpoint (in ``b``): store, recording, job args, result, jobdir."""
     store = RecordingStore(tmp_path / "store")
     meta = _recording(store, 30_000)
     args: dict[str, Any] = {"job_id": "j", "chunk_frames": 4096,
-                            "filter_settings": FilterSettings(),
-                            "screen_settings": ScreenSettings()}
+                            "filter_settings": FilterSettings(), "screen_settings": screen}
     whole = _run(Processing(tmp_path / "a", store.reader(meta.id), **args), store, "whole")
     jobdir = tmp_path / "b"
     work = Processing(jobdir, store.reader(meta.id), **args)
     for _ in range(4):
         work.step()
     work.close()
+    return store, meta, args, whole, jobdir
+
+
+def test_a_checkpoint_from_code_that_keeps_other_state_starts_the_job_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quality chain pickled by older code refuses to resume (StaleStateError): the
+    job starts over from frame 0, to the same bytes, instead of failing."""
+    store, meta, args, whole, jobdir = _whole_and_cut(tmp_path, ScreenSettings())
     monkeypatch.setattr(chain, "STATE_FORMAT", chain.STATE_FORMAT + 1)  # newer code now
     again = Processing(jobdir, store.reader(meta.id), **args)
     assert again.next_frame == 0
@@ -89,16 +96,7 @@ def test_a_checkpoint_from_code_that_keeps_other_state_starts_the_job_over(
 @pytest.mark.parametrize("damage", ["torn", "flipped", "empty"])
 def test_a_checkpoint_that_is_not_whole_starts_the_job_over_to_the_same_bytes(
         tmp_path: Path, damage: str) -> None:
-    store = RecordingStore(tmp_path / "store")
-    meta = _recording(store, 30_000)
-    args: dict[str, Any] = {"job_id": "j", "chunk_frames": 4096,
-                            "filter_settings": FilterSettings(), "screen_settings": None}
-    whole = _run(Processing(tmp_path / "a", store.reader(meta.id), **args), store, "whole")
-    jobdir = tmp_path / "b"
-    work = Processing(jobdir, store.reader(meta.id), **args)
-    for _ in range(4):
-        work.step()
-    work.close()
+    store, meta, args, whole, jobdir = _whole_and_cut(tmp_path, None)
     ckpt = jobdir / "checkpoint.pkl"
     raw = ckpt.read_bytes()
     assert read_checkpoint(raw) is not None
