@@ -29,6 +29,7 @@ from protocol import (
     StreamSamples,
     Welcome,
 )
+from vital_actors.archive import Append, ArchiveItem, Close
 from vital_actors.broadcast import Hub
 from vital_actors.ingest import run_ingest
 from vital_actors.messages import Block, Item, Publication
@@ -204,6 +205,40 @@ async def test_live_view_does_not_wait_for_the_pipeline(
         await rig.done.wait()
     status = sub.lanes.take_nowait().message
     assert isinstance(status, Event) and status.body["state"] == "disconnected"
+
+
+async def test_shutdown_with_acks_pending_to_a_device_that_is_gone_ends_cleanly(
+        rec: Recording, autojump_clock: MockClock) -> None:
+    """At shutdown ingest acks what the archive made durable; a device whose transport
+    is already gone cannot get them, and that must not crash the server (it resends and
+    is answered with duplicates on its next connection). The run is still closed."""
+    ws, client = await open_pair()
+    tx, _pipeline = trio.open_memory_channel[Item](8)
+    arch_tx, arch_rx = trio.open_memory_channel[ArchiveItem](8)
+    registry, stats = StreamRegistry(FilterSettings()), Stats()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            serving = trio.CancelScope()
+
+            async def serve() -> None:
+                with serving:
+                    await run_ingest(ws, tx, registry=registry, stats=stats, archive=arch_tx)
+
+            nursery.start_soon(serve)
+            await client.send(hello_for(rec))
+            assert isinstance(await client.receive(), Welcome)
+            await client.send(frame(rec, 0))
+            append = await arch_rx.receive()
+            assert isinstance(append, Append) and append.seq == 0
+            assert isinstance(client.stream, trio.StapledStream)
+            await client.stream.receive_stream.aclose()  # the device is gone (no EOF read)
+            serving.cancel()  # shutdown
+            await trio.testing.wait_all_tasks_blocked()
+            append.durable.advance(0, append.n)  # the archive syncs: the ack is due
+            closed = await arch_rx.receive()  # the run is closed all the same
+            assert isinstance(closed, Close) and closed.stream == "dev1"
+    info = registry.get("dev1")
+    assert info is not None and not info.connected
 
 
 async def test_ping_gets_pong(rec: Recording, autojump_clock: MockClock) -> None:

@@ -229,11 +229,13 @@ class _Ingest:
         if self.registry.owner is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(patience):
                 await self.registry.owner.release(info)
-        with trio.CancelScope(shield=True), trio.move_on_after(patience):
+        with trio.CancelScope(shield=True), trio.move_on_after(patience), \
+                contextlib.suppress(ConnectionClosed):  # gone: it resends, we answer dup
             if self.ws.closed is None and self.pending:  # e.g. shutdown: flush, then ack
                 await self.durable.wait_beyond(self.pending[-1] - 1)
-                while self.pending:
-                    await self.ws.send(Ack(self.pending.popleft()))
+                acks = [Ack(seq) for seq in self.pending]
+                self.pending.clear()
+                await self.ws.send_many(acks)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             if self.archive is not None:
                 await self.archive.send(Close(info.id, info.run))
