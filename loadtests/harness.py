@@ -10,11 +10,13 @@ A progress line is printed every second while it runs.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -141,6 +143,28 @@ def _dropped(stats: dict[str, Any] | None) -> int:
     return sum(v for v in dropped.values() if isinstance(v, int))
 
 
+#: The generator's collector while it measures: as the server's (``server.gc_thresholds``).
+GC_THRESHOLDS = (10_000, 20, 100)
+
+
+@contextmanager
+def steady_collector() -> Iterator[None]:
+    """The generator's own garbage collections must not show up as latency: with
+    CPython's default thresholds its full collections took 14-50 ms (a gc.callbacks
+    probe in the harness at N = 150), stalling every read meanwhile. While measuring,
+    what exists is frozen (the plan, the book) and the collector runs less often; both
+    are undone after the run."""
+    before = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 async def run_scenario(target: Target, devices: int, recordings: Sequence[Recording],
                        scenario: Scenario, *, log: Path, clients: str = "lean") -> Outcome:
     """Run *target* under *devices* devices and their subscribers, played by the
@@ -155,29 +179,30 @@ async def run_scenario(target: Target, devices: int, recordings: Sequence[Record
         planned = timing.sending_s + load.ramp_s + timing.grace_s
         recording = (await _upload_for_jobs(target, port, load.job_minutes) if load.jobs
                      else None)
-        async with trio.open_nursery() as idle:
-            done = trio.Event()
-            idle_kb = await _idle_kb_each(target, port, meter, load.idle_subscribers, idle, done,
-                                          clients)
-            with trio.fail_after(planned + STUCK_AFTER_S + 0.05 * load.idle_subscribers):
-                async with trio.open_nursery() as nursery:
-                    started = trio.Event()
-                    nursery.start_soon(partial(run_load, plan, book, grace_s=timing.grace_s,
-                                               churn_recording=recordings[0],
-                                               on_start=started))
-                    await started.wait()
-                    if recording is not None:
-                        await _start_jobs(port, recording, load.jobs)
-                    start = book.t0 + timing.warmup_s + load.ramp_s
-                    nursery.start_soon(meter.measure, start, start + timing.measure_s)
-                    nursery.start_soon(meter.track, book.t0, book.deadline)
-                    nursery.start_soon(_progress, book, plan, meter, book.deadline,
-                                       f"{target.name} N={devices}")
-                    await trio.sleep_until(start + timing.measure_s + timing.tail_s)
-                    stats = await _server_stats(target, port)
-                    if stats is not None and recording is not None:
-                        stats["jobs"] = (await get_json(port, "/api/v1/jobs"))["jobs"]
-            done.set()
+        with steady_collector():
+            async with trio.open_nursery() as idle:
+                done = trio.Event()
+                idle_kb = await _idle_kb_each(target, port, meter, load.idle_subscribers,
+                                              idle, done, clients)
+                with trio.fail_after(planned + STUCK_AFTER_S + 0.05 * load.idle_subscribers):
+                    async with trio.open_nursery() as nursery:
+                        started = trio.Event()
+                        nursery.start_soon(partial(run_load, plan, book, grace_s=timing.grace_s,
+                                                   churn_recording=recordings[0],
+                                                   on_start=started))
+                        await started.wait()
+                        if recording is not None:
+                            await _start_jobs(port, recording, load.jobs)
+                        start = book.t0 + timing.warmup_s + load.ramp_s
+                        nursery.start_soon(meter.measure, start, start + timing.measure_s)
+                        nursery.start_soon(meter.track, book.t0, book.deadline)
+                        nursery.start_soon(_progress, book, plan, meter, book.deadline,
+                                           f"{target.name} N={devices}")
+                        await trio.sleep_until(start + timing.measure_s + timing.tail_s)
+                        stats = await _server_stats(target, port)
+                        if stats is not None and recording is not None:
+                            stats["jobs"] = (await get_json(port, "/api/v1/jobs"))["jobs"]
+                done.set()
     return _outcome(target, plan, book, meter, scenario, stats, idle_kb)
 
 
