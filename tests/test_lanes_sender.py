@@ -24,7 +24,7 @@ from protocol import (
     ServerMessage,
     server_frame,
 )
-from vital_actors.broadcast import Hub, Subscriber
+from vital_actors.broadcast import Hub, Subscriber, run_hub_rates
 from vital_actors.edge.websocket import WebSocket
 from vital_actors.settings import FilterSettings, LaneSettings
 from vital_actors.stats import Stats
@@ -139,6 +139,7 @@ async def test_a_busy_subscriber_lingers_so_one_write_carries_several_messages(
                 got.append(await client.receive())
 
         nursery.start_soon(read)
+        await nursery.start(partial(run_hub_rates, hub, interval=1.0))  # as the server
         start = trio.current_time()
         for k in range(2000):  # 1 kHz for two seconds
             await trio.sleep_until(start + k / 1000)

@@ -11,6 +11,7 @@ stale, so send an ``error`` and close with 1013 at once).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -70,7 +71,8 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
             nursery.start_soon(_read_control, ws, hub, sub, stats, registry, nursery)
             ending = await run_sender(ws, sub.lanes, stats,
                                       grace_s=hub.settings.flush_grace_s,
-                                      linger=Linger.of(hub.settings))
+                                      linger=Linger.of(hub.settings),
+                                      rate=lambda: sub.rate)
             nursery.cancel_scope.cancel()
     finally:
         hub.remove(sub)
@@ -91,35 +93,23 @@ class Linger:
     """When a sender waits for more before it writes (``lanes.write_linger_*``)."""
 
     seconds: float = 0.0
-    above: float = 0.0  # messages/s over the last second
+    above: float = 0.0  # messages/s (the hub's rate of the subscriber, Subscriber.rate)
 
     @classmethod
     def of(cls, settings: LaneSettings) -> Linger:
         return cls(settings.write_linger_ms / 1000, settings.write_linger_above)
 
 
-class _Rate:
-    """Messages written in the current and the last whole second (trio clock)."""
-
-    def __init__(self) -> None:
-        self.second, self.current, self.last = 0, 0, 0
-
-    def add(self, n: int, now: float) -> None:
-        second = int(now)
-        if second != self.second:
-            self.last = self.current if second == self.second + 1 else 0
-            self.second, self.current = second, 0
-        self.current += n
-
-
 async def run_sender(ws: WebSocket, lanes: Lanes, stats: Stats, *, grace_s: float,
-                     linger: Linger = Linger()) -> Ending:
+                     linger: Linger = Linger(), rate: Callable[[], float] = lambda: 0.0
+                     ) -> Ending:
     """Write what *lanes* hold onto *ws*, most urgent first, until they end.
 
-    A busy subscriber (more than ``linger.above`` messages in the last second: a wall
-    on every stream) waits ``linger.seconds`` after the message that woke it, unless
-    that one is CRITICAL, so that one write carries what arrives meanwhile: the
-    syscall and the wake-up, not the bytes, are what a write costs.
+    A busy subscriber (*rate*, its messages/s as the hub last measured them, above
+    ``linger.above``: a wall on every stream) waits ``linger.seconds`` after the
+    message that woke it, unless that one is CRITICAL, so that one write carries what
+    arrives meanwhile: the syscall and the wake-up, not the bytes, are what a write
+    costs.
 
     Once the lanes end (eviction or shutdown), the writes still to do get *grace_s*
     seconds: enough for a reading client, so that the ``error`` or the close follows,
@@ -128,13 +118,12 @@ async def run_sender(ws: WebSocket, lanes: Lanes, stats: Stats, *, grace_s: floa
     """
     totals = stats.totals
     ending = Ending.ABORTED
-    rate = _Rate()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_abort_when_stuck, lanes, grace_s, nursery.cancel_scope)
         try:
             while True:
                 first = await lanes.take()
-                if (linger.seconds and rate.last > linger.above and lanes.depth == 0
+                if (linger.seconds and rate() > linger.above and lanes.depth == 0
                         and first.priority is not Priority.CRITICAL and not lanes.closed):
                     await trio.sleep(linger.seconds)
                 batch = _batch(first, lanes)
@@ -145,7 +134,6 @@ async def run_sender(ws: WebSocket, lanes: Lanes, stats: Stats, *, grace_s: floa
                     totals.bytes_out += len(frame)
                     totals.samples_out += _samples(out.message)
                 totals.messages_out += len(batch)
-                rate.add(len(batch), trio.current_time())
         except trio.EndOfChannel:
             ending = Ending.DRAINED if lanes.evicted is None else Ending.EVICTED
         except ConnectionClosed:
