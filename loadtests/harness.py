@@ -10,13 +10,11 @@ A progress line is printed every second while it runs.
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +23,8 @@ from typing import Any
 import numpy as np
 import trio
 
+from vital_actors.lag import steady_collector
+from vital_actors.settings import ServerSettings
 from vital_actors.sources import Recording, data_dir, list_records, load_record, synthetic_ecg
 
 from .clients import Book, Plan, connect_idle, make_plan, run_load
@@ -143,28 +143,6 @@ def _dropped(stats: dict[str, Any] | None) -> int:
     return sum(v for v in dropped.values() if isinstance(v, int))
 
 
-#: The generator's collector while it measures: as the server's (``server.gc_thresholds``).
-GC_THRESHOLDS = (10_000, 20, 100)
-
-
-@contextmanager
-def steady_collector() -> Iterator[None]:
-    """The generator's own garbage collections must not show up as latency: with
-    CPython's default thresholds its full collections took 14-50 ms (a gc.callbacks
-    probe in the harness at N = 150), stalling every read meanwhile. While measuring,
-    what exists is frozen (the plan, the book) and the collector runs less often; both
-    are undone after the run."""
-    before = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
-
-
 async def run_scenario(target: Target, devices: int, recordings: Sequence[Recording],
                        scenario: Scenario, *, log: Path, clients: str = "lean") -> Outcome:
     """Run *target* under *devices* devices and their subscribers, played by the
@@ -179,7 +157,7 @@ async def run_scenario(target: Target, devices: int, recordings: Sequence[Record
         planned = timing.sending_s + load.ramp_s + timing.grace_s
         recording = (await _upload_for_jobs(target, port, load.job_minutes) if load.jobs
                      else None)
-        with steady_collector():
+        with steady_collector(ServerSettings().gc_thresholds):  # as the server's
             async with trio.open_nursery() as idle:
                 done = trio.Event()
                 idle_kb = await _idle_kb_each(target, port, meter, load.idle_subscribers,

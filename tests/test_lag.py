@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import trio
 import trio.testing
 
-from vital_actors.lag import LoopLag, run_lag_probe
+from vital_actors.lag import LoopLag, run_lag_probe, steady_collector
 
 
 def test_summary_of_known_lags() -> None:
@@ -42,3 +43,13 @@ async def test_blocking_work_shows_as_lag() -> None:
         await trio.sleep(0.06)
         nursery.cancel_scope.cancel()
     assert lag.summary().max_ms >= 60
+
+
+def test_a_steady_collector_freezes_and_collects_less_often_then_undoes_both() -> None:
+    """What the server does once serving, and the load generator while it measures."""
+    before = gc.get_threshold()
+    assert before != (12345, 6, 78)
+    with steady_collector((12345, 6, 78)):
+        assert gc.get_threshold() == (12345, 6, 78)
+        assert gc.get_freeze_count() > 10_000  # modules, numpy, the tests' objects
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 
-from loadtests.harness import GC_THRESHOLDS, steady_collector
 from loadtests.scenario import ScenarioError, parse_scenario
 
 
@@ -22,13 +19,3 @@ def test_unknown_client_stacks_are_refused(clients: object) -> None:
     with pytest.raises(ScenarioError, match="clients must be a non-empty list"):
         parse_scenario({"targets": ["relay"], "devices": [1], "clients": clients}, name="x")
 
-
-def test_the_generator_measures_with_a_steady_collector() -> None:
-    """While a run measures, the harness's start-up objects are frozen and its collector
-    runs as the server's does; both are undone afterwards."""
-    before = gc.get_threshold()
-    assert before != GC_THRESHOLDS
-    with steady_collector():
-        assert gc.get_threshold() == GC_THRESHOLDS
-        assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import trio
@@ -12,30 +13,22 @@ from vital_actors import cli
 from vital_actors.settings import Settings
 
 
-@pytest.fixture
-def restore_gc() -> Iterator[None]:
-    """serve() tunes this process's collector: put it back afterwards."""
-    before = gc.get_threshold()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
-
-
 async def test_serving_freezes_the_start_up_heap_and_sets_the_gc_thresholds(
-        restore_gc: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.model_validate({"server": {"port": 0, "gc_thresholds": [12345, 6, 78]},
                                         "archive": {"enabled": False}})
-    assert gc.get_threshold() != (12345, 6, 78)
+    before = gc.get_threshold()
+    assert before != (12345, 6, 78)
     tuned = trio.Event()
-    real = cli._freeze_heap
+    real = cli.steady_collector
 
-    def spy(thresholds: tuple[int, int, int]) -> None:
-        real(thresholds)
-        tuned.set()
+    @contextmanager
+    def spy(thresholds: tuple[int, int, int]) -> Iterator[None]:
+        with real(thresholds):
+            tuned.set()
+            yield
 
-    monkeypatch.setattr(cli, "_freeze_heap", spy)
+    monkeypatch.setattr(cli, "steady_collector", spy)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: cli.serve(settings, banner=False))
@@ -43,3 +36,4 @@ async def test_serving_freezes_the_start_up_heap_and_sets_the_gc_thresholds(
             assert gc.get_threshold() == (12345, 6, 78)
             assert gc.get_freeze_count() > 10_000  # modules, numpy, scipy, the app
             nursery.cancel_scope.cancel()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0  # undone on return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import gc
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,6 +17,7 @@ from .auth import AuthConfigError, add_token_command, token_command
 from .bus import default_node_id
 from .clients import StreamSummary, run_devices, run_summary
 from .graph import Server
+from .lag import steady_collector
 from .settings import Settings, SettingsError, load_settings
 from .sources import Recording, data_dir, list_records, load_record, synthetic_ecg
 
@@ -59,31 +60,16 @@ async def serve(settings: Settings, *, devices: list[tuple[str, Recording]] | No
         server = Server(settings)
     except AuthConfigError as exc:
         raise SystemExit(f"refusing to start: {exc}") from None
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        _freeze_heap(settings.server.gc_thresholds)
-        nursery.start_soon(_until_signal, server)
-        if banner:
-            print(f"vital-actors serving on {server.url}  (ws: {_ws_url(server.url)}/v1/ingest, "
-                  "/v1/subscribe)", flush=True)
-        if devices:
-            nursery.start_soon(_simulate_until_stop, server, devices)
-
-
-def _freeze_heap(thresholds: tuple[int, int, int]) -> None:
-    """Move everything alive after start-up (modules, numpy, scipy, the app) out of the
-    collector's reach. A full collection then scans only what the running server made:
-    with 200 devices and 200 subscribers, gen-2 pauses went from 25-43 ms to 10-21 ms
-    (measured with gc.callbacks in the server under ``python -m loadtests.run``).
-
-    Then collect less often (``server.gc_thresholds``): most of what the live path
-    allocates lives a few ms (blocks, messages, coroutines), so with a gen-0 threshold of
-    10,000 it is mostly freed by reference counting before a collection ever sees it,
-    and little reaches the older generations. At 150 devices the collector's CPU fell
-    from 1.2 s to 0.24 s per run, and full collections from 14 to 1."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*thresholds)
+    with contextlib.ExitStack() as serving:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            serving.enter_context(steady_collector(settings.server.gc_thresholds))
+            nursery.start_soon(_until_signal, server)
+            if banner:
+                print(f"vital-actors serving on {server.url}  "
+                      f"(ws: {_ws_url(server.url)}/v1/ingest, /v1/subscribe)", flush=True)
+            if devices:
+                nursery.start_soon(_simulate_until_stop, server, devices)
 
 
 async def _simulate_until_stop(server: Server, devices: list[tuple[str, Recording]]) -> None:
