@@ -325,10 +325,10 @@ def raw_message(block: Block, hub: Hub) -> StreamSamples | None:
 async def admit(outbox: trio.MemorySendChannel[Item], live: Hub | None, stream: StreamInfo,
                 run: int, seq: int, t0: int, raw: npt.NDArray[np.generic]) -> None:
     """Start a frame on its way as a :class:`Block`: its raw-topic message published
-    through *live* at once (the block marked so, and the broadcaster skips it), the
-    block down *outbox* for the rest. Without *live*, the broadcaster publishes raw too.
-    Parks while *outbox* is full."""
-    block = Block(stream, run, seq, t0, raw, trio.current_time(), published=live is not None)
+    through *live* at once, the block down *outbox* for the rest. Without *live* (a
+    pipeline whose broadcaster publishes raw topics, ``run_broadcast(raw=True)``), only
+    the latter. Parks while *outbox* is full."""
+    block = Block(stream, run, seq, t0, raw, trio.current_time())
     if live is not None:
         message = raw_message(block, live)
         if message is not None:
@@ -372,14 +372,14 @@ def publish_filtered(hub: Hub, item: Filtered, *, filtered_dtype: str) -> None:
         hub.publish(message)
 
 
-def sample_messages(item: Filtered, hub: Hub, *, filtered_dtype: str,
+def sample_messages(item: Filtered, hub: Hub, *, filtered_dtype: str, raw: bool = True,
                     filtered: bool = True) -> Iterator[StreamSamples]:
-    """The raw (unless ingest published it already) and, with *filtered*, the filtered
-    ``samples`` messages of a block, for topics someone follows."""
-    if not item.block.published:
-        raw = raw_message(item.block, hub)
-        if raw is not None:
-            yield raw
+    """The raw and the filtered ``samples`` messages of a block (each if asked for), for
+    topics someone follows."""
+    if raw:
+        message = raw_message(item.block, hub)
+        if message is not None:
+            yield message
     if filtered:
         message = filtered_message(item, hub, filtered_dtype=filtered_dtype)
         if message is not None:
@@ -391,13 +391,15 @@ async def run_broadcast(
     *,
     hub: Hub,
     filtered_dtype: str,
+    raw: bool = True,
     filtered: bool = True,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Fan out everything from *inbox*; with *filtered* False the filtered topics are
-    not published here (the filter stage does, :func:`publish_filtered`). When it
-    ends, close every subscriber's lanes, so their connections flush what they hold
-    and close: shutdown flows downstream."""
+    """Fan out everything from *inbox*. With *raw* or *filtered* False those sample
+    topics are not published here: in the server ingest and replays publish raw ones
+    (:func:`admit`) and the filter stage filtered ones (:func:`publish_filtered`), as
+    soon as they exist. When it ends, close every subscriber's lanes, so their
+    connections flush what they hold and close: shutdown flows downstream."""
     with inbox:
         task_status.started()
         while True:
@@ -408,7 +410,7 @@ async def run_broadcast(
             for item in batch:
                 if isinstance(item, Filtered):
                     for message in sample_messages(item, hub, filtered_dtype=filtered_dtype,
-                                                   filtered=filtered):
+                                                   raw=raw, filtered=filtered):
                         hub.publish(message)
                 elif isinstance(item, Publication):
                     hub.publish(item.message)

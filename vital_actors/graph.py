@@ -131,7 +131,8 @@ class Server:
                                          settings=s.screen, max_batch=s.buffers.max_batch,
                                          linger=s.buffers.linger_ms / 1000))
                 await root.start(partial(run_broadcast, screened_rx, hub=self.hub,
-                                         filtered_dtype=s.filtered_dtype, filtered=False))
+                                         filtered_dtype=s.filtered_dtype, raw=False,
+                                         filtered=False))
                 bus = trio.CancelScope()
                 if self.bus is not None:
                     await root.start(_cancellable, bus, self.bus.run, self.hub, self.registry)

@@ -31,9 +31,6 @@ class Block:
     t0: int
     raw: npt.NDArray[np.generic]
     received: float  # trio.current_time() when ingest accepted it
-    #: Its raw topic's message is out already: ingest published it on arrival (the live
-    #: view does not wait behind filtering and screening); the broadcaster skips it.
-    published: bool = False
 
     @property
     def n(self) -> int:
