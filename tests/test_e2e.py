@@ -84,12 +84,13 @@ def decode(ms: list[P.StreamSamples]) -> np.ndarray[Any, Any]:
 
 
 async def send_all_frames(ws: WebSocketConnection, samples: np.ndarray[Any, Any],
-                          sizes: list[int]) -> None:
-    """Send frames while reading acks; return when the last one is acknowledged."""
-    last = len(sizes) - 1
+                          sizes: list[int], *, first: int = 0) -> None:
+    """Send frames (numbered from *first*) while reading acks; return when the last
+    one is acknowledged."""
+    last = first + len(sizes) - 1
     async with trio.open_nursery() as nursery:
         async def send() -> None:
-            for seq, chunk in enumerate(frames(samples, sizes)):
+            for seq, chunk in enumerate(frames(samples, sizes), start=first):
                 data = np.ascontiguousarray(chunk, "<i2").tobytes()
                 await ws.send_message(P.encode(P.Samples(seq, len(chunk), data)))
         nursery.start_soon(send)

@@ -146,6 +146,33 @@ async def test_the_stored_bytes_after_a_cut_are_a_prefix_of_the_source(
     assert stored == data[:kept]
 
 
+async def test_a_patch_taken_over_while_its_client_still_sends_is_told_409(
+        server: Server) -> None:
+    port = server.port or 0
+    x, data = _npy(3_000_000)  # 12 MB: 9 MB before the takeover is one fsync (8 MB)
+    where = await _create(port, data)
+    conn = h11.Connection(h11.CLIENT)
+    old = await trio.open_tcp_stream("127.0.0.1", port)
+    async with old:
+        await old.send_all(conn.send(h11.Request(method="PATCH", target=where, headers=[
+            ("host", "127.0.0.1"), ("connection", "close"),
+            ("content-length", str(len(data))), ("upload-offset", "0")])))
+        await old.send_all(conn.send(h11.Data(data=data[:9_000_000])))
+        for _ in range(2000):  # the server's fsync, in its own time
+            if (stored := await _offset(port, where)) > 0:
+                break
+            await trio.sleep(0.01)
+        status, meta = await _finish_from(port, where, data, stored)  # takes over
+        assert status == 201, meta
+        await old.send_all(conn.send(h11.Data(data=data[9_000_000:])) +
+                           conn.send(h11.EndOfMessage()))
+        told, body, headers = await read_response(conn, old)
+    assert told == 409 and "taken over" in json.loads(body)["error"], body
+    assert headers["upload-offset"] == str(len(data))
+    got = server.store.reader(meta["id"]).read(0, meta["frames"])
+    assert got.tobytes() == x.tobytes()
+
+
 async def test_a_wrong_offset_is_409_and_changes_nothing(server: Server) -> None:
     port = server.port or 0
     _, data = _npy(200_000)

@@ -14,6 +14,7 @@ subscriber buffer, and each subscriber connection flushes and closes with 1001.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -50,6 +51,10 @@ from .streams import StreamRegistry
 from .subscribers import run_subscriber
 
 __all__ = ["Server"]
+
+_log = logging.getLogger(__name__)
+API_RESTARTS = 5
+API_RESTART_WINDOW_S = 60.0
 
 
 class Server:
@@ -220,9 +225,33 @@ class Server:
                                            interval=self.settings.stats_interval_s))
                 nursery.start_soon(partial(run_hub_rates, self.hub,
                                            interval=self.settings.stats_interval_s))
+                await self._serve_api(config, api_stop)
+                nursery.cancel_scope.cancel()
+
+    async def _serve_api(self, config: Config, api_stop: trio.Event) -> None:
+        """Run the HTTP API's hypercorn until *api_stop*, starting it again if it dies.
+
+        A race inside hypercorn (its close's ``send_eof`` against an answer's
+        ``send_all`` on a connection the client just cut) raises BusyResourceError out
+        of its serve and ends every HTTP connection with it. The HTTP API is started
+        again on the same socket (in-flight requests are cut; resumable uploads carry
+        on from their stored offset); the live streams never notice. More than
+        ``API_RESTARTS`` deaths in ``API_RESTART_WINDOW_S`` is a bug, not a race: it is
+        raised.
+        """
+        deaths: list[float] = []
+        while True:
+            try:
                 await hypercorn_serve(create_app(self), config,
                                       shutdown_trigger=api_stop.wait)
-                nursery.cancel_scope.cancel()
+                return
+            except Exception:
+                now = trio.current_time()
+                deaths = [t for t in deaths if now - t < API_RESTART_WINDOW_S] + [now]
+                if api_stop.is_set() or len(deaths) > API_RESTARTS:
+                    raise
+                _log.exception("the HTTP API's hypercorn died; starting it again")
+                self.stats.totals.api_restarts += 1
 
     async def _device(self, inlet: trio.MemorySendChannel[Item], ws: WebSocket) -> None:
         try:

@@ -32,6 +32,7 @@ class Counters:
     recovered: int = 0  # of those, with nothing lost
     replayed: int = 0  # messages replayed to subscribers, from the ring or the archive
     replayed_archive: int = 0  # of those, read back from the live archive
+    api_restarts: int = 0  # the HTTP API's hypercorn died and was started again
     rejected: dict[str, int] = field(default_factory=dict)  # by error reason
 
 

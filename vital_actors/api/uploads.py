@@ -131,10 +131,11 @@ class Resumable:
             await held[1].wait()
         mine = trio.CancelScope(), trio.Event()
         self._holders[upload_id] = mine
+        body = Body(receive)
         answer: _Answer | None = None
         try:
             with mine[0]:
-                answer = await self._patch(receive, _headers(scope), upload_id)
+                answer = await self._patch(body, _headers(scope), upload_id)
         except Disconnected:
             return  # what arrived is stored; nobody is left to answer
         except FormatError as exc:
@@ -146,10 +147,36 @@ class Resumable:
             mine[1].set()
             if self._holders.get(upload_id) is mine:
                 del self._holders[upload_id]
-        if answer is not None:  # None: taken over by a newer PATCH
-            await respond(send, *answer)
+        if answer is None:  # taken over by a newer PATCH
+            answer = await self._taken_over(body, upload_id)
+            if answer is None:
+                return
+        await respond(send, *answer)
 
-    async def _patch(self, receive: Any, headers: dict[str, str], upload_id: str) -> _Answer:
+    async def _taken_over(self, body: Body, upload_id: str) -> _Answer | None:
+        """The answer for a PATCH that a newer one took over: none once its client is
+        seen gone (the usual case: it was resuming after a cut), else 409 with the
+        offset, after the rest of its body (not stored).
+
+        It does not answer before it knows: an answer written just as hypercorn sees
+        the connection's end races hypercorn's own close (send_eof against send_all
+        on one socket), which raises BusyResourceError out of hypercorn's serve.
+        """
+        try:
+            async for _ in body:
+                pass
+        except Disconnected:
+            return None
+        try:
+            session = await trio.to_thread.run_sync(Session.open, self.root, upload_id)
+        except KeyError:
+            return 404, {"error": f"no upload {upload_id!r}", "reasons": []}, {}
+        have = session.state.offset
+        return 409, {"error": f"this PATCH was taken over by a newer one for the same "
+                     f"upload; HEAD the upload and continue from {have}",
+                     "reasons": []}, {"upload-offset": str(have)}
+
+    async def _patch(self, body: Body, headers: dict[str, str], upload_id: str) -> _Answer:
         try:
             session = await trio.to_thread.run_sync(Session.open, self.root, upload_id)
         except KeyError:
@@ -162,7 +189,7 @@ class Resumable:
             return await self._finish(session)
         writer = await trio.to_thread.run_sync(session.writer, offset, want)
         try:
-            await _receive_into(writer, Body(receive),
+            await _receive_into(writer, body,
                                 self.server.settings.store.write_chunk_bytes)
         except BaseException:  # cut, too long, or taken over: keep what arrived, then end
             with trio.CancelScope(shield=True):

@@ -75,9 +75,16 @@ async def splice(client: trio.abc.Stream, head: bytes, upstream_path: str,
     ``Connection: close`` but then leaves the connection open (pgjones/hypercorn#330),
     so a client reading to EOF would wait forever.
     """
-    upstream = await trio.open_unix_socket(upstream_path)
+    try:
+        upstream = await trio.open_unix_socket(upstream_path)
+    except OSError:  # no hypercorn behind the socket: stopping, or being started again
+        await _refuse(client, 503, "the HTTP API is not running; try again")
+        return
     async with upstream, client, trio.open_nursery() as nursery:
-        await upstream.send_all(head)
+        try:
+            await upstream.send_all(head)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # hypercorn went just as we came: the client sees the connection end
         nursery.start_soon(_pump, client, upstream, nursery.cancel_scope)
         if request is not None and _wants_close(request):
             nursery.start_soon(_pump_answer, upstream, client, request, nursery.cancel_scope)
@@ -168,7 +175,7 @@ async def _gated(gate: Gate, handle: Callable[[trio.SocketStream], Awaitable[Non
 
 
 _STATUS = {400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
-           429: b"Too Many Requests"}
+           429: b"Too Many Requests", 503: b"Service Unavailable"}
 
 
 async def _refuse(stream: trio.abc.Stream, status: int = 400, message: str = "") -> None:
