@@ -158,7 +158,7 @@ class Server:
                         upstream_path=api_socket, head_limit=s.limits.max_head_bytes,
                         handshake_timeout=s.server.handshake_timeout_s,
                         max_message_bytes=s.limits.max_message_bytes, gate=self.gate,
-                        handler_nursery=connections, compression=compression,
+                        stats=self.stats, handler_nursery=connections, compression=compression,
                         reuse_port=s.server.reuse_port))
                     task_status.started(self.port)
                     await self.stopping.wait()

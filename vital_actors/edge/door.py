@@ -8,19 +8,25 @@ the HTTP API's hypercorn on a private unix socket.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 
 import h11
 import trio
 
+from protocol import CloseCode
+
 from ..auth import ANONYMOUS, GRANT, Gate, Refusal
+from ..stats import Stats
 from .handshake import NO_COMPRESSION, Compression
-from .websocket import WebSocket, accept
+from .websocket import ConnectionClosed, WebSocket, accept
 
 __all__ = ["Route", "read_head", "serve_door", "splice"]
 
 Route = Callable[[WebSocket], Awaitable[None]]
+INTERNAL_REASON = "internal-error"
+_log = logging.getLogger(__name__)
 
 
 class _BadHead(Exception):
@@ -128,7 +134,8 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelSc
 async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                   subprotocols: tuple[str, ...], upstream_path: str, head_limit: int,
                   handshake_timeout: float, max_message_bytes: int,
-                  compression: Compression, gate: Gate | None = None) -> None:
+                  compression: Compression, gate: Gate | None = None,
+                  stats: Stats | None = None) -> None:
     remote = "{}:{}".format(*stream.socket.getpeername()[:2])
     ws: WebSocket | None = None
     grant = ANONYMOUS
@@ -157,7 +164,17 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
         await splice(stream, head, upstream_path, request)
     elif ws is not None:
         GRANT.set(grant)  # this task (and those it starts) serve the connection
-        await route(ws)
+        try:
+            await route(ws)
+        except ConnectionClosed:
+            pass  # the peer went: routes may let this end them
+        except Exception:  # a bug serving this connection: it ends, not the server
+            _log.exception("serving %s on %s failed", target, remote)
+            if stats is not None:
+                stats.reject(INTERNAL_REASON)
+            await ws.fail(CloseCode.INTERNAL_ERROR, INTERNAL_REASON,
+                          "the server failed serving this connection; other connections "
+                          "are unaffected, reconnect")
 
 
 async def _gated(gate: Gate, handle: Callable[[trio.SocketStream], Awaitable[None]],
@@ -201,6 +218,7 @@ async def serve_door(
     handler_nursery: trio.Nursery,
     compression: Compression = NO_COMPRESSION,
     gate: Gate | None = None,
+    stats: Stats | None = None,
     reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -212,11 +230,15 @@ async def serve_door(
     With a *gate*, each connection first passes its per-address cap, and each WebSocket
     upgrade its Origin and token check (refused with HTTP 429 / 403 / 401 before any
     upgrade); the route then runs with the token's grant in ``auth.GRANT``.
+
+    A route that raises (a bug, not bad input: that has its own close codes) ends only
+    its connection, with an ``error`` ``internal-error`` and close code 1011, logged and
+    counted in *stats*; an HTTP request while hypercorn is not there is answered 503.
     """
     handler = partial(_handle, routes=routes, subprotocols=subprotocols,
                       upstream_path=upstream_path, head_limit=head_limit,
                       handshake_timeout=handshake_timeout, max_message_bytes=max_message_bytes,
-                      compression=compression, gate=gate)
+                      compression=compression, gate=gate, stats=stats)
     if gate is not None:
         handler = partial(_gated, gate, handler)
     listeners = (await _reuse_port_listeners(host, port) if reuse_port
