@@ -182,6 +182,62 @@ async def test_a_device_that_goes_flat_raises_a_visible_alert_within_5_s(
     assert run.errors == []
 
 
+async def test_what_was_published_while_the_page_was_away_is_replayed(
+        server: Server, artifacts: Artifacts) -> None:
+    """The page loses its connection for 4-6 s (the backoff set to its longest), and
+    bed-5 goes flat meanwhile: on reconnecting, the page subscribes with `since` and
+    gets the flatline alert raised while it was away, and every message of
+    stream/bed-5/quality (quality events and alerts): an unbroken run of offsets."""
+    flat_after_s = 3.0
+    rec = _after(synthetic_ecg(seconds=30, heart_rate=70, seed=5), flat_after_s, noise_mv=0.0)
+    run = BrowserRun()
+    ready, start = trio.Event(), []
+    record = """() => {
+        const s = vitalMonitor.sub(), f = s.onMessage;
+        window.seenQ = [];
+        s.onMessage = (m) => {
+            if (m.topic === "stream/bed-5/quality") window.seenQ.push(m.offset);
+            f(m);
+        };
+    }"""
+
+    def watch(page: Page) -> dict[str, Any]:
+        page.goto(http(server) + "/")
+        page.wait_for_function("() => vitalMonitor.connection === 'open'")
+        page.evaluate(record)
+        trio.from_thread.run_sync(ready.set)
+        page.wait_for_function(f"() => {stat('bed-5', 'qualities')} >= 3")
+        page.evaluate("vitalMonitor.sub().attempt = 5; vitalMonitor.drop()")  # 4-6 s
+        dropped = time.monotonic()
+        page.wait_for_function("() => vitalMonitor.connections >= 2 "
+                               "&& vitalMonitor.connection === 'open'", timeout=15000)
+        back = time.monotonic()
+        page.wait_for_function(alert_js("bed-5", "flatline"), timeout=3000)
+        page.wait_for_function("() => window.seenQ.length >= 12", timeout=10000)
+        artifacts.screenshot(page, "monitor-replayed")
+        return {"dropped": dropped, "back": back, "seen": page.evaluate("window.seenQ"),
+                "recovered": page.evaluate("vitalMonitor.sub().recovered")}
+
+    async def device() -> None:
+        await ready.wait()
+        start.append(time.monotonic())
+        await run_device(f"ws://127.0.0.1:{server.port}", "bed-5", rec, speed=1.0,
+                         loop=False)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(device)
+        got = await in_browser(watch, run=run)
+        nursery.cancel_scope.cancel()
+    away = got["back"] - got["dropped"]
+    print(f"away {away:.1f} s; quality offsets seen {got['seen']}")
+    assert away >= 3.5, got  # long enough for quality events and the alert to be missed
+    assert got["recovered"]["alerts"] is True, got
+    assert got["recovered"]["stream/bed-5/quality"] is True, got
+    seen = sorted(got["seen"])  # an alert (CRITICAL) may overtake a quality event
+    assert seen == list(range(seen[0], seen[0] + len(seen))), got["seen"]  # none lost
+    assert run.errors == [] or all("WebSocket" in e for e in run.errors), run.errors
+
+
 async def test_with_auth_the_page_passes_the_token_from_its_url(
         browser: str, nursery: trio.Nursery, artifacts: Artifacts) -> None:
     secret = "a-test-secret-of-at-least-32-bytes!!"

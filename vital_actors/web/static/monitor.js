@@ -37,6 +37,7 @@ const monitor = (window.vitalMonitor = {
   streams: {},
   alerts: () => [...state.alerts.values()],
   drop: () => sub.drop(),
+  sub: () => sub,
 });
 
 class Strip {
@@ -435,7 +436,10 @@ function onState(what, detail) {
   }
 }
 
-const sub = new Vital.Subscriber({ onMessage, onState });
+// Alerts, quality and beats missed while reconnecting are replayed (`since`); the
+// waveform is not: the strip goes on from now.
+const recover = (t) => t === "alerts" || t.endsWith("/quality") || t.endsWith("/beats");
+const sub = new Vital.Subscriber({ onMessage, onState, recover });
 sub.topics.add("streams");
 sub.topics.add("alerts");
 

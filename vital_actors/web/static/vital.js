@@ -37,16 +37,47 @@ const Vital = (() => {
   }
 
   /**
+   * Where a client stands on one topic (docs/protocol.md 4.4): *done*, the offset up to
+   * which it has every message of *epoch*, and the offsets above it already received
+   * (a topic's CRITICAL alerts can overtake its NORMAL quality events).
+   */
+  class Position {
+    constructor(epoch, done) {
+      this.epoch = epoch;
+      this.done = done;
+      this.ahead = new Set();
+    }
+
+    take(offset) {
+      if (offset <= this.done) return;
+      this.ahead.add(offset);
+      while (this.ahead.delete(this.done + 1)) this.done += 1;
+      if (this.ahead.size > 256) { // a hole that will not fill (dropped while slow, 4.2)
+        this.done = Math.min(...this.ahead) - 1;
+        while (this.ahead.delete(this.done + 1)) this.done += 1;
+      }
+    }
+  }
+
+  /**
    * One subscriber connection, kept open: it reconnects after any close (backoff from
    * 0.25 s doubling to 5 s, with jitter) and subscribes again to its topics.
    * onMessage(msg) gets every decoded server message; onState(state, detail) gets
    * "connecting", "open" and "closed" (detail: the close code and reason).
+   * For the topics where recover(topic) is true it keeps each topic's position and
+   * subscribes again with `since` (4.4), so what was published while it was away
+   * (an alert, a quality event) is replayed, in order, before the live messages;
+   * `recovered` holds the server's answer for each such topic.
    */
   class Subscriber {
-    constructor({ onMessage, onState = () => {}, path = "/v1/subscribe" }) {
+    constructor({ onMessage, onState = () => {}, path = "/v1/subscribe",
+                  recover = () => false }) {
       this.onMessage = onMessage;
       this.onState = onState;
       this.path = path;
+      this.recover = recover;
+      this.positions = new Map(); // topic -> Position, for the topics to recover
+      this.recovered = {};
       this.topics = new Set();
       this.ws = null;
       this.attempt = 0;
@@ -75,7 +106,7 @@ const Vital = (() => {
 
     unsubscribe(topics) {
       const known = topics.filter((t) => this.topics.has(t));
-      known.forEach((t) => this.topics.delete(t));
+      known.forEach((t) => { this.topics.delete(t); this.positions.delete(t); });
       if (known.length) this._send("unsubscribe", known);
     }
 
@@ -91,8 +122,41 @@ const Vital = (() => {
     _send(type, topics) {
       if (!this.open) return; // sent on (re)connect instead
       for (let i = 0; i < topics.length; i += MAX_TOPICS) {
-        this.ws.send(MessagePack.encode({ type, topics: topics.slice(i, i + MAX_TOPICS) }));
+        const some = topics.slice(i, i + MAX_TOPICS);
+        const msg = { type, topics: some };
+        if (type === "subscribe") {
+          const since = {};
+          for (const t of some) {
+            const p = this.positions.get(t);
+            if (p) since[t] = [p.epoch, p.done];
+          }
+          if (Object.keys(since).length) msg.since = since;
+        }
+        this.ws.send(MessagePack.encode(msg));
       }
+    }
+
+    /** Keep the position of *msg*'s topic (and take the server's in a reply). */
+    _track(msg) {
+      if (msg.type === "status" && msg.topic === "subscriptions") {
+        Object.assign(this.recovered, msg.recovered || {});
+        for (const [t, [epoch, offset]] of Object.entries(msg.positions || {})) {
+          if (!this.recover(t) || !this.topics.has(t)) continue;
+          const p = this.positions.get(t);
+          if (!p || p.epoch !== epoch || !(msg.recovered || {})[t]) {
+            this.positions.set(t, new Position(epoch, offset));
+          }
+        }
+        return;
+      }
+      if (typeof msg.offset !== "number" || typeof msg.epoch !== "string"
+          || !this.recover(msg.topic) || !this.topics.has(msg.topic)) return;
+      let p = this.positions.get(msg.topic);
+      if (!p || p.epoch !== msg.epoch) {
+        p = new Position(msg.epoch, msg.offset - 1);
+        this.positions.set(msg.topic, p);
+      }
+      p.take(msg.offset);
     }
 
     _connect() {
@@ -117,6 +181,7 @@ const Vital = (() => {
       ws.onmessage = (event) => {
         if (typeof event.data === "string") return; // the server never sends text
         const msg = MessagePack.decode(new Uint8Array(event.data));
+        this._track(msg);
         if (msg.type === "pong") {
           this.lastPong = performance.now();
           if (typeof msg.t === "number") this.rtt = this.lastPong - msg.t;
