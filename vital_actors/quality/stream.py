@@ -26,7 +26,7 @@ from .design import FEATURES, Design
 from .front import FrontOut
 from .peaks import Beat, PeakTracker
 from .repeat import BeatNoise
-from .rhythm import Rhythm, RhythmState
+from .rhythm import Rhythm, RhythmState, round1, round4
 from .sqi import StepRows, WindowSQI, bsqi, classify, score
 
 __all__ = ["Step", "StreamQuality"]
@@ -36,22 +36,6 @@ MATCH_S = 0.15  # bSQI: beats of A and B within 150 ms agree
 EDGE_S = 0.3  # bSQI leaves out the last 300 ms, where B may not have decided yet
 B_LEVEL = 0.25  # detector B: share of its running beat height a beat must reach ...
 B_HALF_LIFE_S = 10.0  # ... a level that halves every 10 s without a beat
-
-
-_ROUNDED: dict[float, float] = {}
-
-
-def _round4(x: float) -> float:
-    """``round(x, 4)`` remembered, for non-negative ratios: the shares rounded here
-    (flat seconds of ten, bSQI: matched beats over the union) come from a small set of
-    ratios, and ``round`` with digits costs a correctly rounded decimal conversion."""
-    try:
-        return _ROUNDED[x]
-    except KeyError:
-        if len(_ROUNDED) > 100_000:
-            _ROUNDED.clear()
-        value = _ROUNDED[x] = round(x, 4)
-        return value
 
 
 @dataclass(slots=True, eq=False)
@@ -154,9 +138,9 @@ class StreamQuality:
         fs = self.d.fs
         return Event("beat", self.topic_b, Priority.HIGH, {
             "stream": self.key, "r": b.r, "t": round(b.r / fs, 4),
-            "rr_ms": round(1000 * b.rr / fs, 1) if b.rr else None, "channel": self.channel,
+            "rr_ms": round1(1000 * b.rr / fs) if b.rr else None, "channel": self.channel,
             "confidence": b.confidence, "searchback": b.searchback,
-            "latency_ms": round(1000 * (b.decided + 1 - b.r) / fs, 1),
+            "latency_ms": round1(1000 * (b.decided + 1 - b.r) / fs),
         })
 
     def _step(self, boundary: int, totals: F64) -> Step:
@@ -192,9 +176,9 @@ class StreamQuality:
         for c, now in enumerate(flat):
             counts[c] += now
         seconds = len(self.flat)
-        flat_share = [_round4(k / seconds) for k in counts]
+        flat_share = [round4(k / seconds) for k in counts]
         q = WindowSQI(rows.kurtosis[i], rows.skewness[i], rows.bw_ratio[i], rows.hf_ratio[i],
-                      flat_share, rows.sat_fraction[i], rows.std_mv[i], _round4(st.bsqi),
+                      flat_share, rows.sat_fraction[i], rows.std_mv[i], round4(st.bsqi),
                       self.noise.snr_db(st.lo, st.cut))
         cls = classify(q, self.channel, beats=st.beats)
         value = score(q, self.channel)
