@@ -248,16 +248,26 @@ def _detector_a(d: Design, old: dict[str, F64], x: F64,
     full_bp = np.vstack([hist, bp])
     new["bp"] = full_bp[-keep:]
     tail = full_bp[keep - 4:]
-    deriv = 2 * tail[4:] + tail[3:-1] - tail[1:-3] - 2 * tail[:-4]
+    # The running sum's history, then the block's |derivative| summed on from its last
+    # row, in one array (in place: no temporaries, no stacking).
     cs_hist = old["cs"]
+    h = cs_hist.shape[0]
+    full_cs = np.empty((h + n, x.shape[1]))
+    full_cs[:h] = cs_hist
+    deriv = full_cs[h:]
+    np.multiply(tail[4:], 2, out=deriv)  # 2 t[i+4] + t[i+3] - t[i+1] - 2 t[i], in that order
+    deriv += tail[3:-1]
+    deriv -= tail[1:-3]
+    deriv -= 2 * tail[:-4]
     # |derivative| rather than its square: PVCs and artefacts then do not dwarf the
     # normal beats after them (DS1: Se 99.8 % against 98.8 % with the square).
-    cum = np.cumsum(np.vstack([cs_hist[-1:], np.abs(deriv)]), axis=0)[1:]
-    full_cs = np.vstack([cs_hist, cum])
+    np.abs(deriv, out=deriv)
+    np.cumsum(full_cs[h - 1:], axis=0, out=full_cs[h - 1:])
     new["cs"] = full_cs[-d.mwi:]
-    mwi = full_cs[d.mwi:] - full_cs[:-d.mwi]
     m_hist = old["mwi"]
-    full_m = np.vstack([m_hist, mwi])
+    full_m = np.empty((m_hist.shape[0] + n, x.shape[1]))
+    full_m[:m_hist.shape[0]] = m_hist
+    np.subtract(full_cs[d.mwi:], full_cs[:-d.mwi], out=full_m[m_hist.shape[0]:])
     new["mwi"] = full_m[-(d.back + d.ahead):]
     elig = full_m[d.back:d.back + n]
     cand = (elig == _window_max(full_m, d.back, d.ahead)) & (
@@ -300,8 +310,11 @@ def _window_max(x: F64, before: int, after: int) -> F64:
     size = before + after + 1
     n = x.shape[0] - size + 1
     m, span = x, 1
+    work = np.empty((2, max(0, x.shape[0] - 1), x.shape[1]))  # the levels, in turn
     while 2 * span <= size:
-        m = np.maximum(m[:-span], m[span:])  # row j: the maximum of rows j .. j + 2 span - 1
+        # row j: the maximum of rows j .. j + 2 span - 1
+        m = np.maximum(m[:-span], m[span:], out=work[0, :m.shape[0] - span])
+        work = work[::-1]
         span *= 2
     top: F64 = np.maximum(m[:n], m[size - span:size - span + n])
     if np.isnan(top).any():
