@@ -173,7 +173,8 @@ class FilterBank:
                 offset = np.concatenate([info.offset for info in infos])[:, None]
                 if pack is not None:  # the same streams again: keep them
                     pack.scale, pack.offset = scale, offset
-            xt = np.multiply(raw, scale, dtype=np.float64)
+            xt = _as_float(raw)
+            xt *= scale
             xt -= offset
             x = xt.T
         zi = pack.zi if pack is not None else np.concatenate([s.zi for s in states], 2)
@@ -205,9 +206,18 @@ class FilterBank:
 
 def _to_mv(block: Block) -> F64:
     info = block.stream
-    mv: F64 = np.multiply(block.raw, info.scale, dtype=np.float64)
+    mv = _as_float(block.raw)
+    mv *= info.scale
     mv -= info.offset
     return mv
+
+
+def _as_float(raw: npt.NDArray[np.generic]) -> F64:
+    """*raw* as a fresh float64 array in C order, cast as one flat run: numpy 2.4 casts
+    a 2-D int16 array (or multiplies one into float64) 10x slower, ~2.8 ns a value
+    (the same values either way: the cast is exact, the products are the same)."""
+    flat: F64 = np.ascontiguousarray(raw).reshape(-1).astype(np.float64)
+    return flat.reshape(raw.shape)
 
 
 async def run_filter(
