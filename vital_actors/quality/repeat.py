@@ -158,27 +158,31 @@ def measure(streams: Sequence[BeatNoise]) -> None:
     out = segs[:, first.outside]
     qrs = segs[:, first.qrs]
     ptp = (qrs.max(axis=1) - qrs.min(axis=1)).tolist()
-    # Rows of ``pool``: every stream's previous beats, then the new ones; per new beat,
-    # the rows of the LAG beats before it (row 0, zeros, where there are fewer).
-    olds = [p for s in todo for p in s.previous]
-    parts = [np.zeros((1, out.shape[1])), np.array(olds), out] if olds else \
-        [np.zeros((1, out.shape[1])), out]
-    pool = np.concatenate(parts)
-    before: list[list[int]] = []
-    row_old, row_new = 1, 1 + len(olds)
+    # Per new beat, the LAG beats before it in its stream (the stream's previous ones,
+    # then its new ones), a row of zeros where there are fewer (marked ``missing``).
+    zeros = np.zeros(out.shape[1])
+    before: list[F64] = []
+    missing: list[bool] = []
+    j = 0
     for s in todo:
-        rows = list(range(row_old, row_old + len(s.previous)))
-        row_old += len(s.previous)
+        last = list(s.previous)
         for _ in s.fresh:
-            before.append(([0] * LAG + rows)[-LAG:])
-            rows.append(row_new)
-            row_new += 1
-    idx = np.array(before)
-    d = pool[idx] - out[:, None, :]  # (beats, LAG, samples)
+            gap = LAG - len(last)
+            if gap > 0:
+                before.extend([zeros] * gap)
+                missing.extend([True] * gap)
+                before.extend(last)
+                missing.extend([False] * len(last))
+            else:
+                before.extend(last[-LAG:])
+                missing.extend([False] * LAG)
+            last.append(out[j])
+            j += 1
+    d = np.array(before).reshape(len(out), LAG, -1) - out[:, None, :]  # (beats, LAG, samples)
     n = d.shape[2]
     mean = d.sum(axis=2) / n
     var = (d * d).sum(axis=2) / n - mean * mean
-    var[idx == 0] = np.inf
+    var[np.array(missing).reshape(len(out), LAG)] = np.inf
     noise = (var.min(axis=1) / 2).tolist()
     j = 0
     for s in todo:
