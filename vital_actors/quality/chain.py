@@ -163,7 +163,11 @@ class QualityChain:
             for f, c in zip(frames, ch, strict=True):
                 cols.append(at + c)
                 at += f.mv.shape[1]
-            det, det_f = mv[:, cols], filt[:, cols]
+            step = frames[0].mv.shape[1]
+            if cols == list(range(cols[0], at, step)):  # evenly spaced: views, no copies
+                det, det_f = mv[:, cols[0]::step], filt[:, cols[0]::step]
+            else:
+                det, det_f = mv[:, cols], filt[:, cols]
         widths = [f.mv.shape[1] for f in frames]
         results = run_front(d, [e.front for e in entries], np.asarray(det, np.float64),
                             np.asarray(det_f, np.float64), np.asarray(mv, np.float64),
