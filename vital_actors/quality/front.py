@@ -190,8 +190,9 @@ def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
     else:
         _unpack(pack.det, _det_parts(d), old)
         _unpack(pack.sqi, _sqi_parts(d), old)
-    peaks_a = _detector_a(d, old, det, new)
-    peaks_b = _detector_b(d, old, det_f, new)
+    t0s = np.array([s.next_t for s in states], np.int64)
+    peaks_a = _detector_a(d, old, det, new, t0s)
+    peaks_b = _detector_b(d, old, det_f, new, t0s)
     full = np.vstack([old["hist"], det_f])  # the beat-to-beat SNR's history (.repeat)
     new["hist"] = full[-d.snr_keep:]
     # Each stream's first step end in the block (a row index; >= n when none), and
@@ -227,19 +228,18 @@ def run_front(d: Design, states: Sequence[FrontState], det: F64, det_f: F64,
             offsets[first] = at + width
             rows = at_step[first][:, :, at:at + width]
             snaps = [(t0 + first + 1 + j * d.step, rows[j]) for j in range(len(rows))]
-        out.append(FrontOut(t0, full, k, [(t0 + q, v, t0 + r) for q, v, r in a or ()],
-                            [(t0 + q, v) for q, v in b or ()], snaps))
+        out.append(FrontOut(t0, full, k, a or [], b or [], snaps))
     return out
 
 
-def _detector_a(d: Design, old: dict[str, F64], x: F64,
-                new: dict[str, F64]) -> dict[int, list[tuple[int, float, int]]]:
+def _detector_a(d: Design, old: dict[str, F64], x: F64, new: dict[str, F64],
+                t0s: npt.NDArray[np.int64]) -> dict[int, list[tuple[int, float, int]]]:
     """Pan-Tompkins front end: band-pass, 5-point derivative, |.|, integrate over
     ``mwi`` samples; candidates are MWI peaks that are the largest in [i-back, i+ahead].
 
-    Returns, per stream (column) that has any, the block-relative row where each
-    candidate is decided (the last sample it needed), its MWI value and the
-    block-relative row of its R peak.
+    Returns, per stream (column) that has any, the sample index where each candidate
+    is decided (the last sample it needed), its MWI value and the sample index of its
+    R peak (block rows plus the column's first sample index in *t0s*).
     """
     n = x.shape[0]
     bp, new["zi_qrs"] = sosfilt_columns(d.qrs_sos, x, old["zi_qrs"])
@@ -284,9 +284,10 @@ def _detector_a(d: Design, old: dict[str, F64], x: F64,
     lo = rows - d.ahead + keep - (span - 1)
     segs = np.abs(full_bp[lo[:, None] + np.arange(span), cols[:, None]])
     r_rows = lo + np.argmax(segs, axis=1) - keep - d.qrs_delay
-    for row, k, value, r_row in zip(rows.tolist(), cols.tolist(), elig[rows, cols].tolist(),
-                                    r_rows.tolist(), strict=True):
-        out.setdefault(k, []).append((row, value, r_row))
+    t0 = t0s[cols]
+    for at, k, value, r in zip((rows + t0).tolist(), cols.tolist(), elig[rows, cols].tolist(),
+                               (r_rows + t0).tolist(), strict=True):
+        out.setdefault(k, []).append((at, value, r))
     return out
 
 
@@ -323,12 +324,12 @@ def _window_max(x: F64, before: int, after: int) -> F64:
     return top
 
 
-def _detector_b(d: Design, old: dict[str, F64], x_f: F64,
-                new: dict[str, F64]) -> dict[int, list[tuple[int, float]]]:
+def _detector_b(d: Design, old: dict[str, F64], x_f: F64, new: dict[str, F64],
+                t0s: npt.NDArray[np.int64]) -> dict[int, list[tuple[int, float]]]:
     """An independent amplitude detector on the wide-band filtered signal: a beat is a
     peak of |x| that is the largest within +-``b_half`` and above ``B_FACTOR`` times
-    the slow envelope of |x|. Returns block-relative rows and heights, per stream
-    (column) that has any."""
+    the slow envelope of |x|. Returns sample indices (block rows plus the column's
+    first sample index in *t0s*) and heights, per stream (column) that has any."""
     n = x_f.shape[0]
     ab = np.abs(x_f)
     env, new["zi_env"] = scipy.signal.lfilter(d.env_b, d.env_a, ab, axis=0,
@@ -342,9 +343,9 @@ def _detector_b(d: Design, old: dict[str, F64], x_f: F64,
     cand &= elig > B_FACTOR * full_e[h:h + n]
     rows, cols = _nonzero(cand)
     out: dict[int, list[tuple[int, float]]] = {}
-    for row, k, value in zip((rows - h).tolist(), cols.tolist(), elig[rows, cols].tolist(),
-                             strict=True):
-        out.setdefault(k, []).append((row, value))
+    for at, k, value in zip((rows - h + t0s[cols]).tolist(), cols.tolist(),
+                            elig[rows, cols].tolist(), strict=True):
+        out.setdefault(k, []).append((at, value))
     return out
 
 
