@@ -122,5 +122,6 @@ class PeakTracker:
             self.rr_sum += rr
         self.last_r, self.last_v = r, value
         self.noise.clear()
-        conf = min(1.0, value / (2 * self.threshold)) if self.threshold > 0 else 0.0
+        threshold = self.threshold
+        conf = min(1.0, value / (2 * threshold)) if threshold > 0 else 0.0
         return Beat(r, decided, rr, round(conf * (0.5 if searchback else 1.0), 3), searchback)

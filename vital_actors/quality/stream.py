@@ -93,25 +93,29 @@ class StreamQuality:
         """One block's beat events, in sample order, with a :class:`Step` where each
         quality step falls; the chain computes the steps' indices for all streams at
         once and then calls :meth:`finish` on each."""
-        for r, height in res.beats_b:
-            if self._b_accepts(r, height):
-                self.b_beats.append(r)
+        if res.beats_b:
+            accepts, b_beats = self._b_accepts, self.b_beats
+            for r, height in res.beats_b:
+                if accepts(r, height):
+                    b_beats.append(r)
         out: list[Event | Step] = []
-        noise = self.noise
+        noise, peak = self.noise, self._peak
         full = res.full[:, res.k]  # the kept history, then the block
         full_start = res.t0 - self.d.snr_keep
-        peaks = iter(res.peaks_a)
-        pending = next(peaks, None)
+        peaks = res.peaks_a
+        i, count = 0, len(peaks)
         for boundary, totals in res.snaps:
-            while pending is not None and pending[0] < boundary:
-                self._peak(*pending, out)
-                pending = next(peaks, None)
-            noise.advance(boundary, full, full_start)
+            while i < count and peaks[i][0] < boundary:
+                peak(*peaks[i], out)
+                i += 1
+            if noise.waiting:
+                noise.advance(boundary, full, full_start)
             out.append(self._step(boundary, totals))
-        while pending is not None:
-            self._peak(*pending, out)
-            pending = next(peaks, None)
-        noise.advance(res.t0 + len(full) - self.d.snr_keep, full, full_start)
+        while i < count:
+            peak(*peaks[i], out)
+            i += 1
+        if noise.waiting:
+            noise.advance(res.t0 + len(full) - self.d.snr_keep, full, full_start)
         return out
 
     def _b_accepts(self, r: int, height: float) -> bool:
@@ -128,11 +132,14 @@ class StreamQuality:
 
     def _peak(self, decided: int, value: float, r: int, out: list[Event | Step]) -> None:
         """Detector A's candidate peak: append the beat events it confirms to *out*."""
-        for beat in self.tracker.push(decided, value, r):
-            self.rhythm.push(beat.r)
-            self.last_r = beat.r
-            self.noise.beat(beat.r, beat.decided)
-            out.append(self._beat_event(beat))
+        beats = self.tracker.push(decided, value, r)
+        if beats:
+            rhythm, noise = self.rhythm, self.noise
+            for beat in beats:
+                rhythm.push(beat.r)
+                self.last_r = beat.r
+                noise.beat(beat.r, beat.decided)
+                out.append(self._beat_event(beat))
 
     def _beat_event(self, b: Beat) -> Event:
         fs = self.d.fs
