@@ -74,8 +74,8 @@ class WindowSQI:
 @dataclass(frozen=True, slots=True)
 class StepRows:
     """Per-channel values of many steps (windows) at once, as nested lists [step][channel]:
-    the window indices, and for the last second of each step its flat, lead-off and
-    clipped flags."""
+    the window indices, and for the last second of each step its flat and lead-off
+    flags."""
 
     kurtosis: list[list[float]]
     skewness: list[list[float]]
@@ -85,7 +85,6 @@ class StepRows:
     std_mv: list[list[float]]
     flat: list[list[bool]]
     lead_off: list[list[bool]]
-    clipped: list[list[bool]]
     any_off: list[bool]  # per step: a channel lead off ...
     any_flat: list[bool]  # ... flat but not lead off ...
     any_clipped: list[bool]  # ... clipped but not lead off
@@ -118,7 +117,7 @@ def step_rows(totals: F64, prev: F64, first: F64, n: I64, step_n: I64, *,
         bw_ratio=_r(bw_var / np.maximum(bw_var + var, _EPS)),
         hf_ratio=_r(hf2 / np.maximum(hf2 + var, _EPS)),
         sat_fraction=_r(sat), std_mv=_r(np.sqrt(var)),
-        flat=flat.tolist(), lead_off=lead_off.tolist(), clipped=(clip > 0).tolist(),
+        flat=flat.tolist(), lead_off=lead_off.tolist(),
         any_off=_any(lead_off), any_flat=_any(flat & ~lead_off),
         any_clipped=_any((clip > 0) & ~lead_off),
     )
