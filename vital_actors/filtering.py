@@ -213,9 +213,10 @@ def _to_mv(block: Block) -> F64:
 
 
 def _as_float(raw: npt.NDArray[np.generic]) -> F64:
-    """*raw* as a fresh float64 array in C order, cast as one flat run: numpy 2.4 casts
-    a 2-D int16 array (or multiplies one into float64) 10x slower, ~2.8 ns a value
-    (the same values either way: the cast is exact, the products are the same)."""
+    """*raw* as a fresh float64 array in C order, to be scaled in place: numpy 2.4's
+    mixed-type ``np.multiply(int16, float64, dtype=float64)`` costs ~5x a plain cast
+    (227 against 44 µs for 400 x 360 values; the cast is exact, so the products are the
+    same). A 2-D cast is as fast as a flat one (measured; the flat run is harmless)."""
     flat: F64 = np.ascontiguousarray(raw).reshape(-1).astype(np.float64)
     return flat.reshape(raw.shape)
 
