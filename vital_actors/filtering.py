@@ -214,9 +214,9 @@ def _to_mv(block: Block) -> F64:
 
 def _as_float(raw: npt.NDArray[np.generic]) -> F64:
     """*raw* as a fresh float64 array in C order, to be scaled in place: numpy 2.4's
-    mixed-type ``np.multiply(int16, float64, dtype=float64)`` costs ~5x a plain cast
-    (227 against 44 µs for 400 x 360 values; the cast is exact, so the products are the
-    same). A 2-D cast is as fast as a flat one (measured; the flat run is harmless)."""
+    mixed-type ``np.multiply(int16, float64 column, dtype=float64)`` took 227 µs for
+    400 x 360 values, the cast 44 and the cast then an in-place multiply 152 (the cast
+    is exact, so the products are the same). A 2-D cast is as fast as a flat one."""
     flat: F64 = np.ascontiguousarray(raw).reshape(-1).astype(np.float64)
     return flat.reshape(raw.shape)
 
