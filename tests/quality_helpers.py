@@ -24,7 +24,10 @@ def to_mv(rec: Recording) -> F64:
 
 
 def bandpass(mv: F64, fs: float) -> F64:
-    out: F64 = scipy.signal.sosfilt(design(FilterSettings(), fs).sos, mv, axis=0)
+    """*mv* through the server's band-pass at *fs* (fitted to it, as the server does
+    for a rate its settings cannot run at)."""
+    sos = design(FilterSettings(), fs, fallback=FilterSettings()).sos
+    out: F64 = scipy.signal.sosfilt(sos, mv, axis=0)
     return out
 
 

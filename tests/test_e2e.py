@@ -23,7 +23,7 @@ import protocol as P
 from vital_actors.clients import connect, receive
 from vital_actors.graph import Server
 from vital_actors.settings import load_settings
-from vital_actors.sources import frame_sizes, frames, load_record
+from vital_actors.sources import frame_sizes, frames, load_record, synthetic_ecg
 
 SUBPROTOCOLS = [P.SUBPROTOCOL]
 
@@ -71,8 +71,8 @@ def samples_of(messages: list[P.ServerMessage], topic: str) -> list[P.StreamSamp
     return [m for m in messages if isinstance(m, P.StreamSamples) and m.topic == topic]
 
 
-def total(messages: list[P.ServerMessage], topic: str) -> int:
-    return sum(len(m.data) // (2 * np.dtype(m.dtype).itemsize)
+def total(messages: list[P.ServerMessage], topic: str, channels: int = 2) -> int:
+    return sum(len(m.data) // (channels * np.dtype(m.dtype).itemsize)
                for m in samples_of(messages, topic))
 
 
@@ -174,6 +174,29 @@ async def test_bad_input_closes_only_that_connection(server: Server) -> None:
             await good_frame_arrives()
         stats = await get_json(server.port or 0, "/api/v1/stats")
         assert stats["rejected"]["invalid-payload"] == 2
+
+
+async def test_a_device_at_a_rate_the_screen_does_not_take_streams_unscreened(
+        server: Server) -> None:
+    """fs = 2.5 Hz is within the limits (1-20,000 Hz) but not screenable (its QRS band
+    would be empty: the filter design raised and took the server down). Its samples
+    flow; it gets no beats or quality; a 360-Hz device alongside is screened."""
+    async with connect(url(server), P.SUBSCRIBE_PATH) as sub:
+        await subscribe(sub, "stream/slow/raw", "stream/slow/quality", "stream/ok/quality")
+        async with connect(url(server), P.INGEST_PATH) as slow, \
+                connect(url(server), P.INGEST_PATH) as ok:
+            await slow.send_message(P.encode(P.Hello("slow", 2.5, ("I",), "int16",
+                                                     (200.0,), (0.0,))))
+            assert isinstance(await receive(slow), P.Welcome)
+            await hello(ok, "ok")
+            x = synthetic_ecg(fs=360.0, seconds=4, seed=1).samples
+            await send_all_frames(slow, np.zeros((40, 1), np.int16), [5] * 8)
+            await send_all_frames(ok, x, [360] * 4)
+            got = await collect(sub, lambda g: total(g, "stream/slow/raw", 1) >= 40 and any(
+                isinstance(m, P.Event) and m.type == "quality" and m.body["stream"] == "ok"
+                for m in g))
+    assert not [m for m in got if isinstance(m, P.Event) and m.topic == "stream/slow/quality"]
+    assert (await request(server.port or 0, "GET", "/healthz"))[0] == 200
 
 
 async def test_gap_and_duplicate_are_reported(server: Server) -> None:

@@ -98,6 +98,25 @@ def test_detector_works_from_125_to_1000_hz(fs: float) -> None:
     assert of_type(events, "quality")[-1].body["hr"] == pytest.approx(80, rel=0.08)
 
 
+@pytest.mark.parametrize("fs", [1.0, 2.5, 12.5, 20.0, 2500.0, 20000.0])
+def test_a_rate_outside_the_screened_range_gets_no_events_and_no_error(fs: float) -> None:
+    """The server takes 1-20,000 Hz (limits); the QRS band needs more than 12.5 Hz (a
+    device at 2.5 Hz used to raise out of the filter design, and with it the server)."""
+    rng = np.random.default_rng(0)
+    step = max(4, round(fs))
+    mv = np.cumsum(rng.normal(0.0, 0.05, (12 * step, 2)), axis=0)
+    chain = QualityChain(SETTINGS)
+    assert feed(chain, "s", fs, mv, [step] * 12, filtered=mv) == []
+    assert feed(chain, "t", 250.0, to_mv(synthetic_ecg(fs=250.0, seconds=3)), [250] * 3)
+
+
+@pytest.mark.parametrize("fs", [SETTINGS.min_fs, SETTINGS.max_fs])
+def test_the_edges_of_the_screened_range_are_screened(fs: float) -> None:
+    mv = to_mv(synthetic_ecg(fs=fs, seconds=12, heart_rate=75, seed=1))
+    events = feed(QualityChain(SETTINGS), "s", fs, mv, [round(fs)] * 12)
+    assert len(of_type(events, "quality")) == 12 and len(of_type(events, "beat")) >= 10
+
+
 def _troubled(mv: F64) -> F64:
     out = mv.copy()
     out[9000:11000, 1] = 0.0  # a flat lead

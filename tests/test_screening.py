@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
+import pytest
 import trio
+import trio.testing
 from quality_helpers import F64, bandpass, to_mv
 from trio.testing import MockClock
 
 from protocol import Event, Hello, Priority
 from vital_actors.messages import Block, Filtered, Item, Publication
-from vital_actors.quality import QualityChain
+from vital_actors.quality import Frame, QualityChain
 from vital_actors.screening import Screener, run_screen, screen_batch
 from vital_actors.settings import FilterSettings, ScreenSettings
 from vital_actors.sources import synthetic_ecg
@@ -90,3 +93,43 @@ async def test_run_screen_forwards_everything_then_its_events(autojump_clock: Mo
     quality = [e for e in events_of(got) if e.type == "quality"]
     assert [q.body["t0"] + q.body["n"] for q in quality] == [360, 720, 1080, 1440]
     assert in_rx.statistics().open_receive_channels == 0
+
+
+class _FailsOnce(QualityChain):
+    """A chain with a bug that strikes stream *key*'s third block, once."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(SETTINGS)
+        self.key, self.calls, self.failed = key, 0, False
+
+    def feed(self, frames: Sequence[Frame]) -> list[list[Event]]:
+        if any(f.key == self.key for f in frames):
+            self.calls += 1
+            if self.calls == 3 and not self.failed:
+                self.failed = True
+                raise ZeroDivisionError("a bug in the chain")
+        return super().feed(frames)
+
+
+async def test_a_batch_the_chain_fails_on_goes_on_unscreened_and_the_stream_starts_over(
+        autojump_clock: MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    info = stream("bug")
+    items: list[Item] = list(blocks(info, signal(8), 360))
+    in_tx, in_rx = trio.open_memory_channel[Item](len(items))
+    out_tx, out_rx = trio.open_memory_channel[Item](256)
+    chain = _FailsOnce("bug")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(run_screen, in_rx, out_tx, settings=SETTINGS, chain=chain,
+                                   max_batch=1))
+        got: list[Item] = []
+        for item in items:  # one block a batch: the third one's batch fails
+            in_tx.send_nowait(item)
+            await trio.testing.wait_all_tasks_blocked()
+            got += [out_rx.receive_nowait() for _ in range(out_rx.statistics().current_buffer_used)]
+        in_tx.close()
+    assert chain.failed and "a bug in the chain" in caplog.text
+    assert [g for g in got if isinstance(g, Filtered)] == items  # every block went on
+    quality = [e.body["t0"] + e.body["n"] for e in events_of(got) if e.type == "quality"]
+    # Seconds 1-2, none for the failed third, then the stream starts over from its next
+    # block: a fresh state whose first window starts at t0 = 1080.
+    assert quality == [360, 720, 1440, 1800, 2160, 2520, 2880], quality

@@ -266,6 +266,9 @@ class ScreenSettings(_Section):
     rate_hold_s: int = Field(10, ge=1, description="seconds a rate must persist to alert")
     rate_clear_s: int = Field(5, ge=1, description="seconds back in range to clear it")
     rate_margin_bpm: float = Field(5.0, ge=0, description="hysteresis of the rate limits")
+    min_fs: float = Field(50.0, gt=12.5, description="streams sampled below this (Hz) are "
+                          "not screened: no beats, quality or alerts (validated 125-1000)")
+    max_fs: float = Field(2000.0, gt=0, description="nor above this (Hz)")
 
 
 class StoreSettings(_Section):

@@ -48,8 +48,9 @@ F64 = npt.NDArray[np.float64]
 
 
 #: What a pickled chain holds; changes with the state its streams keep (2: the
-#: sorted window medians, the group-packed front state and SNR history).
-STATE_FORMAT = 2
+#: sorted window medians, the group-packed front state and SNR history; 3: the
+#: settings' screened rates, the fourth speed pass's state).
+STATE_FORMAT = 3
 
 
 @dataclass(slots=True, eq=False)
@@ -108,7 +109,9 @@ class QualityChain:
     def feed(self, frames: Sequence[Frame]) -> list[list[Event]]:
         """Process *frames* (any streams, each stream's in order); return the events
         of each frame. Frames of streams with the same rate and block length go
-        through the numpy front end together. The cyclic garbage collector waits
+        through the numpy front end together. Frames of a rate outside
+        ``settings.min_fs .. max_fs`` get no events (the QRS band needs fs > 12.5 Hz;
+        the chain is validated at 125-1000 Hz). The cyclic garbage collector waits
         until the call returns (:func:`gc_deferred`)."""
         with gc_deferred():
             return self._feed(frames)
@@ -117,9 +120,10 @@ class QualityChain:
         out: list[list[Event]] = [[] for _ in frames]
         seen: dict[str, int] = defaultdict(int)
         rounds: dict[int, list[int]] = defaultdict(list)
+        lo, hi = self.settings.min_fs, self.settings.max_fs
         for i, f in enumerate(frames):  # a stream's k-th frame of the batch in round k
-            if f.mv.shape[0] == 0:
-                continue  # nothing to do, and no state to move
+            if f.mv.shape[0] == 0 or not lo <= f.fs <= hi:
+                continue  # nothing to do, and no state to move; or a rate not screened
             rounds[seen[f.key]].append(i)
             seen[f.key] += 1
         for k in sorted(rounds):
