@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -288,3 +289,54 @@ def test_many_dirty_runs_are_made_durable_by_one_syncfs(tmp_path: Path,
     writer.sync()
     assert len(calls) == 1 and fsyncs == [1]  # a single dirty run: its own fsyncs
     writer.close_all()
+
+
+# --- a full disk ---------------------------------------------------------------------------
+
+
+async def test_a_full_disk_closes_the_device_1013_loses_nothing_and_it_resumes(
+        mitdb: Path, tmp_path: Path, nursery: trio.Nursery) -> None:
+    """The kernel refuses to grow the archive's files (RLIMIT_FSIZE: EFBIG, as a full
+    disk gives ENOSPC): the device is closed with 1013 ``storage-unavailable``, the
+    server and another stream carry on, the run on disk holds whole frames only; once
+    there is room the device resumes after its last ack and the run is complete."""
+    rec = load_record(mitdb / "101", stop=360 * 60)  # 60 frames of 1,440 bytes
+    server = Server(load_settings(server={"port": 0}, archive={"dir": tmp_path}))
+    await nursery.start(server.run)
+    url = f"ws://127.0.0.1:{server.port}"
+    full = DeviceClient(url, hello_of(rec, "full"), max_unacked=100,
+                        backoff=Backoff(initial=0.01, maximum=0.05))
+    small = DeviceClient(url, hello_of(rec, "small"), max_unacked=100)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    async with trio.open_nursery() as inner:
+        await inner.start(full.run)
+        await inner.start(small.run)
+        await small.send(rec.samples[:360])
+        with trio.fail_after(20):
+            await small.drain()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, hard))  # ~27 frames fit
+        try:
+            for start in range(0, len(rec.samples), 360):
+                await full.send(rec.samples[start:start + 360])
+            with trio.fail_after(20):
+                # Another actor's progress, seen only in its counters:
+                while server.stats.totals.rejected.get("storage-unavailable", 0) == 0:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                await small.send(rec.samples[360:720])  # its file is small: it goes on
+                await small.drain()
+            assert full.counters.last_error == "storage-unavailable"
+            seqs, samples = archived(tmp_path, "full")  # whole frames, nothing after
+            assert seqs == list(range(len(seqs))) and 0 < len(seqs) < 60
+            assert samples.tobytes() == np.ascontiguousarray(
+                rec.samples[:360 * len(seqs)], "<i2").tobytes()
+            assert full.counters.acked <= len(seqs) - 1
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        with trio.fail_after(30):
+            await full.drain()  # room again: it resumes after its last ack
+        inner.cancel_scope.cancel()
+    server.shutdown()
+    seqs, samples = archived(tmp_path, "full")
+    assert seqs == list(range(60)), seqs
+    assert samples.tobytes() == np.ascontiguousarray(rec.samples, "<i2").tobytes()
+    assert full.counters.connections >= 2

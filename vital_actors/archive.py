@@ -27,7 +27,9 @@ it writes each batch in a worker thread and, per the fsync policy, advances each
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
+import logging
 import math
 import os
 import struct
@@ -43,9 +45,10 @@ from protocol import Hello
 
 from .store.live import PyramidFiles
 
-__all__ = ["RECORD", "Append", "ArchiveItem", "Close", "Durable", "RunFiles", "Stored",
-           "read_frames", "read_records", "repair", "run_archive", "run_dir", "scan"]
+__all__ = ["RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable", "RunFiles",
+           "Stored", "read_frames", "read_records", "repair", "run_archive", "run_dir", "scan"]
 
+_log = logging.getLogger(__name__)
 RECORD = struct.Struct("<QQId")  # seq, t0 (first sample's index in the run), n, t
 _ITEMSIZE = {"int16": 2, "float32": 4}
 Fsync = Literal["always", "interval", "never"]
@@ -59,6 +62,7 @@ class Durable:
     def __init__(self, seq: int = -1, samples: int | None = None) -> None:
         self.seq = seq
         self.samples = 0 if seq == -1 and samples is None else samples
+        self.failed: str | None = None  # why the archive stopped taking this run's frames
         self._changed = trio.Event()
 
     def advance(self, seq: int, samples: int | None = None) -> None:
@@ -69,10 +73,30 @@ class Durable:
             self._changed.set()
             self._changed = trio.Event()
 
+    def fail(self, reason: str, seq: int, samples: int) -> None:
+        """The archive could not write this run's frames after frame *seq*, which ends
+        at sample *samples* (synced): that is where the run stands now, and waiters get
+        :class:`ArchiveFailed`."""
+        if seq >= self.seq:
+            self.seq, self.samples = seq, samples
+        self.failed = reason
+        self._changed.set()
+        self._changed = trio.Event()
+
     async def wait_beyond(self, seq: int) -> None:
-        """Return once :attr:`seq` is greater than *seq*."""
+        """Return once :attr:`seq` is greater than *seq*.
+
+        Raises:
+            ArchiveFailed: it never will be: the archive could not write the frames.
+        """
         while self.seq <= seq:
+            if self.failed is not None:
+                raise ArchiveFailed(self.failed)
             await self._changed.wait()
+
+
+class ArchiveFailed(Exception):
+    """The archive could not write a run's frames (a full disk, an I/O error)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -116,6 +140,8 @@ class RunFiles:
     frames: int = field(init=False)
     pyramid: PyramidFiles = field(init=False)
     count: int = field(init=False)  # samples (per channel) in samples.bin
+    records: int = field(init=False)  # records in frames.bin
+    last_seq: int = field(init=False)  # seq of the last record (-1: none)
 
     def __post_init__(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -123,8 +149,13 @@ class RunFiles:
         if not meta.exists():
             _write_meta(meta, self.hello)
         self.samples = os.open(self.path / "samples.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        self.frames = os.open(self.path / "frames.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.frames = os.open(self.path / "frames.bin", os.O_RDWR | os.O_CREAT | os.O_APPEND)
         self.count = os.fstat(self.samples).st_size // self.frame_bytes
+        self.records = os.fstat(self.frames).st_size // RECORD.size
+        self.last_seq = -1
+        if self.records:
+            tail = os.pread(self.frames, RECORD.size, (self.records - 1) * RECORD.size)
+            self.last_seq = RECORD.unpack(tail)[0]
         self.pyramid = PyramidFiles(self.path, len(self.hello.channels), self.hello.dtype,
                                     self.count)
 
@@ -133,14 +164,28 @@ class RunFiles:
         return len(self.hello.channels) * _ITEMSIZE[self.hello.dtype]
 
     def write(self, items: list[Append]) -> list[int]:
-        """Append *items*; return the run's sample count after each of them."""
+        """Append *items*; return the run's sample count after each of them.
+
+        Raises:
+            OSError: a write failed (a full disk): the files are cut back to what they
+                held before, synced, and must be closed (the pyramid's builder is not).
+        """
         data = b"".join(i.data for i in items)
-        os.write(self.samples, data)
-        dtype = np.dtype(self.hello.dtype).newbyteorder("<")
-        self.pyramid.append(np.frombuffer(data, dtype).reshape(-1, len(self.hello.channels)))
-        os.write(self.frames, b"".join(RECORD.pack(i.seq, i.t0, i.n, i.t) for i in items))
+        try:
+            _write_all(self.samples, data)
+            dtype = np.dtype(self.hello.dtype).newbyteorder("<")
+            self.pyramid.append(np.frombuffer(data, dtype).reshape(-1,
+                                                                   len(self.hello.channels)))
+            _write_all(self.frames, b"".join(RECORD.pack(i.seq, i.t0, i.n, i.t)
+                                             for i in items))
+        except OSError:
+            os.ftruncate(self.samples, self.count * self.frame_bytes)
+            os.ftruncate(self.frames, self.records * RECORD.size)
+            self.sync()  # what was written before is durable, as the caller will say
+            raise
         ends = (self.count + np.cumsum([i.n for i in items])).tolist()
-        self.count = ends[-1]
+        self.count, self.records, self.last_seq = ends[-1], self.records + len(items), \
+            items[-1].seq
         return ends  # type: ignore[no-any-return]
 
     def sync(self) -> None:
@@ -151,6 +196,13 @@ class RunFiles:
         os.close(self.samples)
         self.pyramid.close()
         os.close(self.frames)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of *data* is written (a full disk first writes short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _write_meta(path: Path, hello: Hello) -> None:
@@ -200,6 +252,9 @@ class _Writer:
         self.root = root
         self.open: dict[tuple[str, int], RunFiles] = {}
         self.dirty: set[tuple[str, int]] = set()
+        # Runs whose frames could not be written: (durable, reason, last seq, samples on
+        # disk), for the actor to report in the trio thread.
+        self.failures: list[tuple[tuple[str, int], Durable, str, int, int]] = []
 
     def write(self, batch: list[ArchiveItem]) -> list[Written]:
         """Write *batch*; return each Append written, with its run's sample count."""
@@ -217,12 +272,25 @@ class _Writer:
         return written
 
     def _flush_group(self, key: tuple[str, int], items: list[Append]) -> list[Written]:
-        if not items:
+        """Write one run's *items*. If that fails (a full disk), the run's files are cut
+        back to their last whole frame and closed, and its connection is told
+        (:attr:`failures`); frames of that connection still on their way are dropped,
+        so nothing lands after a hole. A reconnecting device resumes from the disk."""
+        if not items or items[0].durable.failed is not None:
             return []
         files = self.open.get(key)
-        if files is None:
-            files = self.open[key] = RunFiles(run_dir(self.root, *key), items[0].hello)
-        ends = files.write(items)
+        try:
+            if files is None:
+                files = self.open[key] = RunFiles(run_dir(self.root, *key), items[0].hello)
+            ends = files.write(items)
+        except OSError as exc:
+            if files is not None:
+                files.close()
+                self.open.pop(key, None)
+                self.dirty.discard(key)
+            last, count = (files.last_seq, files.count) if files is not None else (-1, 0)
+            self.failures.append((key, items[0].durable, _reason(exc), last, count))
+            return []
         self.dirty.add(key)
         return list(zip(items, ends, strict=True))
 
@@ -291,6 +359,7 @@ async def run_archive(
                             break
                 if batch:
                     unsynced += await trio.to_thread.run_sync(writer.write, batch)
+                    _report(writer)
                 now = trio.current_time()
                 if unsynced and fsync != "interval":
                     deadline = now  # sync (or not) right now
@@ -311,6 +380,20 @@ async def run_archive(
 def _mark(items: list[Written]) -> None:
     for item, samples in items:
         item.durable.advance(item.seq, samples)
+
+
+def _report(writer: _Writer) -> None:
+    """Tell the connections of the runs the writer could not write (see _flush_group)."""
+    for (stream, run), durable, reason, last, count in writer.failures:
+        _log.error("archive: cannot write stream %s run %d after frame %d: %s", stream,
+                   run, last, reason)
+        durable.fail(reason, last, count)
+    writer.failures.clear()
+
+
+def _reason(exc: OSError) -> str:
+    return f"{exc.strerror or exc}" + (f" ({errno.errorcode.get(exc.errno, exc.errno)})"
+                                       if exc.errno else "")
 
 
 # --- reading back -------------------------------------------------------------------------

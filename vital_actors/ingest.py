@@ -37,7 +37,7 @@ from protocol import (
     decode_device,
 )
 
-from .archive import Append, ArchiveItem, Close, Durable
+from .archive import Append, ArchiveFailed, ArchiveItem, Close, Durable
 from .auth import GRANT, authorize_stream
 from .broadcast import Hub, admit, announce
 from .clock import ClockTracker
@@ -48,7 +48,9 @@ from .settings import LimitSettings
 from .stats import Stats
 from .streams import StreamBusyError, StreamInfo, StreamRegistry
 
-__all__ = ["run_ingest"]
+__all__ = ["STORAGE_REASON", "run_ingest"]
+
+STORAGE_REASON = "storage-unavailable"
 
 
 class _Ingest:
@@ -68,6 +70,7 @@ class _Ingest:
         self.received_at = 0.0  # our clock (Unix s) when the current message arrived
         self.waiting_since = trio.current_time()  # since when receive waits (idle watchdog)
         self.silent = False  # the watchdog ended the connection: nothing came for too long
+        self.start_t0 = 0  # the run's sample count when this connection began
 
     async def watch(self, receiving: trio.CancelScope) -> None:
         """Cancel *receiving* once nothing has come for ``idle_timeout_s``, and say so
@@ -97,9 +100,17 @@ class _Ingest:
                 await self._on(event)
 
     async def send_acks(self) -> None:
-        """Ack archived frames, in order, as the archive makes them durable."""
+        """Ack archived frames, in order, as the archive makes them durable. If the
+        archive cannot store them (a full disk), the device is closed with 1013
+        ``storage-unavailable``; it reconnects later and resumes after its last ack."""
         with contextlib.suppress(ConnectionClosed):
-            await self._send_acks()
+            try:
+                await self._send_acks()
+            except ArchiveFailed as exc:
+                self.stats.reject(STORAGE_REASON)
+                await self.ws.fail(CloseCode.TRY_AGAIN_LATER, STORAGE_REASON,
+                                   f"the server cannot store this stream's frames ({exc}); "
+                                   "reconnect later and resume after the last ack")
 
     async def _send_acks(self) -> None:
         while True:
@@ -158,11 +169,14 @@ class _Ingest:
         self.info = info
         self.stats.devices += 1
         self.session.next_seq, self.session.t0 = info.next_seq, info.t0
+        self.start_t0 = info.t0
         if self.archive is not None:
             # One mark per run, shared by its connections: frames a previous connection
             # sent to the archive must be on disk before welcome says "resume after them".
             if info.durable is None or info.durable[0] != info.run:
                 info.durable = (info.run, Durable(info.next_seq - 1))  # new run, or restored
+            elif info.durable[1].failed is not None:  # resumes after what is on disk
+                info.durable = (info.run, Durable(info.next_seq - 1, info.t0))
             self.durable = info.durable[1]
             await self.durable.wait_beyond(info.next_seq - 2)
         info.clock = self.clock.estimate
@@ -224,6 +238,11 @@ class _Ingest:
         if self.info is None:
             return
         info = self.info
+        if self.durable.failed is not None:
+            # The archive stopped after frame durable.seq: the device resumes there.
+            samples = self.durable.samples
+            info.next_seq = self.durable.seq + 1
+            info.t0 = samples if samples is not None else self.start_t0
         self.registry.detach(info)
         self.stats.devices -= 1
         if self.registry.owner is not None:
