@@ -149,15 +149,25 @@ class RunFiles:
         if not meta.exists():
             _write_meta(meta, self.hello)
         self.samples = os.open(self.path / "samples.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        self.frames = os.open(self.path / "frames.bin", os.O_RDWR | os.O_CREAT | os.O_APPEND)
-        self.count = os.fstat(self.samples).st_size // self.frame_bytes
-        self.records = os.fstat(self.frames).st_size // RECORD.size
-        self.last_seq = -1
-        if self.records:
-            tail = os.pread(self.frames, RECORD.size, (self.records - 1) * RECORD.size)
-            self.last_seq = RECORD.unpack(tail)[0]
-        self.pyramid = PyramidFiles(self.path, len(self.hello.channels), self.hello.dtype,
-                                    self.count)
+        try:  # a full disk can fail the pyramid's rebuild: no descriptor is left behind
+            self.frames = os.open(self.path / "frames.bin",
+                                  os.O_RDWR | os.O_CREAT | os.O_APPEND)
+            try:
+                self.count = os.fstat(self.samples).st_size // self.frame_bytes
+                self.records = os.fstat(self.frames).st_size // RECORD.size
+                self.last_seq = -1
+                if self.records:
+                    tail = os.pread(self.frames, RECORD.size,
+                                    (self.records - 1) * RECORD.size)
+                    self.last_seq = RECORD.unpack(tail)[0]
+                self.pyramid = PyramidFiles(self.path, len(self.hello.channels),
+                                            self.hello.dtype, self.count)
+            except BaseException:
+                os.close(self.frames)
+                raise
+        except BaseException:
+            os.close(self.samples)
+            raise
 
     @property
     def frame_bytes(self) -> int:
@@ -178,10 +188,14 @@ class RunFiles:
                                                                    len(self.hello.channels)))
             _write_all(self.frames, b"".join(RECORD.pack(i.seq, i.t0, i.n, i.t)
                                              for i in items))
-        except OSError:
-            os.ftruncate(self.samples, self.count * self.frame_bytes)
-            os.ftruncate(self.frames, self.records * RECORD.size)
-            self.sync()  # what was written before is durable, as the caller will say
+        except OSError as exc:
+            try:
+                os.ftruncate(self.samples, self.count * self.frame_bytes)
+                os.ftruncate(self.frames, self.records * RECORD.size)
+                self.sync()  # what was written before is durable, as the caller will say
+            except OSError as worse:  # not even that: stop, as a crash would
+                raise RuntimeError(f"archive run {self.path} cannot be repaired after "
+                                   f"{exc}: {worse}") from worse
             raise
         ends = (self.count + np.cumsum([i.n for i in items])).tolist()
         self.count, self.records, self.last_seq = ends[-1], self.records + len(items), \

@@ -47,16 +47,21 @@ class PyramidFiles:
         self.entry_bytes = 2 * channels * self.dtype.itemsize
         want = [frames // bucket(k) for k in range(LEVELS)]
         have = [_size(path / f"pyr{k}.bin") // self.entry_bytes for k in range(LEVELS)]
-        self._fds = [os.open(path / f"pyr{k}.bin", os.O_RDWR | os.O_CREAT)
-                     for k in range(LEVELS)]
-        if any(h < w for h, w in zip(have, want, strict=True)):
-            self._rebuild(frames)
-        else:
-            for fd, w in zip(self._fds, want, strict=True):
-                os.ftruncate(fd, w * self.entry_bytes)
-            self.builder = PyramidBuilder(channels, self.dtype, self._pending(frames))
-        for fd in self._fds:
-            os.lseek(fd, 0, os.SEEK_END)
+        self._fds = []
+        try:  # a full disk can fail the rebuild: no descriptor is left behind
+            for k in range(LEVELS):
+                self._fds.append(os.open(path / f"pyr{k}.bin", os.O_RDWR | os.O_CREAT))
+            if any(h < w for h, w in zip(have, want, strict=True)):
+                self._rebuild(frames)
+            else:
+                for fd, w in zip(self._fds, want, strict=True):
+                    os.ftruncate(fd, w * self.entry_bytes)
+                self.builder = PyramidBuilder(channels, self.dtype, self._pending(frames))
+            for fd in self._fds:
+                os.lseek(fd, 0, os.SEEK_END)
+        except BaseException:
+            self.close()
+            raise
 
     def _pending(self, frames: int) -> list[Array]:
         reader = _RawReader(self.path, self.channels, self.dtype, frames)
