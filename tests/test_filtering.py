@@ -365,3 +365,40 @@ def test_the_direct_kernel_is_scipys_sosfilt_bit_for_bit(n: int, columns: int,
         y, zf = sosfilt_columns(sos, x, zi)
         assert np.array_equal(y, want_y) and np.array_equal(zf, want_zf)
         assert y.flags.f_contiguous == want_y.flags.f_contiguous
+
+
+class _FailsOnce(FilterBank):
+    """A bank with a bug that strikes its second call, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def apply(self, blocks: Sequence[Block]) -> list[Filtered]:
+        if self.calls == 1 and not self.failed:
+            self.failed = True
+            raise IndexError("a bug in the filter bank")
+        return super().apply(blocks)
+
+
+async def test_a_batch_the_bank_fails_on_is_dropped_and_the_stream_starts_from_rest(
+        rec: Recording, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    info = StreamRegistry(FilterSettings()).attach(hello(rec, "a"))
+    blocks = blocks_of(info, rec.samples[:1080], [360] * 3)
+    note = publication(0)
+    in_tx, in_rx = trio.open_memory_channel[Item](8)
+    out_tx, out_rx = trio.open_memory_channel[Item](8)
+    bank = _FailsOnce()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_filter, in_rx, out_tx, max_batch=64, bank=bank))
+        for item in (blocks[0], note, blocks[1], blocks[2]):  # one batch each
+            in_tx.send_nowait(item)
+            await trio.testing.wait_all_tasks_blocked()
+        in_tx.close()
+        got = [item async for item in out_rx]
+    assert bank.failed and "a bug in the filter bank" in caplog.text
+    assert [g.block if isinstance(g, Filtered) else g for g in got] == \
+        [blocks[0], note, blocks[2]]  # the second block's batch dropped, the rest went on
+    third = got[-1]
+    assert isinstance(third, Filtered)  # its filter started from rest: as if alone
+    assert_close(third.filtered, offline(info, rec.samples[720:1080]))

@@ -9,6 +9,7 @@ streams with the same coefficients and frame length in one call.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from .quality.front import joined
 from .settings import FilterSettings
 
 __all__ = ["FilterBank", "FilterDesign", "FilterSettingsError", "design", "run_filter"]
+
+_log = logging.getLogger(__name__)
 
 _versions = itertools.count(1)
 F64 = npt.NDArray[np.float64]
@@ -246,10 +249,21 @@ async def run_filter(
 
 def _filter_batch(bank: FilterBank, publish: Callable[[Filtered], object] | None,
                   batch: list[Item]) -> list[Item]:
+    """*batch* with each block replaced by its filtered self. If the bank fails (a
+    bug), the batch's blocks are dropped (their raw samples went out at ingest), logged,
+    and their streams' filters start over from rest: the server keeps running."""
     blocks = [item for item in batch if isinstance(item, Block)]
     if not blocks:
         return batch
-    filtered = bank.apply(blocks)
+    try:
+        filtered = bank.apply(blocks)
+    except Exception:
+        keys = sorted({b.stream.id for b in blocks})
+        _log.exception("filtering failed on a batch of stream(s) %s; their blocks are "
+                       "dropped and their filters start over", ", ".join(keys))
+        for key in keys:
+            bank.forget(key)
+        return [item for item in batch if not isinstance(item, Block)]
     if publish is not None:
         for item in filtered:
             publish(item)
