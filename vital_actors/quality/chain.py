@@ -49,8 +49,9 @@ F64 = npt.NDArray[np.float64]
 
 #: What a pickled chain holds; changes with the state its streams keep (2: the
 #: sorted window medians, the group-packed front state and SNR history; 3: the
-#: settings' screened rates, the fourth speed pass's state).
-STATE_FORMAT = 3
+#: settings' screened rates, the fourth speed pass's state; 4: detector A's beats of
+#: the last window kept for the bSQI).
+STATE_FORMAT = 4
 
 
 @dataclass(slots=True, eq=False)

@@ -145,10 +145,12 @@ def bsqi(a: Sequence[int], b: Sequence[int], tol: int) -> float:
 def match_count(ref: Sequence[int], test: Sequence[int], tol: int) -> int:
     """One-to-one matches of sorted *test* to sorted *ref* within *tol* samples."""
     i = j = hits = 0
-    while i < len(ref) and j < len(test):
-        if abs(test[j] - ref[i]) <= tol:
+    n_ref, n_test = len(ref), len(test)
+    while i < n_ref and j < n_test:
+        x, y = test[j], ref[i]
+        if abs(x - y) <= tol:
             hits, i, j = hits + 1, i + 1, j + 1
-        elif test[j] < ref[i]:
+        elif x < y:
             j += 1
         else:
             i += 1

@@ -67,7 +67,8 @@ class StreamQuality:
         self.noise = BeatNoise(d.fs, t0)
         self.rhythm = RhythmState(d.fs)  # detector A's beats, last 60 s
         self.last_r = t0  # detector A's last beat (the run's start before the first)
-        self.b_beats: deque[int] = deque()  # detector B's, last window
+        self.a_beats: deque[int] = deque()  # detector A's beats (R), last window ...
+        self.b_beats: deque[int] = deque()  # ... and detector B's
         self.b_level, self.b_last = 0.0, t0
         steps = max(1, round(settings.sqi_window_s / settings.window_s))
         self.snaps: deque[tuple[int, F64]] = deque(maxlen=steps + 1)
@@ -137,6 +138,7 @@ class StreamQuality:
             rhythm, noise = self.rhythm, self.noise
             for beat in beats:
                 rhythm.push(beat.r)
+                self.a_beats.append(beat.r)
                 self.last_r = beat.r
                 noise.beat(beat.r, beat.decided)
                 out.append(self._beat_event(beat))
@@ -157,18 +159,12 @@ class StreamQuality:
         first_b, first = self.snaps[0]
         rh = self.rhythm.at(boundary)
         lo = boundary - self.window_n
-        b_beats = self.b_beats
-        while b_beats and b_beats[0] < lo:
-            b_beats.popleft()
+        a, b = _window(self.a_beats, lo), _window(self.b_beats, lo)
         edge = boundary - self.edge_n
-        a: list[int] = []
-        for r, _ in reversed(self.rhythm.beats):
-            if r < lo:
-                break
-            if r < edge:
-                a.append(r)
-        a.reverse()
-        b = [r for r in b_beats if r < edge]
+        while a and a[-1] >= edge:  # the last 300 ms: a beat or two at most
+            a.pop()
+        while b and b[-1] >= edge:
+            b.pop()
         return Step(self, boundary, boundary - first_b, boundary - prev_b, totals, prev, first,
                     bsqi(a, b, self.match_n), round(lo), self.noise.cut, bool(a or b), rh)
 
@@ -264,3 +260,11 @@ class StreamQuality:
                 "evidence": evidence}
         for topic in ("alerts", self.topic_q):
             yield Event("alert", topic, Priority.CRITICAL, body)
+
+
+def _window(beats: deque[int], lo: float) -> list[int]:
+    """The R indices of *beats* (in order) from *lo* on, as a list; the older ones are
+    dropped from *beats*."""
+    while beats and beats[0] < lo:
+        beats.popleft()
+    return list(beats)
