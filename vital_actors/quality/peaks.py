@@ -57,6 +57,15 @@ class PeakTracker:
     rrs: deque[int] = field(default_factory=lambda: deque(maxlen=8))
     rr_sum: int = 0  # sum(rrs), kept (integers: exact)
     noise: list[tuple[int, float, int]] = field(default_factory=list)
+    # The rules' times in samples (floats, as the expressions they stand for).
+    refractory: float = field(init=False, default=0.0)
+    t_wave: float = field(init=False, default=0.0)
+    silence: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        fs = self.fs
+        self.refractory, self.t_wave, self.silence = REFRACTORY_S * fs, T_WAVE_S * fs, \
+            SILENCE_S * fs
 
     @property
     def threshold(self) -> float:
@@ -77,19 +86,22 @@ class PeakTracker:
 
     def _judge(self, decided: int, value: float, r: int) -> list[Beat]:
         out: list[Beat] = []
-        fs = self.fs
-        if self.last_r is not None:
-            since = r - self.last_r
-            if since > SILENCE_S * fs:
+        last_r = self.last_r
+        if last_r is not None:
+            since = r - last_r
+            if since > self.silence:
                 self.spk = max(self.spk * 0.5, self.npk * SILENCE_FLOOR)
-            if self.rrs and since > MISS_RR * (self.rr_sum / len(self.rrs)):
+            rrs = self.rrs
+            if rrs and since > MISS_RR * (self.rr_sum / len(rrs)):
                 found = self._search_back(decided, r)
                 if found is not None:
                     out.append(found)
-            if r - self.last_r < REFRACTORY_S * fs:
+                    since = r - found.r  # (the beat found is the last now)
+            if since < self.refractory:
                 return out
-            if value > self.threshold and not (
-                    r - self.last_r < T_WAVE_S * fs and value < 0.5 * self.last_v):
+            npk = self.npk
+            if value > npk + 0.25 * (self.spk - npk) and not (  # (the threshold)
+                    since < self.t_wave and value < 0.5 * self.last_v):
                 self.spk = 0.125 * value + 0.875 * self.spk
                 out.append(self._beat(decided, value, r, searchback=False))
                 return out
@@ -103,8 +115,8 @@ class PeakTracker:
 
     def _search_back(self, decided: int, r: int) -> Beat | None:
         assert self.last_r is not None
-        lo = self.last_r + REFRACTORY_S * self.fs
-        pool = [c for c in self.noise if lo <= c[2] < r - REFRACTORY_S * self.fs]
+        lo = self.last_r + self.refractory
+        pool = [c for c in self.noise if lo <= c[2] < r - self.refractory]
         if not pool:
             return None
         _, value, at = max(pool, key=lambda c: c[1])

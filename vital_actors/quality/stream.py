@@ -100,7 +100,7 @@ class StreamQuality:
                 if accepts(r, height):
                     b_beats.append(r)
         out: list[Event | Step] = []
-        noise, peak = self.noise, self._peak
+        noise, peak, step = self.noise, self._peak, self._step
         full = res.full[:, res.k]  # the kept history, then the block
         full_start = res.t0 - self.d.snr_keep
         peaks = res.peaks_a
@@ -111,7 +111,7 @@ class StreamQuality:
                 i += 1
             if noise.waiting:
                 noise.advance(boundary, full, full_start)
-            out.append(self._step(boundary, totals))
+            out.append(step(boundary, totals))
         while i < count:
             peak(*peaks[i], out)
             i += 1
