@@ -171,14 +171,15 @@ class StreamQuality:
     def finish(self, st: Step, rows: StepRows, i: int) -> list[Event]:
         """The quality event and alert changes of step *st*, row *i* of *rows*."""
         flat = rows.flat[i]
-        counts = self.flat_counts
-        if len(self.flat) == self.flat.maxlen:
-            for c, was in enumerate(self.flat[0]):
+        window, counts = self.flat, self.flat_counts
+        if len(window) == window.maxlen and True in window[0]:  # (mostly none is flat)
+            for c, was in enumerate(window[0]):
                 counts[c] -= was
-        self.flat.append(flat)
-        for c, now in enumerate(flat):
-            counts[c] += now
-        seconds = len(self.flat)
+        window.append(flat)
+        if True in flat:
+            for c, now in enumerate(flat):
+                counts[c] += now
+        seconds = len(window)
         flat_share = [round4(k / seconds) for k in counts]
         q = WindowSQI(rows.kurtosis[i], rows.skewness[i], rows.bw_ratio[i], rows.hf_ratio[i],
                       flat_share, rows.sat_fraction[i], rows.std_mv[i], round4(st.bsqi),
