@@ -239,6 +239,24 @@ async def test_closing_the_inbox_ends_every_subscriber_after_its_lanes(
     assert all(sub.evicted is None for sub in subs)
 
 
+async def test_a_message_that_does_not_encode_is_dropped_alone(
+        autojump_clock: MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug upstream (a body msgpack cannot encode) loses that message, logged; the
+    broadcaster, and every message after it, go on."""
+    hub = make_hub()
+    sub = hub.add()
+    hub.subscribe(sub, ["alerts"])
+    broken = Publication(Event("alert", "alerts", Priority.CRITICAL, {"t": object()}))
+    async with broadcasting(hub) as inbox:
+        for item in (alert(1), broken, alert(2)):
+            await inbox.send(item)
+        await trio.testing.wait_all_tasks_blocked()
+        inbox.close()
+    outs, ended = drain(sub.lanes)
+    assert [o.message.body["t"] for o in outs if isinstance(o.message, Event)] == [1, 2]
+    assert ended and "could not publish" in caplog.text
+
+
 async def test_unsubscribing_the_last_member_forgets_the_topic() -> None:
     hub = make_hub()
     a, b = hub.add(), hub.add()

@@ -16,6 +16,7 @@ what a ``subscribe.since`` gets (:mod:`vital_actors.recovery` replays it).
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -39,6 +40,8 @@ from .streams import StreamInfo, StreamRegistry
 __all__ = ["Hub", "Resume", "Subscriber", "admit", "announce", "filtered_message",
            "publish_filtered", "raw_message", "run_broadcast", "run_hub_rates",
            "sample_messages"]
+
+_log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 _BATCH = 256  # items the broadcaster takes from its inbox per round
@@ -408,12 +411,15 @@ async def run_broadcast(
             except trio.EndOfChannel:
                 break
             for item in batch:
-                if isinstance(item, Filtered):
-                    for message in sample_messages(item, hub, filtered_dtype=filtered_dtype,
-                                                   raw=raw, filtered=filtered):
-                        hub.publish(message)
-                elif isinstance(item, Publication):
-                    hub.publish(item.message)
+                try:
+                    if isinstance(item, Filtered):
+                        for message in sample_messages(item, hub, raw=raw, filtered=filtered,
+                                                       filtered_dtype=filtered_dtype):
+                            hub.publish(message)
+                    elif isinstance(item, Publication):
+                        hub.publish(item.message)
+                except Exception:  # a bug (a message that does not encode): lose it alone
+                    _log.exception("broadcast: could not publish %r; dropped", item)
     hub.close_all()
 
 
