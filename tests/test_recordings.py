@@ -126,6 +126,12 @@ async def test_views_and_raw_data(server: Server) -> None:
     assert np.array_equal(np.load(io.BytesIO(body)), x[100:250])
     status, body, _ = await request(port, "GET", f"/api/v1/recordings/{rec}/view?channel=9")
     assert status == 400
+    for query, want in (("start=99999999999999999999", 0), ("start=-5&end=3", 3),
+                        ("start=299990&end=10000000", 10), ("start=50&end=40", 0)):
+        status, body, _ = await request(port, "GET", f"/api/v1/recordings/{rec}/data?{query}")
+        assert status == 200 and msgpack.unpackb(body)["n"] == want, (query, body[:200])
+    status, body, _ = await request(port, "GET", f"/api/v1/recordings/{rec}/data?start=x")
+    assert status == 400 and b"start" in body
 
 
 async def _subscribe(ws: Any, *topics: str) -> None:

@@ -108,8 +108,18 @@ class UploadApp:
 
 
 def _int(name: str, default: int) -> int:
+    """Query parameter *name* as an int (*default* when absent).
+
+    Raises:
+        ValueError: it is not an integer (the message names it).
+    """
     value = request.args.get(name)
-    return default if value in (None, "") else int(value)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {value!r}") from None
 
 
 def register(app: QuartTrio, server: Server) -> None:
@@ -215,6 +225,9 @@ async def _data(server: Server, meta: Meta, read: Callable[[int, int], Any]
         start, end = _int("start", 0), _int("end", meta.frames)
     except ValueError as exc:
         return _problem(400, "bad data parameters", [str(exc)])
+    # Within the recording (a range past its end is empty; 1e20 used to reach numpy).
+    start = min(max(0, start), meta.frames)
+    end = min(max(start, end), meta.frames)
     if end - start > server.settings.store.max_data_frames:
         return _problem(413, f"ask for at most {server.settings.store.max_data_frames} "
                         "frames at a time")
@@ -223,7 +236,7 @@ async def _data(server: Server, meta: Meta, read: Callable[[int, int], Any]
         buf = io.BytesIO()
         np.save(buf, frames)
         return Response(buf.getvalue(), content_type="application/x-npy")
-    body = {"recording": meta.id, "start": max(0, start), "n": len(frames),
+    body = {"recording": meta.id, "start": start, "n": len(frames),
             "channels": meta.channels, "dtype": meta.dtype, "fs": meta.fs,
             "gain": meta.gain, "baseline": meta.baseline, "data": frames.tobytes()}
     return Response(msgpack.packb(body), content_type="application/msgpack")
