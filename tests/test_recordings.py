@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,27 @@ async def test_mit_bih_record_uploads_as_a_wfdb_tar(server: Server, mitdb: Path)
     assert np.array_equal(got, rec.samples)
 
 
+def _wfdb_zip(header: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("r.hea", header)
+        z.writestr("r.dat", bytes(400))
+    return buf.getvalue()
+
+
+# The last four were 500s, found by fuzzing uploads (a header no recording can have).
 @pytest.mark.parametrize(("path", "data", "status", "words"), [
     ("/api/v1/recordings?fs=1&format=edf", _npy(_signal(100)), 415, "mislabelled"),
     ("/api/v1/recordings?fs=1", _npy(_signal(1000))[:-10], 422, "truncated"),
     ("/api/v1/recordings", _npy(_signal(1000)), 400, "fs="),
     ("/api/v1/recordings?fs=1", None, 413, "limit"),
-], ids=["mislabelled", "truncated", "no-rate", "too-large"])
+    ("/api/v1/recordings?fs=360", _npy(np.zeros((10, 0), np.int16)), 422, "no channels"),
+    ("/api/v1/recordings?fs=nan", _npy(_signal(100)), 422, "sampling rate"),
+    ("/api/v1/recordings", _wfdb_zip("r 1 0 10\nr.dat 16 200 16 0 0 0 0 x\n"), 422,
+     "sampling rate"),
+    ("/api/v1/recordings", _wfdb_zip("r 3 360 10\n"), 422, "no signal"),
+], ids=["mislabelled", "truncated", "no-rate", "too-large", "no-channels", "nan-rate",
+        "wfdb-zero-rate", "wfdb-no-signals"])
 async def test_bad_uploads_get_clear_errors_and_leave_nothing(
         server: Server, path: str, data: bytes | None, status: int, words: str) -> None:
     if data is None:  # only the head, announcing 11 MB: refused before any body is read

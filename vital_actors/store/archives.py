@@ -150,6 +150,8 @@ class WfdbDecoder:
             raise FormatError(422, f"bad WFDB header {record.name}.hea: {exc}") from None
         if getattr(header, "seg_len", None) is not None or not header.sig_len:
             raise FormatError(422, "multi-segment or empty WFDB records are not supported")
+        if not header.sig_name or not header.adc_gain or header.baseline is None:
+            raise FormatError(422, f"WFDB header {record.name}.hea describes no signal")
         self.info = SourceInfo(float(header.fs), list(header.sig_name), "int16",
                                [float(g) for g in header.adc_gain],
                                [float(b) for b in header.baseline])

@@ -166,6 +166,8 @@ class NpyDecoder:
             raise FormatError(422, f"NPY must be C-order (n,) or (n, channels) of <i2, <f4 or "
                               f"<f8; got shape {shape}, dtype {dtype.str}, fortran {fortran}")
         channels = 1 if len(shape) == 1 else int(shape[1])
+        if channels == 0:
+            raise FormatError(422, f"NPY of shape {shape} has no channels")
         self._dtype, self._frame = dtype, channels * dtype.itemsize
         self._left = int(shape[0]) * self._frame
         p = self.params

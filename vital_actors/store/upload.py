@@ -10,6 +10,7 @@ hypercorn, and with it the socket, while a chunk is being written.
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 
 import trio
 
-from .formats import Decoder, FormatError, UploadParams, make_decoder, resolve
+from .formats import Decoder, FormatError, SourceInfo, UploadParams, make_decoder, resolve
 from .recording import Meta, Writer
 from .resumable import ChecksumError
 from .store import RecordingStore, hold, new_id
@@ -56,9 +57,26 @@ class _Upload:
         if self.writer is None:
             info = self.decoder.info
             assert info is not None  # decoders emit frames only after their header
+            _check(info)
             self.writer = Writer(self.workdir / "rec", fs=info.fs, channels=info.channels,
                                  dtype=info.dtype, gain=info.gain, baseline=info.baseline)
         self.writer.append(frames)
+
+
+def _check(info: SourceInfo) -> None:
+    """Refuse a header whose rate, gains or baselines no recording can have.
+
+    Raises:
+        FormatError: 422, naming the field.
+    """
+    if not (math.isfinite(info.fs) and info.fs > 0):
+        raise FormatError(422, f"the sampling rate must be a positive number, not {info.fs}")
+    if not info.channels:
+        raise FormatError(422, "the recording has no channels")
+    if not all(math.isfinite(g) and g != 0 for g in info.gain):
+        raise FormatError(422, f"every channel's gain must be a non-zero number: {info.gain}")
+    if not all(math.isfinite(b) for b in info.baseline):
+        raise FormatError(422, f"every channel's baseline must be a number: {info.baseline}")
 
 
 async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
