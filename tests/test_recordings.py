@@ -215,6 +215,34 @@ async def test_job_progress_on_its_topic_and_cancel_over_http(server: Server) ->
     assert status == 404
 
 
+async def test_a_replay_that_fails_on_a_bug_fails_alone(
+        server: Server, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = server.port or 0
+    status, body, _ = await request(port, "POST", "/api/v1/recordings?fs=360",
+                                    raw=_npy(_signal(2000)))
+    rec = json.loads(body)["id"]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the loader")
+
+    monkeypatch.setattr(server.loader, "read", broken)
+    status, body, _ = await request(port, "POST", f"/api/v1/recordings/{rec}/replay",
+                                    {"speed": 0, "stream": "bug"})
+    assert status == 201, body
+    for _ in range(1000):  # the replay runs in the server's own tasks
+        if server.replays.replays["bug"].state not in ("starting", "playing"):
+            break
+        await trio.sleep(0.01)
+    replays = (await get_json(port, "/api/v1/replays"))["replays"]
+    assert replays[0]["state"] == "failed" and "a bug in the loader" in replays[0]["error"]
+    assert "a bug in the loader" in caplog.text
+    assert (await request(port, "GET", "/healthz"))[0] == 200
+    status, body, _ = await request(port, "POST", f"/api/v1/recordings/{rec}/replay",
+                                    {"speed": 0, "stream": "bug"})
+    assert status == 201, body  # its stream was let go
+
+
 async def test_a_looping_replay_runs_until_stopped(server: Server) -> None:
     port = server.port or 0
     x = _signal(2000)

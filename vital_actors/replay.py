@@ -9,6 +9,7 @@ allows (``outbox.send`` parks while the pipeline is full), so nothing is dropped
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ from .stats import Stats
 from .streams import StreamInfo, StreamRegistry
 
 __all__ = ["Replay", "Replays", "frame_frames"]
+
+_log = logging.getLogger(__name__)
 
 _FAST_FRAME = 4096  # frames per block at speed 0 (a device frame holds at most 8192)
 
@@ -107,6 +110,9 @@ class Replays:
                 try:
                     await self._play(replay, info, outbox)
                 except (OSError, KeyError, ValueError) as exc:  # the recording went away
+                    replay.state, replay.error = "failed", f"{type(exc).__name__}: {exc}"
+                except Exception as exc:  # a bug: this replay fails, not the server
+                    _log.exception("replay of %s on %s failed", replay.recording, info.id)
                     replay.state, replay.error = "failed", f"{type(exc).__name__}: {exc}"
                 else:
                     replay.state = "finished"
