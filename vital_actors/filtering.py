@@ -9,7 +9,6 @@ streams with the same coefficients and frame length in one call.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from .quality.front import joined
 from .settings import FilterSettings
 
 __all__ = ["FilterBank", "FilterDesign", "FilterSettingsError", "design", "run_filter"]
-
-_log = logging.getLogger(__name__)
 
 _versions = itertools.count(1)
 F64 = npt.NDArray[np.float64]
@@ -215,6 +212,14 @@ def _to_mv(block: Block) -> F64:
     return mv
 
 
+def _unfiltered(bank: FilterBank, batch: list[Item], streams: list[str]) -> list[Item]:
+    """A batch the bank failed on (a bug): its blocks are dropped (their raw samples went
+    out at ingest) and its streams' filters start from rest; the rest goes on."""
+    for key in streams:
+        bank.forget(key)
+    return [item for item in batch if not isinstance(item, Block)]
+
+
 def _as_float(raw: npt.NDArray[np.generic]) -> F64:
     """*raw* as a fresh float64 array in C order, to be scaled in place: numpy 2.4's
     mixed-type ``np.multiply(int16, float64 column, dtype=float64)`` took 227 µs for
@@ -244,26 +249,15 @@ async def run_filter(
     bank = bank or FilterBank()
     task_status.started(bank)
     await run_batches(inbox, outbox, partial(_filter_batch, bank, publish),
-                      max_batch=max_batch, linger=linger)
+                      max_batch=max_batch, linger=linger, on_failure=partial(_unfiltered, bank))
 
 
 def _filter_batch(bank: FilterBank, publish: Callable[[Filtered], object] | None,
                   batch: list[Item]) -> list[Item]:
-    """*batch* with each block replaced by its filtered self. If the bank fails (a
-    bug), the batch's blocks are dropped (their raw samples went out at ingest), logged,
-    and their streams' filters start over from rest: the server keeps running."""
     blocks = [item for item in batch if isinstance(item, Block)]
     if not blocks:
         return batch
-    try:
-        filtered = bank.apply(blocks)
-    except Exception:
-        keys = sorted({b.stream.id for b in blocks})
-        _log.exception("filtering failed on a batch of stream(s) %s; their blocks are "
-                       "dropped and their filters start over", ", ".join(keys))
-        for key in keys:
-            bank.forget(key)
-        return [item for item in batch if not isinstance(item, Block)]
+    filtered = bank.apply(blocks)
     if publish is not None:
         for item in filtered:
             publish(item)

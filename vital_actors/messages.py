@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -15,7 +16,10 @@ from protocol import Event, StreamSamples
 if TYPE_CHECKING:
     from .streams import StreamInfo
 
-__all__ = ["Block", "Filtered", "Item", "Publication", "put", "run_batches", "take_batch"]
+__all__ = ["Block", "Filtered", "Item", "Publication", "put", "run_batches", "stream_ids",
+           "take_batch"]
+
+_log = logging.getLogger(__name__)
 
 
 # Block and Filtered are made once per frame on the hot path and never changed after;
@@ -96,15 +100,37 @@ async def put(outbox: trio.MemorySendChannel[T], item: T) -> None:
 async def run_batches(inbox: trio.MemoryReceiveChannel[Item],
                       outbox: trio.MemorySendChannel[Item],
                       process: Callable[[list[Item]], Iterable[Item]], *, max_batch: int,
-                      linger: float = 0.0) -> None:
+                      linger: float = 0.0,
+                      on_failure: Callable[[list[Item], list[str]], Iterable[Item]] | None
+                      = None) -> None:
     """A batching stage: each batch of *inbox* (:func:`take_batch`) through *process*,
     what it yields into *outbox*. Owns both ends: returns, closing *outbox*, when
-    *inbox* ends."""
+    *inbox* ends.
+
+    With *on_failure*, a batch *process* raises on (a bug) costs only that batch: the
+    failure is logged, and what ``on_failure(batch, stream_ids)`` returns goes on
+    instead (the stage forgets those streams' state, so they start over).
+    """
     with inbox, outbox:
         while True:
             try:
                 batch = await take_batch(inbox, max_batch=max_batch, linger=linger)
             except trio.EndOfChannel:
                 break
-            for item in process(batch):
+            try:
+                out = process(batch)
+            except Exception:
+                if on_failure is None:
+                    raise
+                ids = stream_ids(batch)
+                _log.exception("a stage failed on a batch of stream(s) %s; they start over",
+                               ", ".join(ids))
+                out = on_failure(batch, ids)
+            for item in out:
                 await put(outbox, item)
+
+
+def stream_ids(batch: Iterable[Item]) -> list[str]:
+    """The ids of the streams whose blocks are in *batch*, sorted."""
+    return sorted({(i.block if isinstance(i, Filtered) else i).stream.id for i in batch
+                   if isinstance(i, Block | Filtered)})

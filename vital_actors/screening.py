@@ -8,7 +8,6 @@ item followed by the events of its block, in order.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from functools import partial
 
@@ -21,9 +20,7 @@ from .quality import Frame, QualityChain
 from .quality.chain import gc_deferred
 from .settings import ScreenSettings
 
-__all__ = ["Screener", "frame_of", "run_screen", "screen_batch", "screen_or_pass"]
-
-_log = logging.getLogger(__name__)
+__all__ = ["Screener", "frame_of", "run_screen", "screen_batch"]
 
 
 def frame_of(item: Filtered) -> Frame:
@@ -81,21 +78,13 @@ async def run_screen(
     """
     chain = chain or QualityChain(settings)
     task_status.started(chain)
-    await run_batches(inbox, outbox, partial(screen_or_pass, chain), max_batch=max_batch,
-                      linger=linger)
+    await run_batches(inbox, outbox, partial(screen_batch, chain), max_batch=max_batch,
+                      linger=linger, on_failure=partial(_unscreened, chain))
 
 
-def screen_or_pass(chain: QualityChain, batch: list[Item]) -> list[Item]:
-    """:func:`screen_batch`, except that a failure (a bug in the chain) loses only the
-    batch's events: it is logged, the batch's streams start over (fresh state from
-    their next block), and its items go on, so their samples still reach subscribers
-    and the server keeps running."""
-    try:
-        return screen_batch(chain, batch)
-    except Exception:
-        keys = sorted({i.block.stream.id for i in batch if isinstance(i, Filtered)})
-        _log.exception("quality screening failed on a batch of stream(s) %s; their "
-                       "screening starts over", ", ".join(keys))
-        for key in keys:
-            chain.forget(key)
-        return batch
+def _unscreened(chain: QualityChain, batch: list[Item], streams: list[str]) -> list[Item]:
+    """A batch the chain failed on (a bug): its items go on without events, so their
+    samples still reach subscribers; its streams' screening starts over."""
+    for key in streams:
+        chain.forget(key)
+    return batch
