@@ -93,6 +93,14 @@ async def test_group_commit_waits_its_delay_and_serves_the_window_with_one_sync(
         real_sync(writer)
 
     monkeypatch.setattr(archive._Writer, "sync", counted)
+    writes: list[int] = []  # the bytes of each write to the run's files
+    real_write_all = archive._write_all
+
+    def write_all(fd: int, data: bytes) -> None:
+        writes.append(len(data))
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(archive, "_write_all", write_all)
     tx, rx = trio.open_memory_channel[ArchiveItem](8)
     durable = Durable()
     async with trio.open_nursery() as nursery:
@@ -105,10 +113,13 @@ async def test_group_commit_waits_its_delay_and_serves_the_window_with_one_sync(
             await tx.send(append(1, durable))
             await trio.sleep(0.05)
             assert durable.seq == -1 and syncs == []  # idle, but within the delay
+            assert writes == []  # the window is written with its sync
             with trio.fail_after(5):
                 await durable.wait_beyond(0)
             assert durable.seq == 1  # both at once
             assert len(syncs) == 1 and 0.2 <= syncs[0] < 0.25
+            # One write per file for the window: both frames' samples, both records.
+            assert writes == [2 * 3 * 2 * 2, 2 * archive.RECORD.size]
             await tx.send(append(2, durable))  # a new window begins with it
             with trio.fail_after(5):
                 await durable.wait_beyond(1)
@@ -312,11 +323,14 @@ async def test_a_full_disk_closes_the_device_1013_loses_nothing_and_it_resumes(
         await inner.start(full.run)
         await inner.start(small.run)
         await small.send(rec.samples[:360])
+        for start in range(0, 360 * 10, 360):  # ten frames on disk before the limit
+            await full.send(rec.samples[start:start + 360])
         with trio.fail_after(20):
             await small.drain()
+            await full.drain()
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, hard))  # ~27 frames fit
         try:
-            for start in range(0, len(rec.samples), 360):
+            for start in range(360 * 10, len(rec.samples), 360):
                 await full.send(rec.samples[start:start + 360])
             with trio.fail_after(20):
                 # Another actor's progress, seen only in its counters:
@@ -326,7 +340,7 @@ async def test_a_full_disk_closes_the_device_1013_loses_nothing_and_it_resumes(
                 await small.drain()
             assert full.counters.last_error == "storage-unavailable"
             seqs, samples = archived(tmp_path, "full")  # whole frames, nothing after
-            assert seqs == list(range(len(seqs))) and 0 < len(seqs) < 60
+            assert seqs == list(range(len(seqs))) and 10 <= len(seqs) < 60
             assert samples.tobytes() == np.ascontiguousarray(
                 rec.samples[:360 * len(seqs)], "<i2").tobytes()
             assert full.counters.acked <= len(seqs) - 1

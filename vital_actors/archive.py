@@ -20,7 +20,8 @@ when the run is next opened.
 
 :func:`run_archive` is the writer actor. Ingest connections send it :class:`Append` and
 :class:`Close` over one bounded channel (``buffers.archive``, a clone per connection);
-it writes each batch in a worker thread and, per the fsync policy, advances each run's
+it writes in a worker thread (each batch, or with the ``interval`` policy each commit
+window at once, with its sync) and, per the fsync policy, advances each run's
 :class:`Durable` mark, on which the connection sends its acks.
 """
 
@@ -315,6 +316,12 @@ class _Writer:
             files.close()
             self.dirty.discard(key)
 
+    def commit(self, batch: list[ArchiveItem]) -> list[Written]:
+        """:meth:`write` *batch*, then :meth:`sync`: one trip to the worker thread."""
+        written = self.write(batch)
+        self.sync()
+        return written
+
     def sync(self) -> None:
         dirty = [self.open[key] for key in self.dirty if key in self.open]
         self.dirty.clear()
@@ -342,16 +349,22 @@ async def run_archive(
 ) -> None:
     """Write what *inbox* brings under *root*; mark frames durable per the *fsync* policy.
 
-    ``always``: fsync each batch before its frames count as durable. ``interval`` (group
-    commit): fsync once the inbox is empty but not before *commit_delay_s* after the
-    first unsynced write, and under a steady inflow at most *interval_s* after it; so
-    acks wait that long at most, and one sync (and one ack per device) serves every
-    frame written in the window. With 0 it syncs whenever the inbox is empty: at a few
-    hundred devices that was hundreds of syncs (and acks) a second. ``never``: durable
-    once written to the OS (survives a killed server, not a lost machine). Returns,
-    after a last fsync, when every sender has closed *inbox*.
+    ``always``: write and fsync each batch before its frames count as durable.
+    ``interval`` (group commit): keep what arrives until the inbox is empty but not
+    before *commit_delay_s* after the first frame of the window, and under a steady
+    inflow at most *interval_s* after it; then write the window and fsync it, in one
+    trip to a worker thread. So acks wait that long at most, and one write per file of
+    each run, one sync and one ack per device serve every frame of the window (written
+    as they came, batch by batch, each run's files were written once per frame, and the
+    thread trips cost as much again: docs/benchmarks.md). A window that grows past
+    ``8 * max_batch`` items is written at once and synced with the rest. With
+    *commit_delay_s* 0 it commits whenever the inbox is empty. ``never``: write each
+    batch; durable once written to the OS (survives a killed server, not a lost
+    machine). Returns, after writing and syncing what it holds, when every sender has
+    closed *inbox*.
     """
     writer = _Writer(root)
+    pending: list[ArchiveItem] = []  # interval: received, to be written with the sync
     unsynced: list[Written] = []
     deadline = math.inf  # when the unsynced writes are synced, whatever comes
     soonest = math.inf  # when they may be, once the inbox is empty
@@ -371,23 +384,36 @@ async def run_archive(
                             batch.append(inbox.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                if batch:
+                if batch and fsync == "interval":
+                    pending += batch
+                    if len(pending) >= 8 * max_batch:  # a long window: write what it has
+                        unsynced += await trio.to_thread.run_sync(writer.write, pending)
+                        pending = []
+                        _report(writer)
+                elif batch:
                     unsynced += await trio.to_thread.run_sync(writer.write, batch)
                     _report(writer)
                 now = trio.current_time()
-                if unsynced and fsync != "interval":
+                held = bool(pending or unsynced)
+                if held and fsync != "interval":
                     deadline = now  # sync (or not) right now
-                elif unsynced and deadline == math.inf:
+                elif held and deadline == math.inf:
                     deadline, soonest = now + interval_s, now + commit_delay_s
                 idle = inbox.statistics().current_buffer_used == 0
-                if unsynced and (now >= deadline or (idle and now >= soonest)):
-                    if fsync != "never":
+                if held and (now >= deadline or (idle and now >= soonest)):
+                    if fsync == "interval":
+                        unsynced += await trio.to_thread.run_sync(writer.commit, pending)
+                        pending = []
+                        _report(writer)
+                    elif fsync == "always":
                         await trio.to_thread.run_sync(writer.sync)
                     _mark(unsynced)
                     unsynced, deadline, soonest = [], math.inf, math.inf
         finally:
             with trio.CancelScope(shield=True):
+                unsynced += await trio.to_thread.run_sync(writer.write, pending)
                 await trio.to_thread.run_sync(writer.close_all)
+                _report(writer)
             _mark(unsynced)
 
 

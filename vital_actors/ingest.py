@@ -70,6 +70,10 @@ class _Ingest:
         self.received_at = 0.0  # our clock (Unix s) when the current message arrived
         self.waiting_since = trio.current_time()  # since when receive waits (idle watchdog)
         self.silent = False  # the watchdog ended the connection: nothing came for too long
+        # Cancelled by the watchdog (idle) or by send_acks (the archive failed): only the
+        # task that reads the connection may close it (a close reads the peer's reply).
+        self.receiving = trio.CancelScope()
+        self.storage_failed: ArchiveFailed | None = None
         self.start_t0 = 0  # the run's sample count when this connection began
 
     async def watch(self, receiving: trio.CancelScope) -> None:
@@ -101,16 +105,15 @@ class _Ingest:
 
     async def send_acks(self) -> None:
         """Ack archived frames, in order, as the archive makes them durable. If the
-        archive cannot store them (a full disk), the device is closed with 1013
-        ``storage-unavailable``; it reconnects later and resumes after its last ack."""
+        archive cannot store them (a full disk), the connection's reading stops and
+        :func:`run_ingest` closes it with 1013 ``storage-unavailable``; the device
+        reconnects later and resumes after its last ack."""
         with contextlib.suppress(ConnectionClosed):
             try:
                 await self._send_acks()
             except ArchiveFailed as exc:
-                self.stats.reject(STORAGE_REASON)
-                await self.ws.fail(CloseCode.TRY_AGAIN_LATER, STORAGE_REASON,
-                                   f"the server cannot store this stream's frames ({exc}); "
-                                   "reconnect later and resume after the last ack")
+                self.storage_failed = exc
+                self.receiving.cancel()
 
     async def _send_acks(self) -> None:
         while True:
@@ -249,7 +252,7 @@ class _Ingest:
             with trio.CancelScope(shield=True), trio.move_on_after(patience):
                 await self.registry.owner.release(info)
         with trio.CancelScope(shield=True), trio.move_on_after(patience), \
-                contextlib.suppress(ConnectionClosed):  # gone: it resends, we answer dup
+                contextlib.suppress(ConnectionClosed, ArchiveFailed):  # it resends
             if self.ws.closed is None and self.pending:  # e.g. shutdown: flush, then ack
                 await self.durable.wait_beyond(self.pending[-1] - 1)
                 acks = [Ack(seq) for seq in self.pending]
@@ -296,10 +299,16 @@ async def run_ingest(
                 if archive is not None:
                     nursery.start_soon(ingest.send_acks)
                 try:
-                    with trio.CancelScope() as receiving:
-                        nursery.start_soon(ingest.watch, receiving)
+                    with ingest.receiving:
+                        nursery.start_soon(ingest.watch, ingest.receiving)
                         await ingest.serve()
-                    if ingest.silent:
+                    if ingest.storage_failed is not None:
+                        stats.reject(STORAGE_REASON)
+                        await ws.fail(CloseCode.TRY_AGAIN_LATER, STORAGE_REASON,
+                                      "the server cannot store this stream's frames "
+                                      f"({ingest.storage_failed}); reconnect later and "
+                                      "resume after the last ack")
+                    elif ingest.silent:
                         raise idle_error(limits.idle_timeout_s)
                 except RemoteProtocolError as exc:
                     stats.reject(exc.reason)
