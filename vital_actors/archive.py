@@ -260,6 +260,18 @@ def _syncfs_at(path: Path) -> bool:
         os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A run whose frames could not be written, for the actor to report in the trio
+    thread: where its files now end."""
+
+    key: tuple[str, int]  # (stream, run)
+    durable: Durable
+    reason: str
+    last_seq: int  # the last frame on disk (-1: none)
+    samples: int  # the run's samples on disk
+
+
 class _Writer:
     """What the actor does with a batch, in a worker thread: group by run, write, sync."""
 
@@ -267,9 +279,7 @@ class _Writer:
         self.root = root
         self.open: dict[tuple[str, int], RunFiles] = {}
         self.dirty: set[tuple[str, int]] = set()
-        # Runs whose frames could not be written: (durable, reason, last seq, samples on
-        # disk), for the actor to report in the trio thread.
-        self.failures: list[tuple[tuple[str, int], Durable, str, int, int]] = []
+        self.failures: list[_Failure] = []
 
     def write(self, batch: list[ArchiveItem]) -> list[Written]:
         """Write *batch*; return each Append written, with its run's sample count."""
@@ -304,7 +314,7 @@ class _Writer:
                 self.open.pop(key, None)
                 self.dirty.discard(key)
             last, count = (files.last_seq, files.count) if files is not None else (-1, 0)
-            self.failures.append((key, items[0].durable, _reason(exc), last, count))
+            self.failures.append(_Failure(key, items[0].durable, _reason(exc), last, count))
             return []
         self.dirty.add(key)
         return list(zip(items, ends, strict=True))
@@ -424,10 +434,10 @@ def _mark(items: list[Written]) -> None:
 
 def _report(writer: _Writer) -> None:
     """Tell the connections of the runs the writer could not write (see _flush_group)."""
-    for (stream, run), durable, reason, last, count in writer.failures:
-        _log.error("archive: cannot write stream %s run %d after frame %d: %s", stream,
-                   run, last, reason)
-        durable.fail(reason, last, count)
+    for f in writer.failures:
+        _log.error("archive: cannot write stream %s run %d after frame %d: %s", *f.key,
+                   f.last_seq, f.reason)
+        f.durable.fail(f.reason, f.last_seq, f.samples)
     writer.failures.clear()
 
 
