@@ -128,6 +128,36 @@ async def test_group_commit_waits_its_delay_and_serves_the_window_with_one_sync(
     assert list(read_frames(run_dir(tmp_path, "d1", 0))) == [(s, 3 * s, 3) for s in range(3)]
 
 
+async def test_a_long_window_is_written_early_and_synced_with_the_rest(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    """interval: the writer holds a window's frames until its commit, but a window of
+    more than 8 x max_batch items is written at once; none counts as durable before the
+    window's one sync."""
+    mock_clock.autojump_threshold = 0.05  # not over the worker thread's file I/O
+    tx, rx = trio.open_memory_channel[ArchiveItem](64)
+    durable = Durable()
+    path = run_dir(tmp_path, "d1", 0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: run_archive(
+            rx, root=tmp_path, fsync="interval", interval_s=10.0, commit_delay_s=5.0,
+            max_batch=2, task_status=task_status))
+        with tx:
+            for seq in range(7):
+                await tx.send(append(seq, durable))
+            await trio.sleep(1)
+            assert not (path / "frames.bin").exists()  # held: fewer than 16 items
+            for seq in range(7, 20):
+                await tx.send(append(seq, durable))
+            await trio.sleep(1)
+            assert len(list(read_frames(path))) >= 16  # written early ...
+            assert durable.seq == -1  # ... but not synced
+            with trio.fail_after(10):
+                await durable.wait_beyond(18)
+            assert trio.current_time() >= 5.0  # at the window's commit
+            await tx.send(Close("d1", 0))
+    assert list(read_frames(path)) == [(s, 3 * s, 3) for s in range(20)]
+
+
 def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
     """A server killed between the two appends leaves a record without all its samples,
     or samples without a record: both are trimmed to the last whole frame."""
