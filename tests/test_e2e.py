@@ -303,6 +303,8 @@ async def test_http_api_on_the_same_port(server: Server) -> None:
     assert "patch" in spec["paths"]["/api/v1/streams/{stream_id}"]
     stats = await get_json(port, "/api/v1/stats")
     assert stats["channels"]["screened"]["capacity"] == 1024
+    assert stats["channels"]["archive"] == {"depth": 0, "capacity": 1024}  # ingest's other exit
+    assert b'vital_channel_capacity{channel="archive"} 1024' in body
     status, _, _ = await request(port, "GET", "/api/v1/streams/missing")
     assert status == 404
     status, body, _ = await request(port, "GET", "/")

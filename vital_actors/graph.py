@@ -95,9 +95,13 @@ class Server:
         return f"http://{self.settings.server.host}:{self.port}"
 
     def channel_depths(self) -> dict[str, tuple[int, int]]:
-        """Each pipeline channel's (messages waiting, capacity)."""
+        """Each pipeline channel's (messages waiting, capacity), and the archive's (with
+        the archive on): a full archive channel parks ingest."""
         out = {}
-        for name, tx in self._channels.items():
+        senders: list[tuple[str, trio.MemorySendChannel[Any]]] = list(self._channels.items())
+        if self._archive is not None:
+            senders.append(("archive", self._archive))
+        for name, tx in senders:
             s = tx.statistics()
             out[name] = (s.current_buffer_used, int(s.max_buffer_size))
         return out
