@@ -18,6 +18,7 @@ from .bus import default_node_id
 from .clients import StreamSummary, run_devices, run_summary
 from .graph import Server
 from .lag import steady_collector
+from .sdk import FatalError
 from .settings import Settings, SettingsError, load_settings
 from .sources import Recording, data_dir, list_records, load_record, synthetic_ecg
 
@@ -85,7 +86,9 @@ def _device_error(stream: str, exc: BaseException) -> None:
 
 
 def _show(table: dict[str, StreamSummary], interval: float) -> None:
-    print(f"{'stream':<12}{'msg/s':>8}{'samples/s':>11}{'HR':>5}  quality     alerts")
+    away = table and not any(row.connected for row in table.values())
+    print(f"{'stream':<12}{'msg/s':>8}{'samples/s':>11}{'HR':>5}  quality     alerts"
+          + ("   (connection lost: reconnecting)" if away else ""))
     for stream, row in sorted(table.items()):
         print(f"{stream:<12}{row.messages / interval:>8.1f}{row.samples / interval:>11.0f}"
               f"{row.hr:>5}  {row.quality:<11} {'; '.join(row.alerts)}")
@@ -249,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              zstd=args.zstd))
         except* (KeyboardInterrupt, BrokenPipeError):
             pass
+        except* FatalError as group:
+            raise SystemExit(f"subscribe: refused: {group.exceptions[0]}") from None
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from protocol import (
 from protocol import ZSTD_SUBPROTOCOL as ZSTD
 
 from .sdk import open_connection
+from .sdk._backoff import Backoff
+from .sdk._connection import ENDINGS, FatalError, is_fatal, unwrapped
 from .sources import Recording
 
 __all__ = ["DeviceReport", "StreamSummary", "receive", "run_device", "run_devices", "run_summary",
@@ -201,33 +203,68 @@ class StreamSummary:
     quality: str = "-"
     hr: str = "-"  # heart rate (bpm, 10-s median) from the last quality event
     alerts: list[str] = field(default_factory=list)
+    connected: bool = True  # False while the summary reconnects to the server
 
 
 async def run_summary(ws_url: str, *, streams: Sequence[str] = (), interval: float = 1.0,
                       show: Callable[[dict[str, StreamSummary], float], None],
-                      zstd: bool = False) -> None:
+                      zstd: bool = False, backoff: Backoff | None = None) -> None:
     """Subscribe to every stream (or *streams*) and call *show* with per-stream counts
-    every *interval* seconds. Runs until cancelled or the server closes."""
+    every *interval* seconds, until cancelled.
+
+    When the connection ends (the server restarts, the network drops), it connects
+    again with *backoff* and subscribes again to every stream it knows, without
+    ``since``: a summary counts what arrives, it does not replay what was missed.
+    Meanwhile :attr:`StreamSummary.connected` is False in every row. A refusal that
+    retrying cannot fix (a bad token, 1008 and the like) raises :class:`FatalError`.
+    """
     table: dict[str, StreamSummary] = {}
-    async with connect(ws_url, SUBSCRIBE_PATH, zstd=zstd) as ws:
-        await send(ws, Subscribe(("streams", "alerts")))
-
-        async def follow(stream: str) -> None:
-            if stream not in table and (not streams or stream in streams):
-                table[stream] = StreamSummary()
-                topics = (f"stream/{stream}/raw", f"stream/{stream}/quality")
-                await send(ws, Subscribe(topics))
-
-        for stream in streams:
-            await follow(stream)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_tick, table, interval, show)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_tick, table, interval, show)
+        delays = (backoff or Backoff()).delays()
+        while True:
+            session = _SummarySession(table, streams)
             try:
-                while True:
-                    msg = await receive(ws)
-                    await _tally(msg, table, follow)
-            except ConnectionClosed:
-                nursery.cancel_scope.cancel()
+                with unwrapped():
+                    await session.run(ws_url, zstd)
+            except ENDINGS as exc:
+                if is_fatal(exc, None):
+                    raise FatalError(str(exc)) from exc
+            for row in table.values():
+                row.connected = False
+            if session.received:
+                delays = (backoff or Backoff()).delays()  # it worked: start over
+            await trio.sleep(next(delays))
+
+
+class _SummarySession:
+    """One connection of :func:`run_summary`."""
+
+    def __init__(self, table: dict[str, StreamSummary], streams: Sequence[str]) -> None:
+        self.table, self.streams = table, streams
+        self.followed: set[str] = set()
+        self.received = False
+        self.ws: WebSocketConnection | None = None
+
+    async def run(self, ws_url: str, zstd: bool) -> None:
+        async with connect(ws_url, SUBSCRIBE_PATH, zstd=zstd) as ws:
+            self.ws = ws
+            await send(ws, Subscribe(("streams", "alerts")))
+            for stream in [*self.streams, *self.table]:
+                await self.follow(stream)
+            while True:
+                msg = await receive(ws)
+                self.received = True
+                await _tally(msg, self.table, self.follow)
+
+    async def follow(self, stream: str) -> None:
+        if stream in self.followed or (self.streams and stream not in self.streams):
+            return
+        assert self.ws is not None
+        self.followed.add(stream)
+        row = self.table.setdefault(stream, StreamSummary())
+        row.connected = True
+        await send(self.ws, Subscribe((f"stream/{stream}/raw", f"stream/{stream}/quality")))
 
 
 async def _tally(msg: object, table: dict[str, StreamSummary],
