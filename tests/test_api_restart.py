@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import trio
 from httpclient import get_json, request
+from hypercorn.trio import serve as hypercorn_serve
 from test_e2e import hello, send_all_frames
 
 import protocol as P
@@ -24,7 +25,7 @@ from vital_actors.sources import frame_sizes, load_record
 
 async def test_the_http_api_is_started_again_after_hypercorn_dies(
         nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, mitdb: Path) -> None:
-    real = graph.hypercorn_serve
+    real = hypercorn_serve
     die, calls = trio.Event(), []
 
     async def dies_once(app: Any, config: Any, *, shutdown_trigger: Any) -> None:
@@ -52,7 +53,7 @@ async def test_the_http_api_is_started_again_after_hypercorn_dies(
         upto = sum(sizes[:half])
         await send_all_frames(dev, rec.samples[:upto], sizes[:half])
         die.set()
-        statuses = []
+        statuses: list[int] = []
         with trio.fail_after(10):
             while not statuses or statuses[-1] != 200:
                 statuses.append((await request(port, "GET", "/healthz"))[0])

@@ -4,7 +4,7 @@ refused before the upgrade (401, 403), at hello/subscribe (1008), admin-only wri
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -93,10 +93,12 @@ def test_roles_and_scopes_decide_streams_and_topics() -> None:
     authorize_stream(device, "ward3-1")
     authorize_topics(sub, ["stream/ward3-1/raw"])
     authorize_topics(ANONYMOUS, ["alerts"])
-    for call in (lambda: authorize_stream(device, "ward4-1"),
-                 lambda: authorize_stream(sub, "ward3-1"),
-                 lambda: authorize_topics(sub, ["alerts"]),
-                 lambda: authorize_topics(device, ["stream/ward3-1/raw"])):
+    forbidden: list[Callable[[], object]] = [
+        lambda: authorize_stream(device, "ward4-1"),
+        lambda: authorize_stream(sub, "ward3-1"),
+        lambda: authorize_topics(sub, ["alerts"]),
+        lambda: authorize_topics(device, ["stream/ward3-1/raw"])]
+    for call in forbidden:
         with pytest.raises(P.RemoteProtocolError) as err:
             call()
         assert (err.value.code, err.value.reason) == (P.CloseCode.POLICY_VIOLATION, "forbidden")
@@ -191,6 +193,7 @@ async def expect_forbidden(ws: object) -> None:
     assert isinstance(error, P.Error) and error.code == "forbidden", error
     with pytest.raises(ConnectionClosed) as closed:
         await receive(ws)
+    assert closed.value.reason is not None
     assert closed.value.reason.code == P.CloseCode.POLICY_VIOLATION
 
 

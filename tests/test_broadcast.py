@@ -89,7 +89,7 @@ async def test_one_message_object_goes_to_every_subscriber_encoded_once(
         assert outs[0].priority is Priority.CRITICAL
         assert outs[0].frame_for(PLAIN) is outs[1].frame_for(PLAIN)  # framed once
         got = unframe(outs[0].frame_for(PLAIN))
-        assert isinstance(got, Event)
+        assert isinstance(got, Event) and isinstance(message.message, Event)
         assert {k: v for k, v in got.body.items() if k not in ("epoch", "offset")} == \
             message.message.body  # the message, with its position on the topic (issue 6)
         assert position(got) == (hub.ring.logs["alerts"].epoch, 0)

@@ -97,7 +97,9 @@ async def bundles_seen(redis: Redis, nursery: trio.Nursery
                                               ignore_subscribe_messages=True) as pubsub:
                 ready.set()
                 async for message in pubsub:
-                    seen_tx.send_nowait(bytes(message["data"]))
+                    data = message["data"]
+                    assert isinstance(data, bytes)
+                    seen_tx.send_nowait(data)
         except* anyio.ClosedResourceError:
             pass  # coredis, cancelled, unsubscribes on a connection it already closed
 
@@ -221,7 +223,11 @@ async def test_a_redis_error_in_a_batch_is_not_a_crash(redis: Redis,
         hub_a.publish(samples("s0", 0))
         hub_a.publish(samples("s1", 0))
         with trio.fail_after(5):
-            topics = {(await sub.lanes.take()).message.topic for _ in range(2)}
+            topics: set[str] = set()
+            for _ in range(2):
+                message = (await sub.lanes.take()).message
+                assert isinstance(message, P.StreamSamples)
+                topics.add(message.topic)
             await a.flushed()
         assert topics == {"stream/s0/raw", "stream/s1/raw"}
         assert await client.xlen("vital:h:t.0:stream/s1/raw") == 1

@@ -87,7 +87,7 @@ async def test_a_job_queued_on_a_busy_node_runs_on_another_and_is_cancelled_from
         async with connect(url(busy), P.SUBSCRIBE_PATH) as sub:
             second = await _submit(busy, short)
             await subscribe(sub, f"job/{second}", seen_by=free)
-            states = []
+            states: list[str] = []
             with trio.fail_after(60):
                 while not states or states[-1] == "running":
                     msg = await receive(sub)
@@ -98,6 +98,7 @@ async def test_a_job_queued_on_a_busy_node_runs_on_another_and_is_cancelled_from
         assert done.result is not None and RecordingStore(root).meta(done.result).frames == \
             short.frames
         # Every node shows the same state.
+        assert a.port is not None and b.port is not None
         assert await get_json(a.port, f"/api/v1/jobs/{second}") == \
             await get_json(b.port, f"/api/v1/jobs/{second}")
         listed = (await get_json(free.port, "/api/v1/jobs"))["jobs"]

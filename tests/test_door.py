@@ -49,6 +49,7 @@ async def test_a_route_that_raises_ends_only_its_connection(
             assert isinstance(error, P.Error) and error.code == INTERNAL_REASON, error
             with pytest.raises(ConnectionClosed) as closed:
                 await failing.get_message()
+            assert closed.value.reason is not None
             assert closed.value.reason.code == P.CloseCode.INTERNAL_ERROR
         assert stats.totals.rejected == {INTERNAL_REASON: 1}
         assert "a bug in a route" in caplog.text

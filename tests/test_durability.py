@@ -302,6 +302,7 @@ async def test_sigterm_acks_what_is_on_disk_and_closes_1001(tmp_path: Path) -> N
                 message = await receive(ws)
                 if isinstance(message, P.Ack):
                     acked.append(message.seq)
+    assert closed.value.reason is not None
     assert closed.value.reason.code == P.CloseCode.GOING_AWAY
     with trio.fail_after(15):
         assert await proc.wait() == 0
@@ -317,7 +318,12 @@ def test_many_dirty_runs_are_made_durable_by_one_syncfs(tmp_path: Path,
     real = archive._SYNCFS
     if real is None:
         pytest.skip("no syncfs(2) on this system: the archive fsyncs file by file")
-    monkeypatch.setattr(archive, "_SYNCFS", lambda fd: calls.append(fd) or real(fd))
+
+    def counting_syncfs(fd: int) -> int:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(archive, "_SYNCFS", counting_syncfs)
     fsyncs: list[int] = []
     monkeypatch.setattr(archive.RunFiles, "sync", lambda self: fsyncs.append(1))
     writer = archive._Writer(tmp_path)

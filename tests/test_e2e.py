@@ -123,8 +123,10 @@ async def test_filtered_stream_equals_offline_sosfilt(server: Server, mitdb: Pat
 
 def _bad_cases() -> list[tuple[str, Callable[[], list[bytes | str]], int, str]]:
     def h(dtype: str = "int16", stream: str = "bad") -> bytes:
-        return msgpack.packb({"type": "hello", "stream": stream, "fs": 360, "channels": ["a"],
-                              "dtype": dtype, "gain": 200, "baseline": 0})
+        payload: bytes = msgpack.packb({"type": "hello", "stream": stream, "fs": 360,
+                                        "channels": ["a"], "dtype": dtype, "gain": 200,
+                                        "baseline": 0})
+        return payload
     nan = np.array([1.0, np.nan], "<f4").tobytes()
     return [
         ("not msgpack", lambda: [b"\xc1\xc1"], 1007, "invalid-payload"),
@@ -168,6 +170,7 @@ async def test_bad_input_closes_only_that_connection(server: Server) -> None:
                 with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
                     while True:
                         messages.append(await receive(bad))
+                assert closed.value.reason is not None, name
                 assert closed.value.reason.code == code, name
                 errors = [m for m in messages if isinstance(m, P.Error)]
                 assert errors and errors[0].code == reason, (name, messages)
@@ -350,5 +353,6 @@ async def test_shutdown_closes_websockets_with_1001() -> None:
                 with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
                     while True:
                         await receive(ws)
+                assert closed.value.reason is not None
                 assert closed.value.reason.code == 1001
     # run() returned: the nursery closed with every actor done.

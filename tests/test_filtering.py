@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -355,7 +356,7 @@ async def test_run_filter_parks_when_downstream_is_full(
 @pytest.mark.parametrize(("n", "columns", "order"), [(360, 40, "C"), (36, 7, "F"), (1, 3, "C"),
                                                      (500, 1, "C")])
 def test_the_direct_kernel_is_scipys_sosfilt_bit_for_bit(n: int, columns: int,
-                                                         order: str) -> None:
+                                                         order: Literal["C", "F"]) -> None:
     rng = np.random.default_rng(n + columns)
     for sos in (design(FilterSettings(), 360.0).sos,
                 design(FilterSettings(notch_hz=50.0), 250.0).sos):

@@ -58,7 +58,8 @@ def device_maps(draw: st.DrawFn) -> bytes:
                  gain=draw(st.sampled_from([200, [1, 2], 0, "g"])), baseline=0,
                  seq=draw(st.integers(-2, 2**64 - 1)), n=draw(st.integers(-1, 10)),
                  data=draw(st.binary(max_size=40)))
-    return msgpack.packb(d, use_bin_type=True)
+    payload: bytes = msgpack.packb(d, use_bin_type=True)
+    return payload
 
 
 payloads = st.binary(max_size=256) | device_maps()

@@ -126,7 +126,7 @@ async def test_queue_runs_the_most_urgent_first(store: RecordingStore) -> None:
     meta = _store_recording(store, _ecg_like(3000, 1))
     runner = JobRunner(store, JobSettings(max_concurrent=1), ScreenSettings())
     order = ["low", "normal", "urgent", "high"]
-    ids = {runner.submit(JobSpec(recording=meta.id, priority=p)).id: p  # type: ignore[arg-type]
+    ids = {runner.submit(JobSpec(recording=meta.id, priority=p)).id: p
            for p in order}
     tx, rx = trio.open_memory_channel[Item](1000)
     done: list[str] = []

@@ -4,10 +4,11 @@ with the connection's codec, error + 1013 on eviction, flush + 1001 on shutdown.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
@@ -43,7 +44,8 @@ class CountingCodec:
     def key(self) -> Hashable:
         return self.name
 
-    def frame(self, message: ServerMessage, payload: bytes) -> bytes:
+    def frame(self, message: ServerMessage, payload: bytes,
+              shared: MutableMapping[Hashable, Any] | None = None) -> bytes:
         self.calls.append(payload)
         return server_frame(payload)
 

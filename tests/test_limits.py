@@ -41,7 +41,9 @@ def test_connection_counter_caps_each_address() -> None:
     assert counter.enter("b")
     counter.leave("a")
     assert counter.enter("a")
-    counter.leave("a"), counter.leave("a"), counter.leave("b")
+    counter.leave("a")
+    counter.leave("a")
+    counter.leave("b")
     assert counter.open == {}
 
 

@@ -57,6 +57,7 @@ async def test_aclose_does_the_closing_handshake() -> None:
         try:
             await ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
+            assert exc.reason is not None
             seen.append(exc.reason.code)
 
     with trio.fail_after(10):
@@ -98,7 +99,7 @@ async def test_pacer_sends_everything_in_order_through_backpressure() -> None:
     device's own task, which sends it once the server reads again, in order."""
     count, size = 24, 2**20
     payloads = [bytes([k]) * size for k in range(count)]
-    got: list[bytes] = []
+    got: list[bytes | str] = []
     release, all_read, paced, drained = trio.Event(), trio.Event(), trio.Event(), trio.Event()
 
     async def handler(request: WebSocketRequest) -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from quality_helpers import F64, bandpass, feed, of_type, to_mv
 
-from protocol import Priority
+from protocol import Event, Priority
 from vital_actors.quality import Frame, QualityChain, front
 from vital_actors.quality.chain import StaleStateError, gc_deferred
 from vital_actors.quality.evaluate import reference_beats
@@ -213,7 +213,8 @@ def test_chunked_totals_of_many_streams_equal_the_streams_fed_alone(
     whole = {k: c.feed_one(k, 360.0, starts[k], mv[starts[k]:ends[k]], f[starts[k]:ends[k]])
              for k, c in alone.items()}
     monkeypatch.setattr(front, "CHUNK_VALUES", 3 * 10 * 2 * 60)  # 3 rows of 60 streams
-    chain, got = QualityChain(SETTINGS), {k: [] for k in starts}
+    chain = QualityChain(SETTINGS)
+    got: dict[str, list[Event]] = {k: [] for k in starts}
     for t in range(0, 360 * 12 - 200, 500):
         frames = [Frame(k, 360.0, t + s, mv[t + s:t + s + 500], f[t + s:t + s + 500])
                   for k, s in starts.items() if t + s + 500 <= ends[k]]

@@ -51,7 +51,7 @@ async def test_live_beats_and_quality_equal_the_batch_chain(server: Server, mitd
                         events.append(msg)
         info = await get_json(server.port or 0, "/api/v1/streams/208")
     # The batch chain, offline, on the same samples with the stream's own filter.
-    mv = rec.samples * (1 / 200.0) - 1024.0 / 200.0
+    mv = np.asarray(rec.samples * (1 / 200.0) - 1024.0 / 200.0, dtype=np.float64)
     filtered = scipy.signal.sosfilt(np.array(info["filter"]["sos"]), mv, axis=0)
     offline = QualityChain(ScreenSettings()).feed_one("208", 360.0, 0, mv, filtered)
     beats = [e for e in events if e.type == "beat"]

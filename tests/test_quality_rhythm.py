@@ -16,7 +16,8 @@ def test_running_rhythm_equals_the_definition(seed: int) -> None:
     """Beats at normal, irregular and missing-beat intervals, with pauses longer than
     the 60-s HRV window, stepped once a second as the chain does."""
     rng = random.Random(seed)
-    state, beats, r, now, steps = RhythmState(FS), [], 0, 0, 0
+    beats: list[int] = []
+    state, r, now, steps = RhythmState(FS), 0, 0, 0
     for _ in range(300):
         r += rng.choice([rng.randint(80, 400), rng.randint(300, 1000),
                          rng.randint(3000, 25000)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ async def test_a_refused_token_ends_the_device_with_fatal_error(nursery: trio.Nu
 
 
 async def test_the_subscriber_comes_back_after_a_restart(tmp_path: Path) -> None:
-    url_port = {"server": {"port": 0}, "archive": {"dir": tmp_path}}
+    url_port: dict[str, Any] = {"server": {"port": 0}, "archive": {"dir": tmp_path}}
     first = Server(load_settings(**url_port))
     async with trio.open_nursery() as nursery:
         await nursery.start(first.run)

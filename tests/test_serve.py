@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from vital_actors import cli
+from vital_actors.lag import steady_collector
 from vital_actors.settings import Settings
 
 
@@ -20,7 +21,7 @@ async def test_serving_freezes_the_start_up_heap_and_sets_the_gc_thresholds(
     before = gc.get_threshold()
     assert before != (12345, 6, 78)
     tuned = trio.Event()
-    real = cli.steady_collector
+    real = steady_collector
 
     @contextmanager
     def spy(thresholds: tuple[int, int, int]) -> Iterator[None]:
