@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -113,8 +114,11 @@ def test_masked_client_frames_decode_to_the_same_messages_in_wsproto(
     server = _open()
     frames = wf.client_frames(payloads)
     for frame, payload in zip(frames, payloads, strict=True):
-        assert frame[1] & 0x80  # masked
-        assert frame[-len(payload):] != payload or not payload or set(payload) == {0}
+        assert frame[1] & 0x80  # masked: the key, then the payload XOR the key
+        n = len(payload)
+        key = np.frombuffer(frame[len(frame) - n - 4:len(frame) - n], np.uint8)
+        masked = np.frombuffer(frame[len(frame) - n:], np.uint8)
+        assert (masked ^ np.resize(key, n)).tobytes() == payload
     server.receive_data(b"".join(frames))
     got = [e for e in server.events()]
     assert all(isinstance(e, BytesMessage) and e.message_finished for e in got)
