@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -37,6 +40,7 @@ from vital_actors.sdk import Backoff, DeviceClient, open_connection
 from vital_actors.sdk._connection import receive
 from vital_actors.settings import load_settings
 from vital_actors.sources import Recording, load_record
+from vital_actors.stats import Stats
 
 HELLO = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0, 1024.0))
 
@@ -156,6 +160,70 @@ async def test_a_long_window_is_written_early_and_synced_with_the_rest(
             assert trio.current_time() >= 5.0  # at the window's commit
             await tx.send(Close("d1", 0))
     assert list(read_frames(path)) == [(s, 3 * s, 3) for s in range(20)]
+
+
+def _old_run(root: Path, stream: str, run: int, *, age_s: float, size: int) -> Path:
+    """A finished run directory whose files were last written *age_s* seconds ago."""
+    path = run_dir(root, stream, run)
+    path.mkdir(parents=True)
+    for name, data in (("meta.json", b"{}"), ("samples.bin", b"\0" * size),
+                       ("frames.bin", b"")):
+        (path / name).write_bytes(data)
+        t = time.time() - age_s
+        os.utime(path / name, (t, t))
+    return path
+
+
+def test_retention_deletes_old_finished_runs_but_never_a_stream_s_latest_or_an_open_one(
+        tmp_path: Path) -> None:
+    old = _old_run(tmp_path, "a", 0, age_s=7200, size=100)
+    kept_open = _old_run(tmp_path, "a", 1, age_s=7200, size=100)
+    latest = _old_run(tmp_path, "a", 2, age_s=7200, size=100)  # the device resumes it
+    young = _old_run(tmp_path, "b", 0, age_s=10, size=100)
+    only = _old_run(tmp_path, "b", 1, age_s=7200, size=100)
+    writer = archive._Writer(tmp_path)
+    writer.open[("a", 1)] = None  # type: ignore[assignment]  # as if a device wrote to it
+    assert writer.prune(3600, 0, time.time()) == (1, 100 + 2)  # samples + meta
+    assert not old.exists()
+    assert kept_open.exists() and latest.exists() and young.exists() and only.exists()
+
+
+def test_low_free_space_deletes_the_oldest_finished_runs_until_there_is_room(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = {name: _old_run(tmp_path, stream, run, age_s=age, size=1000)
+            for name, stream, run, age in (("a0", "a", 0, 300), ("a1", "a", 1, 100),
+                                           ("a2", "a", 2, 999), ("b0", "b", 0, 200),
+                                           ("b1", "b", 1, 999))}
+    free = [0]  # what the file system has free: each deleted run frees its bytes
+
+    def usage(path: object) -> SimpleNamespace:
+        gone = sum(1002 for p in runs.values() if not p.exists())
+        return SimpleNamespace(total=10**9, used=10**9 - free[0] - gone, free=free[0] + gone)
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    writer = archive._Writer(tmp_path)
+    assert writer.prune(None, 2000, time.time()) == (2, 2004)
+    assert not runs["a0"].exists() and not runs["b0"].exists()  # the two oldest
+    assert runs["a1"].exists() and runs["a2"].exists() and runs["b1"].exists()
+
+
+async def test_the_archive_prunes_while_it_serves(tmp_path: Path) -> None:
+    old = _old_run(tmp_path, "a", 0, age_s=7200, size=100)
+    latest = _old_run(tmp_path, "a", 1, age_s=7200, size=100)
+    stats = Stats()
+    tx, rx = trio.open_memory_channel[ArchiveItem](8)
+    durable = Durable()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: run_archive(
+            rx, root=tmp_path, retention_s=3600, prune_interval_s=60, stats=stats,
+            task_status=task_status))
+        with tx:
+            await tx.send(append(0, durable))
+            with trio.fail_after(5):
+                await durable.wait_beyond(-1)  # the writer went round its loop: pruned
+    assert not old.exists() and latest.exists()
+    assert (stats.totals.archive_runs_pruned, stats.totals.archive_bytes_pruned) == (1, 102)
+    assert list(read_frames(run_dir(tmp_path, "d1", 0))) == [(0, 0, 3)]
 
 
 def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:

@@ -33,8 +33,10 @@ import json
 import logging
 import math
 import os
+import shutil
 import struct
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -44,10 +46,12 @@ import trio
 
 from protocol import Hello
 
+from .stats import Stats
 from .store.live import PyramidFiles
 
 __all__ = ["RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable", "RunFiles",
-           "Stored", "read_frames", "read_records", "repair", "run_archive", "run_dir", "scan"]
+           "Stored", "prunable", "read_frames", "read_records", "repair", "run_archive",
+           "run_dir", "scan"]
 
 _log = logging.getLogger(__name__)
 RECORD = struct.Struct("<QQId")  # seq, t0 (first sample's index in the run), n, t
@@ -340,6 +344,23 @@ class _Writer:
         for files in dirty:
             files.sync()
 
+    def prune(self, retention_s: float | None, min_free: int, now: float) -> tuple[int, int]:
+        """Delete the finished runs (:func:`prunable`) last written before
+        ``now - retention_s``, then, while the file system has less than *min_free*
+        bytes free, the oldest of the others. Returns (runs, bytes) deleted."""
+        runs = size = 0
+        for mtime, path, nbytes in prunable(self.root, self.open.keys()):
+            if retention_s is not None and mtime < now - retention_s:
+                why = f"older than {retention_s:g} s"
+            elif min_free and shutil.disk_usage(self.root).free < min_free:
+                why = f"less than {min_free} bytes free"
+            else:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            _log.info("archive: deleted run %s (%d bytes): %s", path, nbytes, why)
+            runs, size = runs + 1, size + nbytes
+        return runs, size
+
     def close_all(self) -> None:
         self.sync()
         for files in self.open.values():
@@ -355,6 +376,10 @@ async def run_archive(
     interval_s: float = 1.0,
     commit_delay_s: float = 0.0,
     max_batch: int = 512,
+    retention_s: float | None = None,
+    min_free_bytes: int = 0,
+    prune_interval_s: float = 60.0,
+    stats: Stats | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Write what *inbox* brings under *root*; mark frames durable per the *fsync* policy.
@@ -372,8 +397,13 @@ async def run_archive(
     batch; durable once written to the OS (survives a killed server, not a lost
     machine). Returns, after writing and syncing what it holds, when every sender has
     closed *inbox*.
+
+    With *retention_s* or *min_free_bytes*, finished runs are deleted at the start and
+    every *prune_interval_s* (:meth:`_Writer.prune`), counted in *stats*.
     """
     writer = _Writer(root)
+    pruning = retention_s is not None or min_free_bytes > 0
+    next_prune = trio.current_time() if pruning else math.inf
     pending: list[ArchiveItem] = []  # interval: received, to be written with the sync
     unsynced: list[Written] = []
     deadline = math.inf  # when the unsynced writes are synced, whatever comes
@@ -384,7 +414,8 @@ async def run_archive(
             while True:
                 batch: list[ArchiveItem] = []
                 idle = inbox.statistics().current_buffer_used == 0
-                with trio.move_on_at(min(deadline, soonest) if idle else deadline):
+                wake = min(deadline, soonest) if idle else deadline
+                with trio.move_on_at(min(wake, next_prune)):
                     try:
                         batch.append(await inbox.receive())
                     except trio.EndOfChannel:
@@ -419,12 +450,45 @@ async def run_archive(
                         await trio.to_thread.run_sync(writer.sync)
                     _mark(unsynced)
                     unsynced, deadline, soonest = [], math.inf, math.inf
+                if now >= next_prune:
+                    runs, size = await trio.to_thread.run_sync(
+                        writer.prune, retention_s, min_free_bytes, time.time())
+                    if stats is not None:
+                        stats.totals.archive_runs_pruned += runs
+                        stats.totals.archive_bytes_pruned += size
+                    next_prune = trio.current_time() + prune_interval_s
         finally:
             with trio.CancelScope(shield=True):
                 unsynced += await trio.to_thread.run_sync(writer.write, pending)
                 await trio.to_thread.run_sync(writer.close_all)
                 _report(writer)
             _mark(unsynced)
+
+
+def prunable(root: Path, open_runs: Collection[tuple[str, int]]) -> list[tuple[float, Path, int]]:
+    """The runs under *root* that may be deleted, least recently written first, as
+    (last write, path, bytes): every run but each stream's latest (its device resumes
+    it, and a restart restores the stream from it) and but those in *open_runs*
+    ((stream, run) pairs the writer has open)."""
+    out: list[tuple[float, Path, int]] = []
+    if not root.is_dir():
+        return out
+    for stream_dir in root.iterdir():
+        if not stream_dir.is_dir():
+            continue
+        runs = sorted(p for p in stream_dir.glob("run-*") if p.is_dir()
+                      and p.name.removeprefix("run-").isdigit())
+        for path in runs[:-1]:
+            if (stream_dir.name, int(path.name.removeprefix("run-"))) in open_runs:
+                continue
+            try:
+                stats = [f.stat() for f in path.iterdir() if f.is_file()]
+                last = max((st.st_mtime for st in stats), default=path.stat().st_mtime)
+            except FileNotFoundError:  # gone meanwhile
+                continue
+            out.append((last, path, sum(st.st_size for st in stats)))
+    out.sort()
+    return out
 
 
 def _mark(items: list[Written]) -> None:

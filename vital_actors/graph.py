@@ -130,7 +130,10 @@ class Server:
                     await root.start(partial(
                         run_archive, archive_rx, root=self.archive_root, fsync=s.archive.fsync,
                         interval_s=s.archive.fsync_interval_s,
-                        commit_delay_s=s.archive.commit_delay_s, max_batch=s.buffers.max_batch))
+                        commit_delay_s=s.archive.commit_delay_s, max_batch=s.buffers.max_batch,
+                        retention_s=s.archive.retention_s,
+                        min_free_bytes=s.archive.min_free_bytes,
+                        prune_interval_s=s.archive.prune_interval_s, stats=self.stats))
                 await root.start(partial(run_filter, ingest_rx, filtered_tx,
                                          max_batch=s.buffers.max_batch, bank=self.filter_bank,
                                          linger=s.buffers.linger_ms / 1000,

@@ -240,8 +240,11 @@ class ArchiveHistory:
         path = self._run(topic, epoch)
         if path is None:
             return []
-        return await trio.to_thread.run_sync(_read_run, path, topic, epoch, after, upto,
-                                             limit)
+        try:
+            return await trio.to_thread.run_sync(_read_run, path, topic, epoch, after, upto,
+                                                 limit)
+        except FileNotFoundError:  # the run was deleted (archive.retention_s): gone
+            return []
 
 
 _RECORDS = np.dtype([("seq", "<u8"), ("t0", "<u8"), ("n", "<u4"), ("t", "<f8")])

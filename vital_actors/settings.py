@@ -108,6 +108,16 @@ class ArchiveSettings(_Section):
         0.2, ge=0, le=60, description="interval: the shortest wait after the first "
         "unsynced write before a sync, so that one sync (and one ack per device) serves "
         "the frames of that window; 0: sync whenever the writer is idle")
+    retention_s: float | None = Field(
+        None, gt=0, description="delete finished runs whose last write is older than "
+        "this (never a stream's latest run, which its device resumes, nor an open one); "
+        "null: keep them")
+    min_free_bytes: int = Field(
+        0, ge=0, description="when the archive's file system has less free space than "
+        "this, delete the oldest finished runs (as retention_s chooses them) until it has "
+        "it again; 0: never")
+    prune_interval_s: float = Field(60.0, gt=0, le=86400, description="how often "
+                                    "retention_s and min_free_bytes are applied")
 
 
 class RecoverySettings(_Section):

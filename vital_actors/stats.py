@@ -33,6 +33,8 @@ class Counters:
     replayed: int = 0  # messages replayed to subscribers, from the ring or the archive
     replayed_archive: int = 0  # of those, read back from the live archive
     api_restarts: int = 0  # the HTTP API's hypercorn died and was started again
+    archive_runs_pruned: int = 0  # finished archive runs deleted (retention, free space)
+    archive_bytes_pruned: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # by error reason
 
 
