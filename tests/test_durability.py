@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from httpclient import get_json, request
 from trio_websocket import ConnectionClosed
 
 import protocol as P
@@ -224,6 +225,38 @@ async def test_the_archive_prunes_while_it_serves(tmp_path: Path) -> None:
     assert not old.exists() and latest.exists()
     assert (stats.totals.archive_runs_pruned, stats.totals.archive_bytes_pruned) == (1, 102)
     assert list(read_frames(run_dir(tmp_path, "d1", 0))) == [(0, 0, 3)]
+
+
+async def test_a_server_deletes_a_finished_run_past_retention_and_keeps_the_latest(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """With archive.retention_s, a run that is no longer its stream's latest is deleted
+    once old enough; its views answer 404, the latest run is served as before."""
+    server = Server(load_settings(server={"port": 0}, archive={
+        "dir": tmp_path, "retention_s": 0.5, "prune_interval_s": 0.1}))
+    await nursery.start(server.run)
+    url = f"ws://127.0.0.1:{server.port}"
+    frames = np.zeros((36, 2), "<i2")
+    for hello in (HELLO, P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (100.0, 100.0),
+                                 (1024.0, 1024.0))):  # another gain: a fresh run, run 1
+        client = DeviceClient(url, hello)
+        async with trio.open_nursery() as inner:
+            await inner.start(client.run)
+            await client.send(frames)
+            with trio.fail_after(10):
+                await client.drain()
+            inner.cancel_scope.cancel()
+    first, latest = run_dir(tmp_path, "d1", 0), run_dir(tmp_path, "d1", 1)
+    with trio.fail_after(10):
+        while first.exists():  # noqa: ASYNC110  # the writer's own timer, real time
+            await trio.sleep(0.05)
+    assert latest.exists() and server.stats.totals.archive_runs_pruned == 1
+    assert server.stats.totals.archive_bytes_pruned > 36 * 2 * 2
+    port = server.port
+    assert port is not None
+    status, _, _ = await request(port, "GET", "/api/v1/streams/d1/archive?run=0")
+    assert status == 404
+    assert (await get_json(port, "/api/v1/streams/d1/archive"))["run"] == 1
+    server.shutdown()
 
 
 def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
