@@ -75,8 +75,7 @@ class Durable:
             self.seq = seq
             if samples is not None:
                 self.samples = samples
-            self._changed.set()
-            self._changed = trio.Event()
+            self._wake()
 
     def fail(self, reason: str, seq: int, samples: int) -> None:
         """The archive could not write this run's frames after frame *seq*, which ends
@@ -85,6 +84,9 @@ class Durable:
         if seq >= self.seq:
             self.seq, self.samples = seq, samples
         self.failed = reason
+        self._wake()
+
+    def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
@@ -428,12 +430,10 @@ async def run_archive(
                 if batch and fsync == "interval":
                     pending += batch
                     if len(pending) >= 8 * max_batch:  # a long window: write what it has
-                        unsynced += await trio.to_thread.run_sync(writer.write, pending)
+                        unsynced += await _write(writer, pending)
                         pending = []
-                        _report(writer)
                 elif batch:
-                    unsynced += await trio.to_thread.run_sync(writer.write, batch)
-                    _report(writer)
+                    unsynced += await _write(writer, batch)
                 now = trio.current_time()
                 held = bool(pending or unsynced)
                 if held and fsync != "interval":
@@ -443,9 +443,8 @@ async def run_archive(
                 idle = inbox.statistics().current_buffer_used == 0
                 if held and (now >= deadline or (idle and now >= soonest)):
                     if fsync == "interval":
-                        unsynced += await trio.to_thread.run_sync(writer.commit, pending)
+                        unsynced += await _write(writer, pending, sync=True)
                         pending = []
-                        _report(writer)
                     elif fsync == "always":
                         await trio.to_thread.run_sync(writer.sync)
                     _mark(unsynced)
@@ -459,9 +458,8 @@ async def run_archive(
                     next_prune = trio.current_time() + prune_interval_s
         finally:
             with trio.CancelScope(shield=True):
-                unsynced += await trio.to_thread.run_sync(writer.write, pending)
+                unsynced += await _write(writer, pending)
                 await trio.to_thread.run_sync(writer.close_all)
-                _report(writer)
             _mark(unsynced)
 
 
@@ -496,13 +494,17 @@ def _mark(items: list[Written]) -> None:
         item.durable.advance(item.seq, samples)
 
 
-def _report(writer: _Writer) -> None:
-    """Tell the connections of the runs the writer could not write (see _flush_group)."""
+async def _write(writer: _Writer, items: list[ArchiveItem], *,
+                 sync: bool = False) -> list[Written]:
+    """*writer* writes *items* (and with *sync*, syncs) in a worker thread; then the
+    connections of the runs it could not write are told (``_Writer._flush_group``)."""
+    written = await trio.to_thread.run_sync(writer.commit if sync else writer.write, items)
     for f in writer.failures:
         _log.error("archive: cannot write stream %s run %d after frame %d: %s", *f.key,
                    f.last_seq, f.reason)
         f.durable.fail(f.reason, f.last_seq, f.samples)
     writer.failures.clear()
+    return written
 
 
 def _reason(exc: OSError) -> str:
