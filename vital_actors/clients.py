@@ -219,9 +219,10 @@ async def run_summary(ws_url: str, *, streams: Sequence[str] = (), interval: flo
     retrying cannot fix (a bad token, 1008 and the like) raises :class:`FatalError`.
     """
     table: dict[str, StreamSummary] = {}
+    backoff = backoff or Backoff()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_tick, table, interval, show)
-        delays = (backoff or Backoff()).delays()
+        delays = backoff.delays()
         while True:
             session = _SummarySession(table, streams)
             try:
@@ -233,7 +234,7 @@ async def run_summary(ws_url: str, *, streams: Sequence[str] = (), interval: flo
             for row in table.values():
                 row.connected = False
             if session.received:
-                delays = (backoff or Backoff()).delays()  # it worked: start over
+                delays = backoff.delays()  # it worked: start over
             await trio.sleep(next(delays))
 
 
