@@ -2,7 +2,8 @@
 on PYTHONPATH (``sitecustomize``); it acts only in a ``serve`` process with
 ``VITAL_PROBE_OUT`` set, and writes there at exit:
 
-- every garbage collection's CPU time per generation (``gc.callbacks``);
+- every garbage collection's CPU time per generation (``gc.callbacks``), and when each
+  one over 5 ms ran (seconds since start-up) and whether the start-up heap was frozen;
 - every trio task step's CPU time by task name (a ``trio.abc.Instrument``): where the
   event loop's CPU goes, and which steps are long.
 
@@ -33,12 +34,19 @@ if "serve" in sys.argv and os.environ.get("VITAL_PROBE_OUT"):
     _long: collections.Counter[tuple[str, int]] = collections.Counter()
     _gc: dict[int, list[float]] = collections.defaultdict(list)
     _gc_start = [0.0]
+    _born = time.monotonic()
+    _long_gc: list[str] = []
 
     def _on_gc(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             _gc_start[0] = time.thread_time()
         else:
-            _gc[info["generation"]].append((time.thread_time() - _gc_start[0]) * 1000)
+            ms = (time.thread_time() - _gc_start[0]) * 1000
+            _gc[info["generation"]].append(ms)
+            if ms > 5:
+                _long_gc.append(f"  gen{info['generation']} {ms:6.1f} ms at "
+                                f"{time.monotonic() - _born:6.1f} s, "
+                                f"{'after' if gc.get_freeze_count() else 'before'} the freeze")
 
     class _Steps(trio.abc.Instrument):
         def before_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -72,6 +80,7 @@ if "serve" in sys.argv and os.environ.get("VITAL_PROBE_OUT"):
                 v.sort()
                 f.write(f"gc gen{gen}: {len(v)} collections, CPU {sum(v):.0f} ms, "
                         f"longest {v[-1]:.1f} ms\n")
+            f.write("collections over 5 ms:\n" + "".join(f"{x}\n" for x in _long_gc))
 
     gc.callbacks.append(_on_gc)
     trio.run = _probed_run  # type: ignore[assignment]
