@@ -259,6 +259,69 @@ async def test_a_server_deletes_a_finished_run_past_retention_and_keeps_the_late
     server.shutdown()
 
 
+def test_a_run_is_renamed_away_before_it_is_deleted_and_leftovers_are_swept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers look for run-*: retention renames a run out of their sight in one step,
+    so none finds it half deleted; a rename a crash left behind goes at the next pass."""
+    old = _old_run(tmp_path, "a", 0, age_s=7200, size=100)
+    _old_run(tmp_path, "a", 1, age_s=7200, size=100)
+    left = tmp_path / "b" / f"{archive.PRUNED}run-000004"
+    left.mkdir(parents=True)
+    (left / "samples.bin").write_bytes(b"\0" * 10)
+    seen: list[tuple[str, bool, bool]] = []
+    real = shutil.rmtree
+
+    def rmtree(path: Path, ignore_errors: bool = False) -> None:
+        seen.append((Path(path).name, old.exists(), (Path(path) / "samples.bin").exists()))
+        real(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    assert archive._Writer(tmp_path).prune(3600, 0, time.time()) == (1, 102)
+    assert seen[0] == (f"{archive.PRUNED}run-000000", False, True)  # whole, out of sight
+    assert not old.exists() and not left.exists() and not old.with_name(seen[0][0]).exists()
+
+
+async def test_a_read_of_a_run_retention_deletes_meanwhile_answers_404(
+        tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view or data request whose run retention deletes between finding the run and
+    reading it answers 404 (it used to fail with 500), and the latest run still serves."""
+    from vital_actors.api import recordings
+
+    server = Server(load_settings(server={"port": 0}, archive={"dir": tmp_path}))
+    await nursery.start(server.run)
+    url = f"ws://127.0.0.1:{server.port}"
+    for gain in (200.0, 100.0, 50.0):  # another gain each: a fresh run, runs 0, 1, 2
+        hello = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (gain, gain), (1024.0, 1024.0))
+        client = DeviceClient(url, hello)
+        async with trio.open_nursery() as inner:
+            await inner.start(client.run)
+            await client.send(np.zeros((36, 2), "<i2"))
+            with trio.fail_after(10):
+                await client.drain()
+            inner.cancel_scope.cancel()
+    opened = recordings.open_run
+
+    def open_then_prune(srv: Server, stream: str, run: int | None) -> object:
+        got = opened(srv, stream, run)
+        writer = archive._Writer(tmp_path)  # retention's own pass, on the run just opened
+        writer.open = {(stream, r): None for r in (0, 1) if r != run}  # type: ignore[misc]
+        assert writer.prune(0.0, 0, time.time() + 1)[0] == 1
+        return got
+
+    monkeypatch.setattr(recordings, "open_run", open_then_prune)
+    port = server.port
+    assert port is not None
+    for what, run in (("view", 0), ("data", 1)):
+        status, body, _ = await request(port, "GET", f"/api/v1/streams/d1/{what}?run={run}")
+        assert status == 404, (what, status, body)
+        assert f"no archived run {run}: deleted by archive retention".encode() in body
+        assert not run_dir(tmp_path, "d1", run).exists()
+    monkeypatch.setattr(recordings, "open_run", opened)
+    status, _, _ = await request(port, "GET", "/api/v1/streams/d1/view?run=2")
+    assert status == 200
+    server.shutdown()
+
+
 def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
     """A server killed between the two appends leaves a record without all its samples,
     or samples without a record: both are trimmed to the last whole frame."""

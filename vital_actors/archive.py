@@ -49,9 +49,9 @@ from protocol import Hello
 from .stats import Stats
 from .store.live import PyramidFiles
 
-__all__ = ["RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable", "RunFiles",
-           "Stored", "prunable", "read_frames", "read_records", "repair", "run_archive",
-           "run_dir", "scan"]
+__all__ = ["PRUNED", "RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable",
+           "RunFiles", "Stored", "prunable", "read_frames", "read_records", "repair",
+           "run_archive", "run_dir", "scan"]
 
 _log = logging.getLogger(__name__)
 RECORD = struct.Struct("<QQId")  # seq, t0 (first sample's index in the run), n, t
@@ -131,6 +131,11 @@ class Close:
 
 ArchiveItem = Append | Close
 Written = tuple[Append, int]  # a frame written, and its run's sample count after it
+
+
+#: A run being deleted by retention is first renamed to this prefix plus its name, which
+#: no reader looks for (they look for ``run-*``).
+PRUNED = ".pruned-"
 
 
 def run_dir(root: Path, stream: str, run: int) -> Path:
@@ -358,9 +363,18 @@ class _Writer:
                 why = f"less than {min_free} bytes free"
             else:
                 continue
-            shutil.rmtree(path, ignore_errors=True)
+            # Renamed out of the readers' sight first, in one step: a reader finds the
+            # whole run or no run, never one half deleted (see PRUNED).
+            gone = path.with_name(PRUNED + path.name)
+            try:
+                path.rename(gone)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(gone, ignore_errors=True)
             _log.info("archive: deleted run %s (%d bytes): %s", path, nbytes, why)
             runs, size = runs + 1, size + nbytes
+        for left in self.root.glob(f"*/{PRUNED}run-*"):  # a crash between rename and rmtree
+            shutil.rmtree(left, ignore_errors=True)
         return runs, size
 
     def close_all(self) -> None:

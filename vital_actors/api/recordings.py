@@ -273,7 +273,12 @@ def _live(app: QuartTrio, server: Server) -> None:
     async def stream_view(stream_id: str) -> Response | Problem:
         """As GET /api/v1/recordings/{id}/view, over the frames acked so far."""
         got = reader(stream_id)
-        return _view(got, got.read) if isinstance(got, LiveReader) else got
+        if not isinstance(got, LiveReader):
+            return got
+        try:
+            return _view(got, got.read)
+        except FileNotFoundError:
+            return _deleted(stream_id, got)
 
     @app.get("/api/v1/streams/<stream_id>/data")
     async def stream_data(stream_id: str) -> Response | Problem:
@@ -281,7 +286,17 @@ def _live(app: QuartTrio, server: Server) -> None:
         got = reader(stream_id)
         if not isinstance(got, LiveReader):
             return got
-        return await _data(server, got.meta, got.read)
+        try:
+            return await _data(server, got.meta, got.read)
+        except FileNotFoundError:
+            return _deleted(stream_id, got)
+
+
+def _deleted(stream_id: str, reader: LiveReader) -> Problem:
+    """The answer when archive retention deleted the run while a request read it (it
+    renames a run away in one step, so a read finds all of it or none)."""
+    return _problem(404, f"stream {stream_id!r} has no archived run {_run_of(reader)}: "
+                    "deleted by archive retention")
 
 
 _STREAM = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
@@ -314,10 +329,14 @@ def open_run(server: Server, stream_id: str, run: int | None) -> LiveReader:
     acked = None
     if info is not None and info.durable is not None and info.durable[0] == run:
         acked = info.durable[1].samples
-    if acked is None:  # closed, or restored and nothing new durable yet: all on disk
-        hello = json.loads((path / "meta.json").read_text())
-        acked = disk_frames(path, len(hello["channels"]), hello["dtype"])
-    return LiveReader(path, live_meta(path, frames=acked, id=stream_id))
+    try:
+        if acked is None:  # closed, or restored and nothing new durable yet: all on disk
+            hello = json.loads((path / "meta.json").read_text())
+            acked = disk_frames(path, len(hello["channels"]), hello["dtype"])
+        return LiveReader(path, live_meta(path, frames=acked, id=stream_id))
+    except FileNotFoundError:  # archive retention deleted it just now
+        raise LookupError(f"stream {stream_id!r} has no archived run {run}: deleted by "
+                          "archive retention") from None
 
 
 def _channel(names: list[str], value: str) -> int:
