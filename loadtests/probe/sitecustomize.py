@@ -5,7 +5,9 @@ on PYTHONPATH (``sitecustomize``); it acts only in a ``serve`` process with
 - every garbage collection's CPU time per generation (``gc.callbacks``), and when each
   one over 5 ms ran (seconds since start-up) and whether the start-up heap was frozen;
 - every trio task step's CPU time by task name (a ``trio.abc.Instrument``): where the
-  event loop's CPU goes, and which steps are long.
+  event loop's CPU goes, and which steps are long;
+- the live screen's batches: how many frames each ``screen_batch`` call got, and the
+  CPU per frame of those calls.
 
     PYTHONPATH=loadtests/probe VITAL_PROBE_OUT=/tmp/probe \\
         vital-actors loadtest knee --devices 200 --targets vital-raw --seconds 15
@@ -61,6 +63,26 @@ if "serve" in sys.argv and os.environ.get("VITAL_PROBE_OUT"):
                 if ms > bound:
                     _long[(name, bound)] += 1
 
+    import numpy as np
+
+    import vital_actors.screening as _screening
+    from vital_actors.messages import Filtered
+
+    _batches: list[int] = []
+    _screen_s = [0.0]
+    _screen_batch = _screening.screen_batch
+
+    def _timed_screen(chain: Any, batch: Any) -> Any:
+        t = time.thread_time()
+        try:
+            return _screen_batch(chain, batch)
+        finally:
+            _screen_s[0] += time.thread_time() - t
+            _batches.append(sum(isinstance(i, Filtered) for i in batch))
+
+    # run_screen binds the module's screen_batch when it starts, after this.
+    _screening.screen_batch = _timed_screen
+
     _run = trio.run
 
     def _probed_run(*args: Any, **kwargs: Any) -> Any:
@@ -81,6 +103,13 @@ if "serve" in sys.argv and os.environ.get("VITAL_PROBE_OUT"):
                 f.write(f"gc gen{gen}: {len(v)} collections, CPU {sum(v):.0f} ms, "
                         f"longest {v[-1]:.1f} ms\n")
             f.write("collections over 5 ms:\n" + "".join(f"{x}\n" for x in _long_gc))
+            if _batches:
+                b = np.array(_batches)
+                f.write(f"screen: {len(b)} calls, {b.sum()} frames, frames per call mean "
+                        f"{b.mean():.1f}, p10/p50/p90 {np.percentile(b, 10):.0f}/"
+                        f"{np.median(b):.0f}/{np.percentile(b, 90):.0f}; CPU "
+                        f"{_screen_s[0]:.2f} s, {1e6 * _screen_s[0] / max(b.sum(), 1):.1f} "
+                        "µs per frame\n")
 
     gc.callbacks.append(_on_gc)
     trio.run = _probed_run  # type: ignore[assignment]
