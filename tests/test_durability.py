@@ -322,14 +322,19 @@ async def test_a_read_of_a_run_retention_deletes_meanwhile_answers_404(
     server.shutdown()
 
 
-def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
-    """A server killed between the two appends leaves a record without all its samples,
-    or samples without a record: both are trimmed to the last whole frame."""
-    path = run_dir(tmp_path, "d1", 2)
+def _run_with_meta(root: Path, run: int) -> Path:
+    path = run_dir(root, "d1", run)
     path.mkdir(parents=True)
     (path / "meta.json").write_text('{"stream": "d1", "fs": 360, "channels": ["MLII", "V1"], '
                                     '"dtype": "int16", "gain": [200, 200], '
                                     '"baseline": [1024, 1024]}')
+    return path
+
+
+def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
+    """A server killed between the two appends leaves a record without all its samples,
+    or samples without a record: both are trimmed to the last whole frame."""
+    path = _run_with_meta(tmp_path, 2)
     frame = 3 * 2 * 2
     (path / "samples.bin").write_bytes(b"\1" * (frame * 4 + 5))  # frame 4 half written
     (path / "frames.bin").write_bytes(b"".join(RECORD.pack(s, 3 * s, 3, 0.0) for s in range(5))
@@ -338,6 +343,23 @@ def test_repair_keeps_whole_frames_only(tmp_path: Path) -> None:
     assert (stored.run, stored.next_seq, stored.t0, stored.frames) == (2, 4, 12, 4)
     assert (path / "samples.bin").stat().st_size == frame * 4
     assert (path / "frames.bin").stat().st_size == RECORD.size * 4
+
+
+def test_repair_reads_only_the_end_of_a_long_run_s_index(tmp_path: Path) -> None:
+    """A crash only cuts a run's end, so repair reads the index from the end back to the
+    last whole frame and trusts the rest: a restart costs the same for a month-long run
+    as for a short one. The records before the cut are not read: here they are zeroed,
+    and the samples they index are kept all the same."""
+    path = _run_with_meta(tmp_path, 0)
+    frame = 3 * 2 * 2
+    (path / "samples.bin").write_bytes(b"\1" * (frame * 1000 + 5))  # the last half written
+    records = [RECORD.pack(s, 3 * s, 3, 0.0) for s in range(1001)]
+    records[:990] = [b"\0" * RECORD.size] * 990  # not read: the crash cannot reach them
+    (path / "frames.bin").write_bytes(b"".join(records))
+    [stored] = scan(tmp_path)
+    assert (stored.next_seq, stored.t0, stored.frames) == (1000, 3000, 1000)
+    assert (path / "samples.bin").stat().st_size == frame * 1000  # nothing lost
+    assert (path / "frames.bin").stat().st_size == RECORD.size * 1000
 
 
 # --- connections killed at random during a replay ---------------------------------------

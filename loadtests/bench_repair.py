@@ -1,0 +1,84 @@
+"""What a restart costs per archived run: ``archive.repair`` on long runs.
+
+    python -m loadtests.bench_repair --days 1 7
+    python -m loadtests.bench_repair --days 1 7 --against /tmp/old   # another checkout
+
+At start-up the server repairs each stream's latest run (``scan``): a crash can have
+cut its end. A device that stays connected keeps one run for as long as it does, so
+the run's index (``frames.bin``, 28 bytes per frame) grows by 24 MB a day of 100-ms
+frames. This writes such a run (2 leads, int16, 100-ms frames at 360 Hz; the samples
+file is sparse, so nothing but the index costs disk), cuts its last frame in half as a
+crash would, and times ``repair`` on it, here and optionally with the code of another
+checkout (a child process), side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "make_run"]
+
+FRAME = 36  # samples per 100-ms frame at 360 Hz
+WIDTH = 2 * 2  # 2 leads of int16
+_RECORDS = np.dtype([("seq", "<u8"), ("t0", "<u8"), ("n", "<u4"), ("t", "<f8")])
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from protocol import Hello
+from vital_actors.archive import repair
+hello = Hello("s", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (0.0, 0.0))
+t = time.perf_counter()
+got = repair(Path(sys.argv[2]), hello)
+print(time.perf_counter() - t, *got)
+"""
+
+
+def make_run(path: Path, frames: int) -> None:
+    """A run of *frames* 100-ms frames whose last frame lost half its samples."""
+    path.mkdir(parents=True, exist_ok=True)
+    rec = np.zeros(frames, _RECORDS)
+    rec["seq"] = np.arange(frames)
+    rec["t0"] = np.arange(frames) * FRAME
+    rec["n"] = FRAME
+    rec["t"] = 1.8e9 + np.arange(frames) * 0.1
+    (path / "frames.bin").write_bytes(rec.tobytes())
+    with open(path / "samples.bin", "wb") as f:
+        f.truncate((frames * FRAME - FRAME // 2) * WIDTH)
+
+
+def _time(root: str, path: Path) -> tuple[float, str]:
+    done = subprocess.run([sys.executable, "-c", _CHILD, root, str(path)], cwd=root,
+                          capture_output=True, text=True, check=True)
+    seconds, *got = done.stdout.split()
+    return float(seconds), " ".join(got)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--days", type=float, nargs="+", default=[1.0, 7.0])
+    p.add_argument("--against", help="another checkout to run side by side")
+    args = p.parse_args()
+    here = str(Path(__file__).resolve().parent.parent)
+    roots = [("this", here)] + ([("other", args.against)] if args.against else [])
+    print(f"{'days':>6} {'frames':>9} {'code':>6} {'repair s':>9}  (next_seq, t0, frames)")
+    for days in args.days:
+        frames = round(days * 86400 * 10)
+        for name, root in roots:
+            with tempfile.TemporaryDirectory() as tmp:
+                run = Path(tmp) / "run-000000"
+                make_run(run, frames)
+                seconds, got = _time(root, run)
+            print(f"{days:6g} {frames:9d} {name:>6} {seconds:9.4f}  ({got})")
+
+
+if __name__ == "__main__":
+    main()
