@@ -3,6 +3,7 @@ servers — connections killed at random during a replay, SIGKILL and restart, S
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgpack
 import numpy as np
 import pytest
 import trio
@@ -37,11 +39,13 @@ from vital_actors.archive import (
     scan,
 )
 from vital_actors.graph import Server
+from vital_actors.history import ArchiveHistory
 from vital_actors.sdk import Backoff, DeviceClient, open_connection
 from vital_actors.sdk._connection import receive
 from vital_actors.settings import load_settings
 from vital_actors.sources import Recording, load_record
 from vital_actors.stats import Stats
+from vital_actors.store.live import LiveReader, TrimmedError, live_meta
 
 HELLO = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (1024.0, 1024.0))
 
@@ -227,6 +231,90 @@ async def test_the_archive_prunes_while_it_serves(tmp_path: Path) -> None:
     assert list(read_frames(run_dir(tmp_path, "d1", 0))) == [(0, 0, 3)]
 
 
+def _long_run(root: Path, frames: int, *, start: float, step: float) -> tuple[Path, bytes]:
+    """A stream's only run: *frames* frames of 3 samples x 2 leads (every sample of frame
+    k is k + 1), stamped from *start* every *step* seconds, written by the writer."""
+    hello = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (0.0, 0.0))
+    files = archive.RunFiles(run_dir(root, "d1", 0), hello)
+    items = [Append("d1", 0, hello, k, 3 * k, 3, np.full((3, 2), k + 1, "<i2").tobytes(),
+                    Durable(), start + k * step) for k in range(frames)]
+    files.write(items)
+    files.close()
+    return run_dir(root, "d1", 0), b"".join(i.data for i in items)
+
+
+def test_retention_trims_the_old_frames_of_a_run_it_keeps(tmp_path: Path) -> None:
+    """A device that stays connected keeps one run: retention deletes its frames older
+    than retention_s from the start (holes punched in the files, the same offsets), says
+    where it now begins in trim.json first, and readers start there."""
+    now = time.time()
+    path, data = _long_run(tmp_path, 3000, start=now - 7200, step=2.4)  # 2 h, one run
+    writer = archive._Writer(tmp_path)
+    assert writer.prune(3601, 0, now) == (0, 0)  # a stream's latest run is never deleted
+    freed = writer.trim(3601, now)
+    cut = 1500  # the first frame stamped within 3601 s: 7200 - 1500 x 2.4 = 3600 s ago
+    assert json.loads((path / "trim.json").read_text()) == {
+        "samples": 3 * cut, "records": cut, "seq": cut}
+    width = 3 * 2 * 2
+    on_disk = (path / "samples.bin").read_bytes()
+    assert len(on_disk) == len(data)  # offsets unchanged
+    assert on_disk[cut * width:] == data[cut * width:]  # what is kept is intact
+    assert not on_disk[:cut * width // 4096 * 4096].strip(b"\0")  # the old part is holes
+    assert freed >= cut * width // 4096 * 4096 - 4096 and freed > 0
+    assert list(read_frames(path))[cut:] == [(k, 3 * k, 3) for k in range(cut, 3000)]
+    assert writer.trim(3601, now) == 0  # nothing more to do
+    reader = LiveReader(path, live_meta(path, frames=9000, id="d1"))
+    assert reader.meta.first_frame == 3 * cut
+    assert np.array_equal(reader.read(0, 9000),
+                          np.frombuffer(data, "<i2").reshape(-1, 2)[3 * cut:])
+    [stored] = scan(tmp_path)  # a restart resumes after the last frame, as before
+    assert (stored.next_seq, stored.t0) == (3000, 9000)
+
+
+def test_trimming_keeps_a_run_s_last_frame_however_old(tmp_path: Path) -> None:
+    now = time.time()
+    path, data = _long_run(tmp_path, 500, start=now - 90000, step=1.0)  # all over a day old
+    assert archive._Writer(tmp_path).trim(3600, now) >= 0
+    assert json.loads((path / "trim.json").read_text())["seq"] == 499
+    [stored] = scan(tmp_path)
+    assert (stored.next_seq, stored.t0, stored.frames) == (500, 1500, 500)
+    assert (path / "samples.bin").read_bytes()[-12:] == data[-12:]
+
+
+def test_a_read_that_retention_trims_under_it_fails_rather_than_return_holes(
+        tmp_path: Path) -> None:
+    """A reader that looked at the run before a trim would read the holes as zero
+    samples: the read checks trim.json after reading and refuses (the API answers 410)."""
+    now = time.time()
+    path, _ = _long_run(tmp_path, 3000, start=now - 7200, step=2.4)
+    reader = LiveReader(path, live_meta(path, frames=9000, id="d1"))  # before the trim
+    assert reader.meta.first_frame == 0
+    archive._Writer(tmp_path).trim(3601, now)
+    with pytest.raises(TrimmedError, match="deleted by archive retention"):
+        reader.read(0, 9000)
+    assert len(reader.read(4500, 9000)) == 4500  # what is kept still reads
+
+
+async def test_subscriber_recovery_from_a_trimmed_run_says_what_is_gone(
+        tmp_path: Path) -> None:
+    """The archive's history of a trimmed run covers only what retention kept: a replay
+    from before it gets nothing (the replay then says the rest is lost) rather than a
+    silent jump over the deleted frames; from after it, the frames as they were."""
+    now = time.time()
+    _long_run(tmp_path, 300, start=now - 600, step=2.0)  # 10 min; keep the last 5
+    archive._Writer(tmp_path).trim(301, now)
+    history = ArchiveHistory(tmp_path, "tok")
+    topic, epoch = "stream/d1/raw", "tok.0"
+    assert not await history.covers(topic, epoch, 10)
+    assert await history.read(topic, epoch, 10, 299, 50) == []
+    assert await history.covers(topic, epoch, 149)
+    got = await history.read(topic, epoch, 149, 299, 3)
+    assert [seq for seq, _ in got] == [150, 151, 152]
+    message = got[0][1].message
+    assert isinstance(message, P.StreamSamples)
+    assert message.data == np.full((3, 2), 151, "<i2").tobytes()
+
+
 async def test_a_server_deletes_a_finished_run_past_retention_and_keeps_the_latest(
         tmp_path: Path, nursery: trio.Nursery) -> None:
     """With archive.retention_s, a run that is no longer its stream's latest is deleted
@@ -319,6 +407,47 @@ async def test_a_read_of_a_run_retention_deletes_meanwhile_answers_404(
     monkeypatch.setattr(recordings, "open_run", opened)
     status, _, _ = await request(port, "GET", "/api/v1/streams/d1/view?run=2")
     assert status == 200
+    server.shutdown()
+
+
+async def test_a_server_trims_a_connected_device_s_old_frames_and_serves_the_rest(
+        tmp_path: Path, mitdb: Path, nursery: trio.Nursery) -> None:
+    """A device that stays connected keeps one run; with archive.retention_s the server
+    deletes its frames older than that from the run's start. The archive's views and
+    data then begin where the kept frames do, exactly as the device sent them."""
+    server = Server(load_settings(server={"port": 0}, archive={
+        "dir": tmp_path, "retention_s": 0.5, "prune_interval_s": 0.1}))
+    await nursery.start(server.run)
+    rec = load_record(mitdb / "101", stop=360 * 10)
+    x = np.ascontiguousarray(rec.samples, "<i2")
+    client = DeviceClient(f"ws://127.0.0.1:{server.port}", hello_of(rec, "d1"))
+    path = run_dir(tmp_path, "d1", 0)
+    async with trio.open_nursery() as inner:
+        await inner.start(client.run)
+        for k in range(60):  # 6 s of ECG at once, then nothing for over retention_s
+            await client.send(x[36 * k:36 * (k + 1)])
+        with trio.fail_after(10):
+            await client.drain()
+            while not (path / "trim.json").exists():  # noqa: ASYNC110  # real time
+                await trio.sleep(0.05)
+        for k in range(60, 100):  # 4 s more, on the same connection: the same run
+            await client.send(x[36 * k:36 * (k + 1)])
+        with trio.fail_after(10):
+            await client.drain()
+        inner.cancel_scope.cancel()
+    port = server.port
+    assert port is not None
+    meta = await get_json(port, "/api/v1/streams/d1/archive")
+    first = meta["first_frame"]
+    assert meta["run"] == 0 and first >= 36 * 59 and first % 36 == 0  # the first 59 at least
+    assert meta["frames"] == 3600 and server.stats.totals.archive_bytes_trimmed > 0
+    status, body, _ = await request(port, "GET", "/api/v1/streams/d1/data?start=0")
+    assert status == 200
+    got = msgpack.unpackb(body)
+    assert got["start"] == first
+    assert np.array_equal(np.frombuffer(got["data"], "<i2").reshape(-1, 2), x[first:3600])
+    view = await get_json(port, "/api/v1/streams/d1/view?start=0&points=100")
+    assert view["start"] == first and len(view["t"]) > 0 and min(view["t"]) >= first
     server.shutdown()
 
 

@@ -7,6 +7,8 @@ Layout, one directory per stream run (beside the recording store's ``recordings/
     <dir>/<stream>/run-<run>/frames.bin   one record per device frame: seq, t0, n, t (<QQId)
 
     <dir>/<stream>/run-<run>/pyr<k>.bin   the view pyramid's complete buckets (store/live.py)
+    <dir>/<stream>/run-<run>/trim.json    where the frames archive retention kept begin
+                                          (the files hold holes before: store/live.py Trim)
 
 ``t`` is the server's clock (Unix s) at the frame's first sample: the device's own
 timestamp mapped through its clock estimate (:mod:`clock`) when it sent one, else the
@@ -47,7 +49,7 @@ import trio
 from protocol import Hello
 
 from .stats import Stats
-from .store.live import PyramidFiles
+from .store.live import TRIM, PyramidFiles, read_trim
 
 __all__ = ["PRUNED", "RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable",
            "RunFiles", "Stored", "prunable", "read_frames", "read_records", "repair",
@@ -259,6 +261,44 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _load_syncfs()
 
 
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], fn)
+
+
+_FALLOCATE = _load_fallocate()
+
+
+def punch(path: Path, length: int) -> int:
+    """Free the disk blocks of *path*'s first *length* bytes, which then read as zeros
+    (``fallocate(2)`` ``FALLOC_FL_PUNCH_HOLE``; size and offsets unchanged). Returns the
+    bytes freed.
+
+    Raises:
+        OSError: the file system cannot (``EOPNOTSUPP``), or another failure.
+    """
+    if _FALLOCATE is None:
+        raise OSError(errno.EOPNOTSUPP, "fallocate(2) is not available here")
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        before = os.fstat(fd).st_blocks
+        if length > 0 and _FALLOCATE(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                                     length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+        return max(0, before - os.fstat(fd).st_blocks) * 512
+    finally:
+        os.close(fd)
+
+
 def _syncfs_at(path: Path) -> bool:
     """Flush and wait for everything written to *path*'s file system; False if that
     cannot be done here (the caller then fsyncs file by file)."""
@@ -291,6 +331,7 @@ class _Writer:
         self.open: dict[tuple[str, int], RunFiles] = {}
         self.dirty: set[tuple[str, int]] = set()
         self.failures: list[_Failure] = []
+        self.can_trim = True  # until the file system says it cannot punch holes
 
     def write(self, batch: list[ArchiveItem]) -> list[Written]:
         """Write *batch*; return each Append written, with its run's sample count."""
@@ -377,6 +418,69 @@ class _Writer:
             shutil.rmtree(left, ignore_errors=True)
         return runs, size
 
+    def housekeep(self, retention_s: float | None, min_free: int,
+                  now: float) -> tuple[int, int, int]:
+        """:meth:`prune`, then with *retention_s* :meth:`trim`: (runs deleted, their
+        bytes, bytes trimmed from the runs kept)."""
+        runs, size = self.prune(retention_s, min_free, now)
+        return runs, size, 0 if retention_s is None else self.trim(retention_s, now)
+
+    def trim(self, retention_s: float, now: float) -> int:
+        """Delete, from the start of every run :meth:`prune` keeps, the frames written
+        before ``now - retention_s``: a device that stays connected keeps one run, which
+        nothing else would bound. Never a run's last frame (a restart resumes after it).
+        Records the new start (:class:`Trim`, ``trim.json``) before it punches the
+        samples and index records before it out of the files (:func:`punch`), so a
+        reader never takes the holes for data. Returns the bytes freed; on a file
+        system that cannot punch holes it logs that once and trims nothing."""
+        if not self.can_trim:
+            return 0
+        freed = 0
+        for path in sorted(self.root.glob("*/run-*")):
+            try:
+                freed += self._trim_run(path, now - retention_s)
+            except FileNotFoundError:  # deleted meanwhile (prune, or by hand)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    _log.warning("archive: this file system cannot punch holes in files "
+                                 "(%s): retention deletes finished runs only", exc)
+                    self.can_trim = False
+                    return freed
+                _log.error("archive: cannot trim run %s: %s", path, _reason(exc))
+        return freed
+
+    def _trim_run(self, path: Path, before: float) -> int:
+        """See :meth:`trim`: one run, frames stamped before *before*."""
+        trim = read_trim(path)
+        with open(path / "frames.bin", "rb") as f:
+            count = os.fstat(f.fileno()).st_size // RECORD.size
+
+            def record(k: int) -> tuple[int, int, int, float]:
+                return cast(tuple[int, int, int, float],
+                            RECORD.unpack(os.pread(f.fileno(), RECORD.size, k * RECORD.size)))
+
+            lo, hi = trim.records, count - 1  # the first record stamped at or after *before*
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if record(mid)[3] < before:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo <= trim.records:
+                return 0
+            seq, t0, _n, _t = record(lo)
+        hello = json.loads((path / "meta.json").read_text())
+        width = len(hello["channels"]) * _ITEMSIZE[hello["dtype"]]
+        tmp = path / (TRIM + ".tmp")
+        tmp.write_text(json.dumps({"samples": t0, "records": lo, "seq": seq}))
+        os.replace(tmp, path / TRIM)  # first: from now on readers start there
+        freed = punch(path / "samples.bin", t0 * width) + punch(path / "frames.bin",
+                                                                lo * RECORD.size)
+        _log.info("archive: trimmed run %s to frame seq %d (sample %d): %d bytes freed",
+                  path, seq, t0, freed)
+        return freed
+
     def close_all(self) -> None:
         self.sync()
         for files in self.open.values():
@@ -415,7 +519,8 @@ async def run_archive(
     closed *inbox*.
 
     With *retention_s* or *min_free_bytes*, finished runs are deleted at the start and
-    every *prune_interval_s* (:meth:`_Writer.prune`), counted in *stats*.
+    every *prune_interval_s* (:meth:`_Writer.prune`), and with *retention_s* the old
+    frames of the runs kept are too (:meth:`_Writer.trim`), counted in *stats*.
     """
     writer = _Writer(root)
     pruning = retention_s is not None or min_free_bytes > 0
@@ -464,11 +569,12 @@ async def run_archive(
                     _mark(unsynced)
                     unsynced, deadline, soonest = [], math.inf, math.inf
                 if now >= next_prune:
-                    runs, size = await trio.to_thread.run_sync(
-                        writer.prune, retention_s, min_free_bytes, time.time())
+                    runs, size, trimmed = await trio.to_thread.run_sync(
+                        writer.housekeep, retention_s, min_free_bytes, time.time())
                     if stats is not None:
                         stats.totals.archive_runs_pruned += runs
                         stats.totals.archive_bytes_pruned += size
+                        stats.totals.archive_bytes_trimmed += trimmed
                     next_prune = trio.current_time() + prune_interval_s
         finally:
             with trio.CancelScope(shield=True):

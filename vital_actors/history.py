@@ -45,6 +45,7 @@ from protocol import TOPIC, Event, Priority, StreamSamples, decode_server
 
 from .archive import RECORD, _hello, run_dir
 from .edge.codecs import Outgoing
+from .store.live import read_trim
 
 __all__ = ["PROCESS_TOKEN", "ArchiveHistory", "Entry", "History", "Ring", "TopicLog",
            "archive_token", "is_sample_topic", "replayed", "stamp"]
@@ -231,9 +232,10 @@ class ArchiveHistory:
         return run_dir(self.root, m["stream"], int(run))
 
     async def covers(self, topic: str, epoch: str, after: int) -> bool:
+        """Does the run still hold the frames after *after* (retention may have deleted
+        the oldest: :class:`~.store.live.Trim`)?"""
         path = self._run(topic, epoch)
-        return path is not None and await trio.to_thread.run_sync(
-            (path / "frames.bin").exists)
+        return path is not None and await trio.to_thread.run_sync(_holds_after, path, after)
 
     async def read(self, topic: str, epoch: str, after: int, upto: int,
                    limit: int) -> list[tuple[int, Outgoing]]:
@@ -276,6 +278,13 @@ class _Records:
         return np.frombuffer(raw, _RECORDS, count=len(raw) // RECORD.size)
 
 
+def _holds_after(path: Path, after: int) -> bool:
+    if not (path / "frames.bin").exists():
+        return False
+    trim = read_trim(path)
+    return trim.records == 0 or after + 1 >= trim.seq
+
+
 def _read_run(path: Path, topic: str, epoch: str, after: int, upto: int,
               limit: int) -> list[tuple[int, Outgoing]]:
     """Frames ``after < seq <= upto`` of the run at *path*: found by binary search in
@@ -286,7 +295,9 @@ def _read_run(path: Path, topic: str, epoch: str, after: int, upto: int,
     fd = os.open(path / "frames.bin", os.O_RDONLY)
     try:
         records = _Records(fd)
-        chunk = records.read(records.first_after(after), limit)
+        if not _holds_after(path, after):  # retention deleted what follows *after*:
+            return []  # gone (the replay says so), rather than a silent jump over it
+        chunk = records.read(max(read_trim(path).records, records.first_after(after)), limit)
     finally:
         os.close(fd)
     out: list[tuple[int, Outgoing]] = []

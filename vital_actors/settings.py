@@ -110,8 +110,10 @@ class ArchiveSettings(_Section):
         "the frames of that window; 0: sync whenever the writer is idle")
     retention_s: float | None = Field(
         None, gt=0, description="delete finished runs whose last write is older than "
-        "this (never a stream's latest run, which its device resumes, nor an open one); "
-        "null: keep them")
+        "this (never a stream's latest run, which its device resumes, nor an open one), "
+        "and the frames older than this from the start of the runs kept (a device that "
+        "stays connected keeps one run), always keeping a run's last frame; null: keep "
+        "them")
     min_free_bytes: int = Field(
         0, ge=0, description="when the archive's file system has less free space than "
         "this, delete the oldest finished runs (as retention_s chooses them) until it has "

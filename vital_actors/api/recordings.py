@@ -30,7 +30,7 @@ from ..filtering import FilterSettingsError
 from ..jobs import JobBoardUnavailableError, JobSpec, QueueFullError
 from ..store import Meta, Reader, RecordingNotFoundError, receive_upload
 from ..store.formats import FormatError, declared_format
-from ..store.live import LiveReader, disk_frames, live_meta
+from ..store.live import LiveReader, TrimmedError, disk_frames, live_meta
 from ..store.views import view
 from ..streams import StreamBusyError
 from .uploads import (
@@ -203,6 +203,7 @@ def _view(reader: Reader, read: Callable[[int, int], Any],
     try:
         channel = _channel(reader.meta.channels, request.args.get("channel", "0"))
         start, end = _int("start", 0), _int("end", reader.frames)
+        start = max(start, min(reader.meta.first_frame, end))  # retention deleted before
         points = _int("points", 2000)
     except ValueError as exc:
         return _problem(400, "bad view parameters", [str(exc)])
@@ -225,8 +226,9 @@ async def _data(server: Server, meta: Meta, read: Callable[[int, int], Any]
         start, end = _int("start", 0), _int("end", meta.frames)
     except ValueError as exc:
         return _problem(400, "bad data parameters", [str(exc)])
-    # Within the recording (a range past its end is empty; 1e20 used to reach numpy).
-    start = min(max(0, start), meta.frames)
+    # Within the recording (a range past its end is empty; 1e20 used to reach numpy),
+    # and what retention kept of a live run (from meta.first_frame).
+    start = min(max(meta.first_frame, start), meta.frames)
     end = min(max(start, end), meta.frames)
     if end - start > server.settings.store.max_data_frames:
         return _problem(413, f"ask for at most {server.settings.store.max_data_frames} "
@@ -279,6 +281,8 @@ def _live(app: QuartTrio, server: Server) -> None:
             return _view(got, got.read)
         except FileNotFoundError:
             return _deleted(stream_id, got)
+        except TrimmedError as exc:
+            return _problem(410, str(exc))
 
     @app.get("/api/v1/streams/<stream_id>/data")
     async def stream_data(stream_id: str) -> Response | Problem:
@@ -290,6 +294,8 @@ def _live(app: QuartTrio, server: Server) -> None:
             return await _data(server, got.meta, got.read)
         except FileNotFoundError:
             return _deleted(stream_id, got)
+        except TrimmedError as exc:
+            return _problem(410, str(exc))
 
 
 def _deleted(stream_id: str, reader: LiveReader) -> Problem:

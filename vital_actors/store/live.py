@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import numpy.typing as npt
 from .pyramid import BASE, FACTOR, LEVELS, PyramidBuilder, bucket, minmax, reduce
 from .recording import Meta, Reader
 
-__all__ = ["LiveReader", "PyramidFiles", "disk_frames", "live_meta"]
+__all__ = ["TRIM", "LiveReader", "PyramidFiles", "Trim", "TrimmedError", "disk_frames",
+           "live_meta", "read_trim"]
 
 Array = npt.NDArray[Any]
 _REBUILD_FRAMES = 1 << 20  # frames per read when a pyramid is rebuilt from the samples
@@ -103,15 +105,47 @@ def _size(path: Path) -> int:
         return 0
 
 
+#: The file in a run that says what archive retention deleted from its start.
+TRIM = "trim.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Trim:
+    """What archive retention deleted from the start of a run it keeps (``trim.json``):
+    the samples (per channel) before ``samples`` and the index records before
+    ``records``, whose first kept frame has seq ``seq``. Their bytes are holes in the
+    files now (they read as zeros): readers start at these."""
+
+    samples: int = 0
+    records: int = 0
+    seq: int = 0
+
+
+def read_trim(path: Path) -> Trim:
+    """The run at *path*'s :class:`Trim` (nothing deleted when it has none)."""
+    try:
+        data = json.loads((path / TRIM).read_text())
+    except FileNotFoundError:
+        return Trim()
+    return Trim(int(data["samples"]), int(data["records"]), int(data["seq"]))
+
+
+class TrimmedError(LookupError):
+    """Archive retention deleted samples a read had asked for while it read them."""
+
+
 def live_meta(path: Path, *, frames: int, id: str) -> Meta:
-    """A run's ``meta.json`` (the device's hello) as a recording's metadata at *frames*."""
+    """A run's ``meta.json`` (the device's hello) as a recording's metadata at *frames*
+    (``first_frame``: where what retention kept begins)."""
     hello = json.loads((path / "meta.json").read_text())
     dtype = np.dtype(hello["dtype"])
+    first = min(read_trim(path).samples, frames)
     return Meta(id=id, fs=hello["fs"], channels=hello["channels"], dtype=hello["dtype"],
                 gain=hello["gain"], baseline=hello["baseline"], frames=frames,
                 duration_s=frames / hello["fs"], source_format="live",
                 source_name=hello.get("device"), checksum=None, created=_mtime(path),
-                bytes=frames * len(hello["channels"]) * dtype.itemsize, live=True)
+                bytes=(frames - first) * len(hello["channels"]) * dtype.itemsize, live=True,
+                first_frame=first)
 
 
 def _mtime(path: Path) -> float:
@@ -125,7 +159,23 @@ def disk_frames(path: Path, channels: int, dtype: str) -> int:
 
 class LiveReader(Reader):
     """A :class:`Reader` of a run's first ``meta.frames`` frames, partial buckets
-    included: what is past them on disk (written, not yet acked) is never read."""
+    included: what is past them on disk (written, not yet acked) is never read, nor
+    what retention deleted (before ``meta.first_frame``)."""
+
+    def read(self, start: int, end: int) -> Array:
+        """As :meth:`Reader.read`, from ``meta.first_frame`` at the earliest.
+
+        Raises:
+            TrimmedError: retention deleted some of them while they were read (it
+                records the new start before it deletes: the check after the read
+                sees it).
+        """
+        start = max(start, self.meta.first_frame)
+        out = super().read(start, end)
+        if len(out) and read_trim(self.path).samples > start:
+            raise TrimmedError(f"samples from frame {start} of {self.path.name} were deleted "
+                               "by archive retention while they were read")
+        return out
 
     def level(self, k: int, start: int, end: int) -> Array:
         size = bucket(k)

@@ -58,6 +58,8 @@ class Meta(BaseModel):
     job: str | None = Field(None, description="the job whose result this is")
     live: bool = Field(False, description="a live stream's archive run (source_format "
                        "live): it grows while its device sends")
+    first_frame: int = Field(0, description="the first frame still stored: archive "
+                             "retention deleted those before it (live archive runs only)")
 
 
 class WriterState(BaseModel):
