@@ -295,6 +295,26 @@ def test_a_read_that_retention_trims_under_it_fails_rather_than_return_holes(
     assert len(reader.read(4500, 9000)) == 4500  # what is kept still reads
 
 
+def test_trimming_keeps_what_the_view_pyramid_resumes_from(tmp_path: Path) -> None:
+    """A device idle for longer than retention has all its run but the last frame
+    trimmed; when it resumes, the run's files reopen and the pyramid's unfinished
+    bucket is rebuilt from its samples on disk: those are not punched, so the bucket
+    it completes holds the real minimum and maximum, not the holes' zeros."""
+    now = time.time()
+    path, _ = _long_run(tmp_path, 500, start=now - 90000, step=1.0)  # 1,500 samples
+    archive._Writer(tmp_path).trim(3600, now)  # all but frame 499 (samples 1497-1499)
+    assert json.loads((path / "trim.json").read_text())["samples"] == 1497
+    hello = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (0.0, 0.0))
+    files = archive.RunFiles(path, hello)  # the device resumes: 12 frames more
+    files.write([Append("d1", 0, hello, k, 3 * k, 3, np.full((3, 2), 1000, "<i2").tobytes(),
+                        Durable(), now) for k in range(500, 512)])
+    files.close()
+    entries = np.fromfile(path / "pyr0.bin", "<i2").reshape(-1, 2, 2)
+    assert len(entries) == 1536 // 64
+    # bucket 23: samples 1472-1535, frames 490-499 (values 491-500) and the new ones
+    assert entries[23].tolist() == [[491, 1000], [491, 1000]]
+
+
 async def test_subscriber_recovery_from_a_trimmed_run_says_what_is_gone(
         tmp_path: Path) -> None:
     """The archive's history of a trimmed run covers only what retention kept: a replay

@@ -50,6 +50,7 @@ from protocol import Hello
 
 from .stats import Stats
 from .store.live import TRIM, PyramidFiles, read_trim
+from .store.pyramid import BASE
 
 __all__ = ["PRUNED", "RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable",
            "RunFiles", "Stored", "prunable", "read_frames", "read_records", "repair",
@@ -475,8 +476,11 @@ class _Writer:
         tmp = path / (TRIM + ".tmp")
         tmp.write_text(json.dumps({"samples": t0, "records": lo, "seq": seq}))
         os.replace(tmp, path / TRIM)  # first: from now on readers start there
-        freed = punch(path / "samples.bin", t0 * width) + punch(path / "frames.bin",
-                                                                lo * RECORD.size)
+        # The samples of the view pyramid's unfinished level-0 bucket stay: reopening
+        # the run rebuilds that bucket's pending state from them (PyramidFiles).
+        done = (path / "samples.bin").stat().st_size // width // BASE * BASE
+        freed = punch(path / "samples.bin", min(t0, done) * width) + punch(
+            path / "frames.bin", lo * RECORD.size)
         _log.info("archive: trimmed run %s to frame seq %d (sample %d): %d bytes freed",
                   path, seq, t0, freed)
         return freed
