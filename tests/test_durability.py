@@ -315,6 +315,25 @@ def test_trimming_keeps_what_the_view_pyramid_resumes_from(tmp_path: Path) -> No
     assert entries[23].tolist() == [[491, 1000], [491, 1000]]
 
 
+def test_a_trimmed_run_s_pyramid_rebuilt_after_a_crash_ignores_the_holes(
+        tmp_path: Path) -> None:
+    """A run reopened with its pyramid behind its samples (a crash between the two
+    writes) rebuilds the pyramid from the samples: where retention punched holes, it
+    takes the first kept frame instead of the zeros."""
+    now = time.time()
+    path, _ = _long_run(tmp_path, 3000, start=now - 7200, step=2.4)  # 9,000 samples
+    archive._Writer(tmp_path).trim(3601, now)  # keeps frames 1500-2999: from sample 4500
+    for k in range(8):
+        (path / f"pyr{k}.bin").write_bytes(b"")  # lost in the crash
+    hello = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (0.0, 0.0))
+    archive.RunFiles(path, hello).close()  # reopened: rebuilt
+    entries = np.fromfile(path / "pyr0.bin", "<i2").reshape(-1, 2, 2)
+    assert len(entries) == 9000 // 64
+    # bucket 70 (samples 4480-4543) straddles the cut: frames 1500-1514, values 1501-1515
+    assert entries[70].tolist() == [[1501, 1515], [1501, 1515]]
+    assert int(entries[:, :, 0].min()) == 1501  # no zero anywhere
+
+
 async def test_subscriber_recovery_from_a_trimmed_run_says_what_is_gone(
         tmp_path: Path) -> None:
     """The archive's history of a trimmed run covers only what retention kept: a replay

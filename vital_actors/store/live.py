@@ -79,8 +79,19 @@ class PyramidFiles:
             os.lseek(fd, 0, os.SEEK_SET)
         self.builder = PyramidBuilder(self.channels, self.dtype)
         reader = _RawReader(self.path, self.channels, self.dtype, frames)
+        # What retention deleted reads as zeros: in its place, the first frame it kept,
+        # so the buckets that straddle the cut hold the minimum and maximum of real data.
+        first = min(read_trim(self.path).samples, frames)
+        kept = reader.read(first, first + 1) if first else None
         for start in range(0, frames, _REBUILD_FRAMES):
-            self.append(reader.read(start, start + _REBUILD_FRAMES))
+            end = min(frames, start + _REBUILD_FRAMES)
+            if kept is not None and end <= first:
+                block = np.repeat(kept, end - start, axis=0)
+            else:
+                block = reader.read(start, end)
+                if kept is not None and start < first:
+                    block[:first - start] = kept
+            self.append(block)
 
     def append(self, frames: Array) -> None:
         """Add frames (n, channels) in the run's dtype; write the buckets they complete."""
