@@ -271,6 +271,20 @@ def test_retention_trims_the_old_frames_of_a_run_it_keeps(tmp_path: Path) -> Non
     assert (stored.next_seq, stored.t0) == (3000, 9000)
 
 
+def test_deleting_a_trimmed_run_counts_the_bytes_it_frees_not_its_holes(
+        tmp_path: Path) -> None:
+    now = time.time()
+    path, _ = _long_run(tmp_path, 3000, start=now - 7200, step=2.4)
+    archive._Writer(tmp_path).trim(3601, now)
+    files = [f for f in path.iterdir() if f.is_file()]
+    held = sum(min(f.stat().st_size, 512 * f.stat().st_blocks) for f in files)
+    assert held < sum(f.stat().st_size for f in files) - 8192  # the holes
+    for f in files:
+        os.utime(f, (now - 7200, now - 7200))
+    _old_run(tmp_path, "d1", 1, age_s=10, size=10)  # run 0 is no longer the latest
+    assert archive._Writer(tmp_path).prune(3601, 0, now) == (1, held)
+
+
 def test_trimming_keeps_a_run_s_last_frame_however_old(tmp_path: Path) -> None:
     now = time.time()
     path, data = _long_run(tmp_path, 500, start=now - 90000, step=1.0)  # all over a day old

@@ -608,7 +608,9 @@ def prunable(root: Path, open_runs: Collection[tuple[str, int]]) -> list[tuple[f
                 last = max((st.st_mtime for st in stats), default=path.stat().st_mtime)
             except FileNotFoundError:  # gone meanwhile
                 continue
-            out.append((last, path, sum(st.st_size for st in stats)))
+            # What deleting frees: a trimmed run's files are partly holes (its size
+            # counts them, its blocks do not).
+            out.append((last, path, sum(min(st.st_size, 512 * st.st_blocks) for st in stats)))
     out.sort()
     return out
 
