@@ -231,16 +231,17 @@ async def test_the_archive_prunes_while_it_serves(tmp_path: Path) -> None:
     assert list(read_frames(run_dir(tmp_path, "d1", 0))) == [(0, 0, 3)]
 
 
-def _long_run(root: Path, frames: int, *, start: float, step: float) -> tuple[Path, bytes]:
+def _long_run(root: Path, frames: int, *, start: float, step: float,
+              stream: str = "d1") -> tuple[Path, bytes]:
     """A stream's only run: *frames* frames of 3 samples x 2 leads (every sample of frame
     k is k + 1), stamped from *start* every *step* seconds, written by the writer."""
-    hello = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (0.0, 0.0))
-    files = archive.RunFiles(run_dir(root, "d1", 0), hello)
-    items = [Append("d1", 0, hello, k, 3 * k, 3, np.full((3, 2), k + 1, "<i2").tobytes(),
+    hello = P.Hello(stream, 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (0.0, 0.0))
+    files = archive.RunFiles(run_dir(root, stream, 0), hello)
+    items = [Append(stream, 0, hello, k, 3 * k, 3, np.full((3, 2), k + 1, "<i2").tobytes(),
                     Durable(), start + k * step) for k in range(frames)]
     files.write(items)
     files.close()
-    return run_dir(root, "d1", 0), b"".join(i.data for i in items)
+    return run_dir(root, stream, 0), b"".join(i.data for i in items)
 
 
 def test_retention_trims_the_old_frames_of_a_run_it_keeps(tmp_path: Path) -> None:
@@ -283,6 +284,33 @@ def test_deleting_a_trimmed_run_counts_the_bytes_it_frees_not_its_holes(
         os.utime(f, (now - 7200, now - 7200))
     _old_run(tmp_path, "d1", 1, age_s=10, size=10)  # run 0 is no longer the latest
     assert archive._Writer(tmp_path).prune(3601, 0, now) == (1, held)
+
+
+def test_short_of_space_the_runs_kept_lose_their_oldest_frames_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With archive.min_free_bytes, once no finished run is left to delete, the runs
+    kept (a connected device's) are trimmed of their frames written before one time,
+    the earliest that frees enough: the oldest data goes, the newest stays."""
+    now = time.time()
+    runs = [_long_run(tmp_path, 3000, start=now - 7200, step=2.4, stream=name)[0]
+            for name in ("a", "b")]
+
+    def held() -> int:
+        return sum(512 * f.stat().st_blocks for run in runs for f in run.iterdir())
+
+    full = held()
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(
+        total=10**12, used=10**12, free=full - held()))  # free: what trimming freed
+    writer = archive._Writer(tmp_path)
+    assert writer.housekeep(None, 100_000, now)[:2] == (0, 0)  # no finished run to delete
+    # 2 runs x (12 bytes of samples + a 28-byte record) a frame: 1,250 frames each
+    for run in runs:
+        assert json.loads((run / "trim.json").read_text())["records"] == 1250
+    assert full - held() > 80_000  # freed: whole blocks only, so a little less at first
+    for _ in range(3):  # the next passes free the rest
+        writer.make_room(100_000, now)
+    assert full - held() >= 100_000
+    assert list(read_frames(runs[0]))[-1] == (2999, 8997, 3)  # the newest stay
 
 
 def test_trimming_keeps_a_run_s_last_frame_however_old(tmp_path: Path) -> None:

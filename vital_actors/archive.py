@@ -324,6 +324,78 @@ class _Failure:
     samples: int  # the run's samples on disk
 
 
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """Where a trim would start a run (see :meth:`_Writer.trim`): its first kept index
+    record and that frame's seq and first sample; *gain* estimates the bytes it frees."""
+
+    records: int
+    seq: int
+    samples: int
+    width: int
+    gain: int
+
+
+def _record(fd: int, k: int) -> tuple[int, int, int, float]:
+    return cast(tuple[int, int, int, float],
+                RECORD.unpack(os.pread(fd, RECORD.size, k * RECORD.size)))
+
+
+def _first_stamp(path: Path) -> float | None:
+    """When the first frame a run still holds was stamped (None: no frame, or gone)."""
+    try:
+        with open(path / "frames.bin", "rb") as f:
+            k = read_trim(path).records
+            if os.fstat(f.fileno()).st_size < (k + 1) * RECORD.size:
+                return None
+            return _record(f.fileno(), k)[3]
+    except FileNotFoundError:
+        return None
+
+
+def _cut(path: Path, before: float) -> _Cut | None:
+    """Where trimming the frames stamped before *before* would start the run at *path*
+    (never past its last frame); None if that deletes nothing more.
+
+    Raises:
+        FileNotFoundError: the run is gone.
+    """
+    trim = read_trim(path)
+    with open(path / "frames.bin", "rb") as f:
+        count = os.fstat(f.fileno()).st_size // RECORD.size
+        lo, hi = trim.records, count - 1  # the first record stamped at or after *before*
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _record(f.fileno(), mid)[3] < before:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo <= trim.records:
+            return None
+        seq, t0, _n, _t = _record(f.fileno(), lo)
+    hello = json.loads((path / "meta.json").read_text())
+    width = len(hello["channels"]) * _ITEMSIZE[hello["dtype"]]
+    gain = (t0 - trim.samples) * width + (lo - trim.records) * RECORD.size
+    return _Cut(lo, seq, t0, width, gain)
+
+
+def _apply(path: Path, cut: _Cut) -> int:
+    """Trim the run at *path* at *cut*; the bytes freed. Records the new start first,
+    so that from then on readers start there, then punches the files."""
+    tmp = path / (TRIM + ".tmp")
+    tmp.write_text(json.dumps({"samples": cut.samples, "records": cut.records,
+                               "seq": cut.seq}))
+    os.replace(tmp, path / TRIM)
+    # The samples of the view pyramid's unfinished level-0 bucket stay: reopening the
+    # run rebuilds that bucket's pending state from them (PyramidFiles).
+    done = (path / "samples.bin").stat().st_size // cut.width // BASE * BASE
+    freed = punch(path / "samples.bin", min(cut.samples, done) * cut.width) + punch(
+        path / "frames.bin", cut.records * RECORD.size)
+    _log.info("archive: trimmed run %s to frame seq %d (sample %d): %d bytes freed",
+              path, cut.seq, cut.samples, freed)
+    return freed
+
+
 class _Writer:
     """What the actor does with a batch, in a worker thread: group by run, write, sync."""
 
@@ -421,10 +493,11 @@ class _Writer:
 
     def housekeep(self, retention_s: float | None, min_free: int,
                   now: float) -> tuple[int, int, int]:
-        """:meth:`prune`, then with *retention_s* :meth:`trim`: (runs deleted, their
-        bytes, bytes trimmed from the runs kept)."""
+        """:meth:`prune`; then with *retention_s* :meth:`trim`, and with *min_free*
+        :meth:`make_room`: (runs deleted, their bytes, bytes trimmed from the runs kept)."""
         runs, size = self.prune(retention_s, min_free, now)
-        return runs, size, 0 if retention_s is None else self.trim(retention_s, now)
+        trimmed = 0 if retention_s is None else self.trim(retention_s, now)
+        return runs, size, trimmed + (self.make_room(min_free, now) if min_free else 0)
 
     def trim(self, retention_s: float, now: float) -> int:
         """Delete, from the start of every run :meth:`prune` keeps, the frames written
@@ -434,12 +507,48 @@ class _Writer:
         samples and index records before it out of the files (:func:`punch`), so a
         reader never takes the holes for data. Returns the bytes freed; on a file
         system that cannot punch holes it logs that once and trims nothing."""
+        return self._trim_all(now - retention_s)
+
+    def make_room(self, min_free: int, now: float) -> int:
+        """When the file system still has less than *min_free* bytes free once
+        :meth:`prune` has deleted every finished run it may: trim the runs kept (as
+        :meth:`trim` does) of their frames written before the earliest time that frees
+        enough, the same time for every run, so the oldest data goes first. A full disk
+        would otherwise close every device (1013) once the latest runs fill it. Never a
+        run's last frame. Returns the bytes freed."""
+        need = min_free - shutil.disk_usage(self.root).free
+        if need <= 0 or not self.can_trim:
+            return 0
+        paths = sorted(self.root.glob("*/run-*"))
+        firsts = [t for t in map(_first_stamp, paths) if t is not None]
+        if not firsts:
+            return 0
+        lo, hi = min(firsts), now  # the earliest cut time whose estimate frees *need*
+
+        def gain(before: float) -> int:
+            cuts = (_cut(path, before) for path in paths)
+            return sum(cut.gain for cut in cuts if cut is not None)
+
+        if gain(hi) < need:
+            _log.error("archive: less than %d bytes free, and trimming every run to its last "
+                       "frame frees only %d of the %d needed", min_free, gain(hi), need)
+        else:
+            while hi - lo > 1.0:
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if gain(mid) >= need else (mid, hi)
+        _log.warning("archive: less than %d bytes free: deleting the frames written before "
+                     "%s from the runs kept", min_free, time.strftime(
+                         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(hi)))
+        return self._trim_all(hi)
+
+    def _trim_all(self, before: float) -> int:
         if not self.can_trim:
             return 0
         freed = 0
         for path in sorted(self.root.glob("*/run-*")):
             try:
-                freed += self._trim_run(path, now - retention_s)
+                cut = _cut(path, before)
+                freed += 0 if cut is None else _apply(path, cut)
             except FileNotFoundError:  # deleted meanwhile (prune, or by hand)
                 continue
             except OSError as exc:
@@ -449,40 +558,6 @@ class _Writer:
                     self.can_trim = False
                     return freed
                 _log.error("archive: cannot trim run %s: %s", path, _reason(exc))
-        return freed
-
-    def _trim_run(self, path: Path, before: float) -> int:
-        """See :meth:`trim`: one run, frames stamped before *before*."""
-        trim = read_trim(path)
-        with open(path / "frames.bin", "rb") as f:
-            count = os.fstat(f.fileno()).st_size // RECORD.size
-
-            def record(k: int) -> tuple[int, int, int, float]:
-                return cast(tuple[int, int, int, float],
-                            RECORD.unpack(os.pread(f.fileno(), RECORD.size, k * RECORD.size)))
-
-            lo, hi = trim.records, count - 1  # the first record stamped at or after *before*
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if record(mid)[3] < before:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo <= trim.records:
-                return 0
-            seq, t0, _n, _t = record(lo)
-        hello = json.loads((path / "meta.json").read_text())
-        width = len(hello["channels"]) * _ITEMSIZE[hello["dtype"]]
-        tmp = path / (TRIM + ".tmp")
-        tmp.write_text(json.dumps({"samples": t0, "records": lo, "seq": seq}))
-        os.replace(tmp, path / TRIM)  # first: from now on readers start there
-        # The samples of the view pyramid's unfinished level-0 bucket stay: reopening
-        # the run rebuilds that bucket's pending state from them (PyramidFiles).
-        done = (path / "samples.bin").stat().st_size // width // BASE * BASE
-        freed = punch(path / "samples.bin", min(t0, done) * width) + punch(
-            path / "frames.bin", lo * RECORD.size)
-        _log.info("archive: trimmed run %s to frame seq %d (sample %d): %d bytes freed",
-                  path, seq, t0, freed)
         return freed
 
     def close_all(self) -> None:

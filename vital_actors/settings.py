@@ -117,7 +117,8 @@ class ArchiveSettings(_Section):
     min_free_bytes: int = Field(
         0, ge=0, description="when the archive's file system has less free space than "
         "this, delete the oldest finished runs (as retention_s chooses them) until it has "
-        "it again; 0: never")
+        "it again, and if that is not enough, the oldest frames of the runs kept (always "
+        "keeping a run's last frame); 0: never")
     prune_interval_s: float = Field(60.0, gt=0, le=86400, description="how often "
                                     "retention_s and min_free_bytes are applied")
 
