@@ -342,14 +342,15 @@ def _record(fd: int, k: int) -> tuple[int, int, int, float]:
 
 
 def _first_stamp(path: Path) -> float | None:
-    """When the first frame a run still holds was stamped (None: no frame, or gone)."""
+    """When the first frame a run still holds was stamped (None: no frame, gone or
+    unreadable)."""
     try:
         with open(path / "frames.bin", "rb") as f:
             k = read_trim(path).records
             if os.fstat(f.fileno()).st_size < (k + 1) * RECORD.size:
                 return None
             return _record(f.fileno(), k)[3]
-    except FileNotFoundError:
+    except (OSError, ValueError, KeyError):  # ValueError, KeyError: a bad trim.json
         return None
 
 
@@ -526,8 +527,14 @@ class _Writer:
         lo, hi = min(firsts), now  # the earliest cut time whose estimate frees *need*
 
         def gain(before: float) -> int:
-            cuts = (_cut(path, before) for path in paths)
-            return sum(cut.gain for cut in cuts if cut is not None)
+            total = 0
+            for path in paths:
+                try:
+                    cut = _cut(path, before)
+                except OSError:  # gone meanwhile, or unreadable: _trim_all says which
+                    continue
+                total += 0 if cut is None else cut.gain
+            return total
 
         if gain(hi) < need:
             _log.error("archive: less than %d bytes free, and trimming every run to its last "
@@ -558,6 +565,8 @@ class _Writer:
                     self.can_trim = False
                     return freed
                 _log.error("archive: cannot trim run %s: %s", path, _reason(exc))
+            except (ValueError, KeyError) as exc:  # its trim.json or meta.json is damaged
+                _log.error("archive: cannot trim run %s: %r", path, exc)
         return freed
 
     def close_all(self) -> None:
@@ -598,8 +607,8 @@ async def run_archive(
     closed *inbox*.
 
     With *retention_s* or *min_free_bytes*, finished runs are deleted at the start and
-    every *prune_interval_s* (:meth:`_Writer.prune`), and with *retention_s* the old
-    frames of the runs kept are too (:meth:`_Writer.trim`), counted in *stats*.
+    every *prune_interval_s* (:meth:`_Writer.prune`), and the old frames of the runs
+    kept are too (:meth:`_Writer.trim`, :meth:`_Writer.make_room`), counted in *stats*.
     """
     writer = _Writer(root)
     pruning = retention_s is not None or min_free_bytes > 0
