@@ -13,9 +13,9 @@ file is sparse, so nothing but the index costs disk), cuts its last frame in hal
 crash would, and times ``repair`` on it, here and optionally with the code of another
 checkout (a child process), side by side.
 
-``--trim-days D`` writes a run of D days with every sample on disk (125 MB a day),
-stamped as if it had come in over the last D days, and times ``_Writer.trim`` keeping
-its last hour, with the bytes it frees.
+``--trim-days D`` writes a run of D days with every sample on disk (125 MB a day) and
+its view pyramid, stamped as if it had come in over the last D days, and times
+``_Writer.trim`` keeping its last hour, with the bytes it frees.
 """
 
 from __future__ import annotations
@@ -73,13 +73,15 @@ def make_run(path: Path, frames: int, *, dense: bool = False, end: float = 1.8e9
 def time_trim(days: float) -> None:
     """Trim a *days*-long run, every sample on disk, to its last hour."""
     from vital_actors.archive import _Writer
+    from vital_actors.store.live import PyramidFiles
 
     frames = round(days * 86400 * 10)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "s" / "run-000000"
         now = time.time()
         make_run(run, frames, dense=True, end=now)
-        size = (run / "samples.bin").stat().st_size + (run / "frames.bin").stat().st_size
+        PyramidFiles(run, 2, "int16", frames * FRAME).close()  # built from the samples
+        size = sum(f.stat().st_size for f in run.iterdir() if f.suffix == ".bin")
         t = time.perf_counter()
         freed = _Writer(Path(tmp)).trim(3600, now)
         took = time.perf_counter() - t

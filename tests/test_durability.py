@@ -357,6 +357,31 @@ def test_trimming_keeps_what_the_view_pyramid_resumes_from(tmp_path: Path) -> No
     assert entries[23].tolist() == [[491, 1000], [491, 1000]]
 
 
+def test_trimming_punches_the_view_pyramid_too_and_it_grows_on_exactly_the_same(
+        tmp_path: Path) -> None:
+    """The pyramid's entries wholly before the cut are freed as well, except those its
+    unfinished buckets are rebuilt from when the run reopens: a run trimmed, reopened
+    and written on has the same pyramid past the cut as one never trimmed."""
+    now = time.time()
+    trimmed, _ = _long_run(tmp_path / "a", 3000, start=now - 7200, step=2.4)
+    whole, _ = _long_run(tmp_path / "b", 3000, start=now - 7200, step=2.4)
+    archive._Writer(tmp_path / "a").trim(3601, now)  # from sample 4500 of 9000
+    hello = P.Hello("d1", 360.0, ("MLII", "V1"), "int16", (200.0, 200.0), (0.0, 0.0))
+    for path in (trimmed, whole):  # the device resumes: 3,000 frames more
+        files = archive.RunFiles(path, hello)
+        files.write([Append("d1", 0, hello, k, 3 * k, 3,
+                            np.full((3, 2), k % 700, "<i2").tobytes(), Durable(), now)
+                     for k in range(3000, 6000)])
+        files.close()
+    # Freed: level 0 up to sample 4480 (70 entries), level 1 up to 4096 (8); level 2's
+    # first entry is what level 3's unfinished bucket is rebuilt from: kept.
+    for k, freed in enumerate([70, 8, 0, 0]):
+        got, want = (np.fromfile(p / f"pyr{k}.bin", "<i2").reshape(-1, 2, 2)
+                     for p in (trimmed, whole))
+        assert len(got) == len(want) == 18000 // (64 * 8**k)
+        assert not got[:freed].any() and np.array_equal(got[freed:], want[freed:]), k
+
+
 def test_a_trimmed_run_s_pyramid_rebuilt_after_a_crash_ignores_the_holes(
         tmp_path: Path) -> None:
     """A run reopened with its pyramid behind its samples (a crash between the two

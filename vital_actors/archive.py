@@ -50,7 +50,7 @@ from protocol import Hello
 
 from .stats import Stats
 from .store.live import TRIM, PyramidFiles, read_trim
-from .store.pyramid import BASE
+from .store.pyramid import BASE, FACTOR, LEVELS, bucket
 
 __all__ = ["PRUNED", "RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable",
            "RunFiles", "Stored", "prunable", "read_frames", "read_records", "repair",
@@ -387,11 +387,17 @@ def _apply(path: Path, cut: _Cut) -> int:
     tmp.write_text(json.dumps({"samples": cut.samples, "records": cut.records,
                                "seq": cut.seq}))
     os.replace(tmp, path / TRIM)
-    # The samples of the view pyramid's unfinished level-0 bucket stay: reopening the
-    # run rebuilds that bucket's pending state from them (PyramidFiles).
-    done = (path / "samples.bin").stat().st_size // cut.width // BASE * BASE
-    freed = punch(path / "samples.bin", min(cut.samples, done) * cut.width) + punch(
-        path / "frames.bin", cut.records * RECORD.size)
+    # What the view pyramid's unfinished buckets are rebuilt from when the run reopens
+    # (PyramidFiles) stays: the samples of level 0's, and for each level the entries
+    # of the unfinished bucket of the level above.
+    frames = (path / "samples.bin").stat().st_size // cut.width
+    freed = punch(path / "samples.bin", min(cut.samples, frames // BASE * BASE) * cut.width)
+    freed += punch(path / "frames.bin", cut.records * RECORD.size)
+    for k in range(LEVELS):
+        above = frames // bucket(k + 1) * FACTOR if k + 1 < LEVELS else frames // bucket(k)
+        entries = min(cut.samples // bucket(k), above)  # wholly before the cut
+        if entries > 0 and (path / f"pyr{k}.bin").exists():  # (runs from before pyramids)
+            freed += punch(path / f"pyr{k}.bin", entries * 2 * cut.width)
     _log.info("archive: trimmed run %s to frame seq %d (sample %d): %d bytes freed",
               path, cut.seq, cut.samples, freed)
     return freed
@@ -497,6 +503,7 @@ class _Writer:
         """:meth:`prune`; then with *retention_s* :meth:`trim`, and with *min_free*
         :meth:`make_room`: (runs deleted, their bytes, bytes trimmed from the runs kept)."""
         runs, size = self.prune(retention_s, min_free, now)
+        self.sync()  # a trim may cut up to a run's last frame: it must stay on disk
         trimmed = 0 if retention_s is None else self.trim(retention_s, now)
         return runs, size, trimmed + (self.make_room(min_free, now) if min_free else 0)
 
