@@ -323,6 +323,27 @@ def test_trimming_keeps_a_run_s_last_frame_however_old(tmp_path: Path) -> None:
     assert (path / "samples.bin").read_bytes()[-12:] == data[-12:]
 
 
+async def test_a_replay_that_a_trim_overtakes_gives_nothing_rather_than_holes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ArchiveHistory reads trim.json before the frames and again after: a trim in
+    between (here: the first look sees none) means what it read may be holes, so the
+    replay gets nothing (and says the rest is lost), never zeros as samples."""
+    from vital_actors.store.live import Trim, read_trim
+
+    now = time.time()
+    _long_run(tmp_path, 300, start=now - 600, step=2.0)
+    archive._Writer(tmp_path).trim(301, now)  # keeps from seq 150
+    calls = [0]
+
+    def stale_first(path: Path) -> Trim:
+        calls[0] += 1
+        return Trim() if calls[0] <= 2 else read_trim(path)  # before the trim, then after
+
+    monkeypatch.setattr("vital_actors.history.read_trim", stale_first)
+    assert await ArchiveHistory(tmp_path, "tok").read("stream/d1/raw", "tok.0", 10, 299,
+                                                       5) == []
+
+
 def test_a_read_that_retention_trims_under_it_fails_rather_than_return_holes(
         tmp_path: Path) -> None:
     """A reader that looked at the run before a trim would read the holes as zero
