@@ -1,0 +1,70 @@
+"""The live screen's CPU per frame by frames per call, with the caches warm or cold.
+
+    python -m loadtests.bench_screen_cache --per-call 30 120 --repeat 3
+
+In the server the screen costs more per frame than in ``bench_quality``'s tight loop
+(docs/benchmarks.md): between two of its calls the rest of the server runs, and what
+the screen had in the CPU's caches is gone. This feeds the screen (``screen_batch``,
+after the filter bank, which is not timed) the 200 DS1 streams of ``bench_quality`` in
+calls of N frames each, in arrival order, and between calls either does nothing
+(``warm``) or reads an array larger than the caches (``cold``, ``--pollute-mb``).
+Only the screen's calls are timed (``process_time``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import numpy as np
+
+from vital_actors.filtering import FilterBank
+from vital_actors.messages import Item
+from vital_actors.quality import QualityChain
+from vital_actors.screening import screen_batch
+from vital_actors.settings import ScreenSettings
+
+from .bench_quality import Load, load
+
+__all__ = ["main", "screen_us_per_frame"]
+
+
+def screen_us_per_frame(lo: Load, per_call: int, junk: np.ndarray | None) -> float:
+    """µs of CPU per frame of the screen fed *per_call* frames a call; with *junk*, read
+    between calls."""
+    bank, chain = FilterBank(), QualityChain(ScreenSettings())
+    blocks = [x for k in range(lo.rounds) for x in lo.blocks(k)]
+    calls: list[list[Item]] = [list(bank.apply(blocks[a:a + per_call]))
+                               for a in range(0, len(blocks), per_call)]
+    spent = 0.0
+    for items in calls:
+        if junk is not None:
+            junk.sum()
+        t = time.process_time()
+        screen_batch(chain, items)
+        spent += time.process_time() - t
+    return spent / len(blocks) * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--per-call", type=int, nargs="+", default=[30, 120])
+    p.add_argument("--pollute-mb", type=float, default=64)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    lo = load(args.streams, args.seconds, 100)
+    gc.freeze()
+    junk = np.ones(round(args.pollute_mb * 1e6 / 8))
+    print(f"{'frames/call':>11} {'caches':>6} {'µs/frame (each run)':>24}")
+    for n in args.per_call:
+        for name, pollute in (("warm", None), ("cold", junk)):
+            runs = [screen_us_per_frame(lo, n, pollute) for _ in range(args.repeat)]
+            print(f"{n:11d} {name:>6} {' '.join(f'{x:7.1f}' for x in runs):>24}")
+
+
+if __name__ == "__main__":
+    main()
