@@ -1,6 +1,7 @@
 """The live screen's CPU per frame by frames per call, with the caches warm or cold.
 
     python -m loadtests.bench_screen_cache --per-call 30 120 --repeat 3
+    python -m loadtests.bench_screen_cache --per-call 30 --cold-only --against /tmp/old
 
 In the server the screen costs more per frame than in ``bench_quality``'s tight loop
 (docs/benchmarks.md): between two of its calls the rest of the server runs, and what
@@ -8,13 +9,16 @@ the screen had in the CPU's caches is gone. This feeds the screen (``screen_batc
 after the filter bank, which is not timed) the 200 DS1 streams of ``bench_quality`` in
 calls of N frames each, in arrival order, and between calls either does nothing
 (``warm``) or reads an array larger than the caches (``cold``, ``--pollute-mb``).
-Only the screen's calls are timed (``process_time``).
+Only the screen's calls are timed (``process_time``). ``--against DIR`` also runs each
+measurement with the code of another checkout (a child process), alternating.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -47,6 +51,28 @@ def screen_us_per_frame(lo: Load, per_call: int, junk: np.ndarray | None) -> flo
     return spent / len(blocks) * 1e6
 
 
+# Run in a child process with another checkout's code: prints µs per frame.
+_CHILD = """
+import gc, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from loadtests.bench_quality import load
+from loadtests.bench_screen_cache import screen_us_per_frame
+lo = load(int(sys.argv[2]), float(sys.argv[3]), 100)
+gc.freeze()
+junk = None if sys.argv[6] == "warm" else np.ones(round(float(sys.argv[5]) * 1e6 / 8))
+print(screen_us_per_frame(lo, int(sys.argv[4]), junk))
+"""
+
+
+def _other(root: str, streams: int, seconds: float, per_call: int, mb: float,
+           caches: str) -> float:
+    done = subprocess.run([sys.executable, "-c", _CHILD, root, str(streams), str(seconds),
+                           str(per_call), str(mb), caches], cwd=root, capture_output=True,
+                          text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,15 +81,26 @@ def main() -> None:
     p.add_argument("--per-call", type=int, nargs="+", default=[30, 120])
     p.add_argument("--pollute-mb", type=float, default=64)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--cold-only", action="store_true")
+    p.add_argument("--against", help="another checkout to run side by side")
     args = p.parse_args()
     lo = load(args.streams, args.seconds, 100)
     gc.freeze()
     junk = np.ones(round(args.pollute_mb * 1e6 / 8))
-    print(f"{'frames/call':>11} {'caches':>6} {'µs/frame (each run)':>24}")
+    print(f"{'frames/call':>11} {'caches':>6} {'code':>6} {'µs/frame (each run)':>24}")
+    ways = (("cold", junk),) if args.cold_only else (("warm", None), ("cold", junk))
     for n in args.per_call:
-        for name, pollute in (("warm", None), ("cold", junk)):
-            runs = [screen_us_per_frame(lo, n, pollute) for _ in range(args.repeat)]
-            print(f"{n:11d} {name:>6} {' '.join(f'{x:7.1f}' for x in runs):>24}")
+        for name, pollute in ways:
+            runs: dict[str, list[float]] = {"this": [], "other": []}
+            for _ in range(args.repeat):
+                runs["this"].append(screen_us_per_frame(lo, n, pollute))
+                if args.against:
+                    runs["other"].append(_other(args.against, args.streams, args.seconds,
+                                                n, args.pollute_mb, name))
+            for code, got in runs.items():
+                if got:
+                    print(f"{n:11d} {name:>6} {code:>6} "
+                          f"{' '.join(f'{x:7.1f}' for x in got):>24}")
 
 
 if __name__ == "__main__":
