@@ -2,6 +2,7 @@
 
     python -m loadtests.bench_screen_cache --per-call 30 120 --repeat 3
     python -m loadtests.bench_screen_cache --per-call 30 --cold-only --against /tmp/old
+    python -m loadtests.bench_screen_cache --per-call 30 --cold-only --fused
 
 In the server the screen costs more per frame than in ``bench_quality``'s tight loop
 (docs/benchmarks.md): between two of its calls the rest of the server runs, and what
@@ -11,6 +12,8 @@ calls of N frames each, in arrival order, and between calls either does nothing
 (``warm``) or reads an array larger than the caches (``cold``, ``--pollute-mb``).
 Only the screen's calls are timed (``process_time``). ``--against DIR`` also runs each
 measurement with the code of another checkout (a child process), alternating.
+``--fused`` also measures each call filtered right before it (as if one actor did
+both), beside the usual (all filtered first).
 """
 
 from __future__ import annotations
@@ -34,17 +37,20 @@ from .bench_quality import Load, load
 __all__ = ["main", "screen_us_per_frame"]
 
 
-def screen_us_per_frame(lo: Load, per_call: int, junk: np.ndarray | None) -> float:
+def screen_us_per_frame(lo: Load, per_call: int, junk: np.ndarray | None,
+                        fused: bool = False) -> float:
     """µs of CPU per frame of the screen fed *per_call* frames a call; with *junk*, read
-    between calls."""
+    between calls; *fused*: each call's frames filtered right before it (not timed),
+    as one actor doing both would, instead of all before the first call."""
     bank, chain = FilterBank(), QualityChain(ScreenSettings())
     blocks = [x for k in range(lo.rounds) for x in lo.blocks(k)]
-    calls: list[list[Item]] = [list(bank.apply(blocks[a:a + per_call]))
-                               for a in range(0, len(blocks), per_call)]
+    calls = [blocks[a:a + per_call] for a in range(0, len(blocks), per_call)]
+    filtered: list[list[Item]] = [] if fused else [list(bank.apply(c)) for c in calls]
     spent = 0.0
-    for items in calls:
+    for k, call in enumerate(calls):
         if junk is not None:
             junk.sum()
+        items: list[Item] = list(bank.apply(call)) if fused else filtered[k]
         t = time.process_time()
         screen_batch(chain, items)
         spent += time.process_time() - t
@@ -83,6 +89,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--cold-only", action="store_true")
     p.add_argument("--against", help="another checkout to run side by side")
+    p.add_argument("--fused", action="store_true",
+                   help="also with each call filtered right before it")
     args = p.parse_args()
     lo = load(args.streams, args.seconds, 100)
     gc.freeze()
@@ -97,6 +105,9 @@ def main() -> None:
                 if args.against:
                     runs["other"].append(_other(args.against, args.streams, args.seconds,
                                                 n, args.pollute_mb, name))
+            if args.fused:
+                runs["fused"] = [screen_us_per_frame(lo, n, pollute, fused=True)
+                                 for _ in range(args.repeat)]
             for code, got in runs.items():
                 if got:
                     print(f"{n:11d} {name:>6} {code:>6} "
