@@ -38,7 +38,7 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -49,6 +49,7 @@ import trio
 from protocol import Hello
 
 from .stats import Stats
+from .store.libc import libc_function
 from .store.live import TRIM, PyramidFiles, read_trim
 from .store.pyramid import BASE, FACTOR, LEVELS, bucket
 
@@ -249,33 +250,14 @@ def _write_meta(path: Path, hello: Hello) -> None:
 SYNCFS_ABOVE = 8
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    """libc's syncfs (Linux); None elsewhere."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return cast(Callable[[int], int], fn)
-
-
-_SYNCFS = _load_syncfs()
+_SYNCFS = libc_function("syncfs", ctypes.c_int)
 
 
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 
 
-def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-    fn.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], fn)
-
-
-_FALLOCATE = _load_fallocate()
+_FALLOCATE = libc_function("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_longlong,
+                            ctypes.c_longlong)
 
 
 def punch(path: Path, length: int) -> int:
