@@ -171,11 +171,8 @@ class RunFiles:
             try:
                 self.count = os.fstat(self.samples).st_size // self.frame_bytes
                 self.records = os.fstat(self.frames).st_size // RECORD.size
-                self.last_seq = -1
-                if self.records:
-                    tail = os.pread(self.frames, RECORD.size,
-                                    (self.records - 1) * RECORD.size)
-                    self.last_seq = RECORD.unpack(tail)[0]
+                self.last_seq = _record(self.frames, self.records - 1)[0] if self.records \
+                    else -1
                 self.pyramid = PyramidFiles(self.path, len(self.hello.channels),
                                             self.hello.dtype, self.count)
             except BaseException:
@@ -485,7 +482,6 @@ class _Writer:
         """:meth:`prune`; then with *retention_s* :meth:`trim`, and with *min_free*
         :meth:`make_room`: (runs deleted, their bytes, bytes trimmed from the runs kept)."""
         runs, size = self.prune(retention_s, min_free, now)
-        self.sync()  # a trim may cut up to a run's last frame: it must stay on disk
         trimmed = 0 if retention_s is None else self.trim(retention_s, now)
         return runs, size, trimmed + (self.make_room(min_free, now) if min_free else 0)
 
@@ -525,9 +521,10 @@ class _Writer:
                 total += 0 if cut is None else cut.gain
             return total
 
-        if gain(hi) < need:
+        most = gain(hi)
+        if most < need:
             _log.error("archive: less than %d bytes free, and trimming every run to its last "
-                       "frame frees only %d of the %d needed", min_free, gain(hi), need)
+                       "frame frees only %d of the %d needed", min_free, most, need)
         else:
             while hi - lo > 1.0:
                 mid = (lo + hi) / 2
@@ -540,11 +537,16 @@ class _Writer:
     def _trim_all(self, before: float) -> int:
         if not self.can_trim:
             return 0
-        freed = 0
+        freed, synced = 0, False
         for path in sorted(self.root.glob("*/run-*")):
             try:
                 cut = _cut(path, before)
-                freed += 0 if cut is None else _apply(path, cut)
+                if cut is None:
+                    continue
+                if not synced:  # a trim may cut up to a run's last frame: it must stay
+                    self.sync()
+                    synced = True
+                freed += _apply(path, cut)
             except FileNotFoundError:  # deleted meanwhile (prune, or by hand)
                 continue
             except OSError as exc:
@@ -746,20 +748,15 @@ def repair(path: Path, hello: Hello) -> tuple[int, int, int]:
     index = path / "frames.bin"
     samples = path / "samples.bin"
     have = samples.stat().st_size if samples.exists() else 0
+    seq, t0, n = -1, 0, 0  # the last whole frame's (none: the run starts afresh)
     with open(index, "ab+") as f:  # made if missing, as before
         kept = os.fstat(f.fileno()).st_size // RECORD.size
-        last = None
         while kept:
-            last = RECORD.unpack(os.pread(f.fileno(), RECORD.size, (kept - 1) * RECORD.size))
-            if (last[1] + last[2]) * frame_bytes <= have:
+            seq, t0, n, _t = _record(f.fileno(), kept - 1)
+            if (t0 + n) * frame_bytes <= have:
                 break
-            kept -= 1
+            seq, t0, n, kept = -1, 0, 0, kept - 1
         f.truncate(kept * RECORD.size)  # also a partial record after the last whole one
-    if not kept or last is None:
-        with open(samples, "ab") as f:
-            f.truncate(0)
-        return 0, 0, 0
-    seq, t0, n, _t = last
     with open(samples, "ab") as f:
         f.truncate((t0 + n) * frame_bytes)
     return seq + 1, t0 + n, kept
