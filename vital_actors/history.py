@@ -45,7 +45,7 @@ from protocol import TOPIC, Event, Priority, StreamSamples, decode_server
 
 from .archive import RECORD, _hello, run_dir
 from .edge.codecs import Outgoing
-from .store.live import read_trim
+from .store.live import Trim, read_trim
 
 __all__ = ["PROCESS_TOKEN", "ArchiveHistory", "Entry", "History", "Ring", "TopicLog",
            "archive_token", "is_sample_topic", "replayed", "stamp"]
@@ -235,7 +235,7 @@ class ArchiveHistory:
         """Does the run still hold the frames after *after* (retention may have deleted
         the oldest: :class:`~.store.live.Trim`)?"""
         path = self._run(topic, epoch)
-        return path is not None and await trio.to_thread.run_sync(_holds_after, path, after)
+        return path is not None and await trio.to_thread.run_sync(_covers, path, after)
 
     async def read(self, topic: str, epoch: str, after: int, upto: int,
                    limit: int) -> list[tuple[int, Outgoing]]:
@@ -278,11 +278,13 @@ class _Records:
         return np.frombuffer(raw, _RECORDS, count=len(raw) // RECORD.size)
 
 
-def _holds_after(path: Path, after: int) -> bool:
-    if not (path / "frames.bin").exists():
-        return False
-    trim = read_trim(path)
+def _holds_after(trim: Trim, after: int) -> bool:
+    """Does a run trimmed at *trim* still hold the frames after seq *after*?"""
     return trim.records == 0 or after + 1 >= trim.seq
+
+
+def _covers(path: Path, after: int) -> bool:
+    return (path / "frames.bin").exists() and _holds_after(read_trim(path), after)
 
 
 def _read_run(path: Path, topic: str, epoch: str, after: int, upto: int,
@@ -292,12 +294,13 @@ def _read_run(path: Path, topic: str, epoch: str, after: int, upto: int,
     ``t0 x frame width`` in ``samples.bin``."""
     hello = _hello(json.loads((path / "meta.json").read_text()))
     width = len(hello.channels) * (2 if hello.dtype == "int16" else 4)
+    trim = read_trim(path)
+    if not _holds_after(trim, after):  # retention deleted what follows *after*: gone
+        return []  # (the replay says so), rather than a silent jump over it
     fd = os.open(path / "frames.bin", os.O_RDONLY)
     try:
         records = _Records(fd)
-        if not _holds_after(path, after):  # retention deleted what follows *after*:
-            return []  # gone (the replay says so), rather than a silent jump over it
-        chunk = records.read(max(read_trim(path).records, records.first_after(after)), limit)
+        chunk = records.read(max(trim.records, records.first_after(after)), limit)
     finally:
         os.close(fd)
     out: list[tuple[int, Outgoing]] = []
@@ -313,6 +316,6 @@ def _read_run(path: Path, topic: str, epoch: str, after: int, upto: int,
                                     hello.dtype, hello.gain, hello.baseline, data,
                                     extra={"epoch": epoch, "offset": seq})
             out.append((seq, Outgoing.of(message, Priority.HIGH)))
-    if not _holds_after(path, after):  # a trim overtook the read: what it got may be holes
-        return []
+    if not _holds_after(read_trim(path), after):  # a trim overtook the read: what it got
+        return []  # may be holes
     return out
