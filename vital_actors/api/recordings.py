@@ -203,7 +203,6 @@ def _view(reader: Reader, read: Callable[[int, int], Any],
     try:
         channel = _channel(reader.meta.channels, request.args.get("channel", "0"))
         start, end = _int("start", 0), _int("end", reader.frames)
-        start = max(start, min(reader.meta.first_frame, end))  # retention deleted before
         points = _int("points", 2000)
     except ValueError as exc:
         return _problem(400, "bad view parameters", [str(exc)])
@@ -279,10 +278,8 @@ def _live(app: QuartTrio, server: Server) -> None:
             return got
         try:
             return _view(got, got.read)
-        except FileNotFoundError:
-            return _deleted(stream_id, got)
-        except TrimmedError as exc:
-            return _problem(410, str(exc))
+        except (FileNotFoundError, TrimmedError) as exc:
+            return _gone(stream_id, got, exc)
 
     @app.get("/api/v1/streams/<stream_id>/data")
     async def stream_data(stream_id: str) -> Response | Problem:
@@ -292,15 +289,16 @@ def _live(app: QuartTrio, server: Server) -> None:
             return got
         try:
             return await _data(server, got.meta, got.read)
-        except FileNotFoundError:
-            return _deleted(stream_id, got)
-        except TrimmedError as exc:
-            return _problem(410, str(exc))
+        except (FileNotFoundError, TrimmedError) as exc:
+            return _gone(stream_id, got, exc)
 
 
-def _deleted(stream_id: str, reader: LiveReader) -> Problem:
-    """The answer when archive retention deleted the run while a request read it (it
-    renames a run away in one step, so a read finds all of it or none)."""
+def _gone(stream_id: str, reader: LiveReader, exc: OSError | TrimmedError) -> Problem:
+    """The answer when archive retention deleted what a request was reading: the whole
+    run (404: it renames a run away in one step, so a read finds all of it or none), or
+    the frames it asked for from the start of a run it keeps (410)."""
+    if isinstance(exc, TrimmedError):
+        return _problem(410, str(exc))
     return _problem(404, f"stream {stream_id!r} has no archived run {_run_of(reader)}: "
                     "deleted by archive retention")
 

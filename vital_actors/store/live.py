@@ -174,15 +174,15 @@ class LiveReader(Reader):
     what retention deleted (before ``meta.first_frame``)."""
 
     def read(self, start: int, end: int) -> Array:
-        """As :meth:`Reader.read`, from ``meta.first_frame`` at the earliest.
+        """As :meth:`Reader.read`.
 
         Raises:
             TrimmedError: retention deleted some of them while they were read (it
                 records the new start before it deletes: the check after the read
                 sees it).
         """
-        start = max(start, self.meta.first_frame)
         out = super().read(start, end)
+        start = max(start, self.first_frame)
         if len(out) and read_trim(self.path).samples > start:
             raise TrimmedError(f"samples from frame {start} of {self.path.name} were deleted "
                                "by archive retention while they were read")
@@ -221,6 +221,10 @@ class _RawReader(Reader):
     @property
     def frames(self) -> int:
         return self._frames
+
+    @property
+    def first_frame(self) -> int:
+        return 0  # the pyramid's upkeep reads exactly what it asks for
 
     def level(self, k: int, start: int, end: int) -> Array:
         if end <= start:

@@ -199,9 +199,15 @@ class Reader:
     def frames(self) -> int:
         return self.meta.frames
 
+    @property
+    def first_frame(self) -> int:
+        """The first frame it holds (archive retention deletes a live run's oldest)."""
+        return self.meta.first_frame
+
     def read(self, start: int, end: int) -> Array:
-        """Frames [start, end) (clipped to the recording), a copy of shape (n, channels)."""
-        start, end = max(0, start), min(self.frames, end)
+        """Frames [start, end) (clipped to the recording: from :attr:`first_frame`), a
+        copy of shape (n, channels)."""
+        start, end = max(self.first_frame, start), min(self.frames, end)
         if end <= start:
             return np.empty((0, self.channels), self.dtype)
         return self._window("samples.bin", start, end, (self.channels,))

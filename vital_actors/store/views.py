@@ -37,8 +37,9 @@ def view(reader: Reader, read: Callable[[int, int], Array], *, channel: int, sta
          end: int, points: int,
          levels: Callable[[int, int, int], Array] | None = None) -> dict[str, Any]:
     """The view of frames [start, end) of *channel*; *read* returns raw frames, *levels*
-    (default ``reader.level``) pyramid entries."""
-    start, end = max(0, start), min(reader.frames, end)
+    (default ``reader.level``) pyramid entries; within what the recording holds (from
+    ``first_frame``: archive retention may have deleted the frames before)."""
+    start, end = max(reader.first_frame, start), min(reader.frames, end)
     n = max(0, end - start)
     out: dict[str, Any] = {"recording": reader.meta.id, "channel": channel,
                            "name": reader.meta.channels[channel], "fs": reader.meta.fs,
