@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
+
+from .against import run_in
 
 __all__ = ["main"]
 
@@ -116,9 +117,7 @@ BENCHES = {"write": (_WRITE, ["-"]), "pyramid": (_PYRAMID, ["-"]),
 
 
 def _run(code: str, root: str, arg: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code, root, arg], cwd=root,
-                          capture_output=True, text=True, check=True)
-    return done.stdout.split("\n")[0]
+    return run_in(root, code, arg).split("\n")[0]
 
 
 def main() -> None:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +45,8 @@ from vital_actors.screening import screen_batch
 from vital_actors.settings import FilterSettings, ScreenSettings
 from vital_actors.sources import data_dir, list_records, load_record, synthetic_ecg
 from vital_actors.streams import StreamInfo, StreamRegistry
+
+from .against import run_in
 
 __all__ = ["main"]
 
@@ -138,10 +138,8 @@ print(time.process_time() - t, events)
 
 def _time_other(root: str, streams: int, seconds: float, frame_ms: float,
                 way: str, freeze: bool) -> tuple[float, int]:
-    done = subprocess.run([sys.executable, "-c", _CHILD, root, str(streams), str(seconds),
-                           str(frame_ms), way, "freeze" if freeze else "-"], cwd=root,
-                          capture_output=True, text=True, check=True)
-    cpu, events = done.stdout.split()[-2:]
+    cpu, events = run_in(root, _CHILD, streams, seconds, frame_ms, way,
+                         "freeze" if freeze else "-").split()[-2:]
     return float(cpu), int(events)
 
 

@@ -21,13 +21,13 @@ its view pyramid, stamped as if it had come in over the last D days, and times
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .against import run_in
 
 __all__ = ["main", "make_run"]
 
@@ -90,9 +90,7 @@ def time_trim(days: float) -> None:
 
 
 def _time(root: str, path: Path) -> tuple[float, str]:
-    done = subprocess.run([sys.executable, "-c", _CHILD, root, str(path)], cwd=root,
-                          capture_output=True, text=True, check=True)
-    seconds, *got = done.stdout.split()
+    seconds, *got = run_in(root, _CHILD, path).split()
     return float(seconds), " ".join(got)
 
 

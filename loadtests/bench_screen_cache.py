@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -32,6 +30,7 @@ from vital_actors.quality import QualityChain
 from vital_actors.screening import screen_batch
 from vital_actors.settings import ScreenSettings
 
+from .against import run_in
 from .bench_quality import Load, load
 
 __all__ = ["main", "screen_us_per_frame"]
@@ -73,10 +72,7 @@ print(screen_us_per_frame(lo, int(sys.argv[4]), junk))
 
 def _other(root: str, streams: int, seconds: float, per_call: int, mb: float,
            caches: str) -> float:
-    done = subprocess.run([sys.executable, "-c", _CHILD, root, str(streams), str(seconds),
-                           str(per_call), str(mb), caches], cwd=root, capture_output=True,
-                          text=True, check=True)
-    return float(done.stdout.split()[-1])
+    return float(run_in(root, _CHILD, streams, seconds, per_call, mb, caches).split()[-1])
 
 
 def main() -> None:
