@@ -35,7 +35,7 @@ class Counters:
     api_restarts: int = 0  # the HTTP API's hypercorn died and was started again
     archive_runs_pruned: int = 0  # finished archive runs deleted (retention, free space)
     archive_bytes_pruned: int = 0
-    archive_bytes_trimmed: int = 0  # freed from the start of runs kept (retention_s)
+    archive_bytes_trimmed: int = 0  # freed from the start of runs kept (retention, space)
     rejected: dict[str, int] = field(default_factory=dict)  # by error reason
 
 
