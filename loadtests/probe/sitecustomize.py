@@ -7,7 +7,7 @@ on PYTHONPATH (``sitecustomize``); it acts only in a ``serve`` process with
 - every trio task step's CPU time by task name (a ``trio.abc.Instrument``): where the
   event loop's CPU goes, and which steps are long;
 - the live screen's batches: how many frames each ``screen_batch`` call got, and the
-  CPU per frame of those calls.
+  CPU per frame of those calls (and how much of it garbage collections took).
 
     PYTHONPATH=loadtests/probe VITAL_PROBE_OUT=/tmp/probe \\
         vital-actors loadtest knee --devices 200 --targets vital-raw --seconds 15
@@ -36,6 +36,8 @@ if "serve" in sys.argv and os.environ.get("VITAL_PROBE_OUT"):
     _long: collections.Counter[tuple[str, int]] = collections.Counter()
     _gc: dict[int, list[float]] = collections.defaultdict(list)
     _gc_start = [0.0]
+    _gc_in_screen = [0.0]  # ms of collections that ran inside screen calls
+    _in_screen = [False]
     _born = time.monotonic()
     _long_gc: list[str] = []
 
@@ -45,6 +47,7 @@ if "serve" in sys.argv and os.environ.get("VITAL_PROBE_OUT"):
         else:
             ms = (time.thread_time() - _gc_start[0]) * 1000
             _gc[info["generation"]].append(ms)
+            _gc_in_screen[0] += ms if _in_screen[0] else 0.0
             if ms > 5:
                 _long_gc.append(f"  gen{info['generation']} {ms:6.1f} ms at "
                                 f"{time.monotonic() - _born:6.1f} s, "
@@ -74,9 +77,11 @@ if "serve" in sys.argv and os.environ.get("VITAL_PROBE_OUT"):
 
     def _timed_screen(chain: Any, batch: Any) -> Any:
         t = time.thread_time()
+        _in_screen[0] = True
         try:
             return _screen_batch(chain, batch)
         finally:
+            _in_screen[0] = False
             _screen_s[0] += time.thread_time() - t
             _batches.append(sum(isinstance(i, Filtered) for i in batch))
 
@@ -109,7 +114,8 @@ if "serve" in sys.argv and os.environ.get("VITAL_PROBE_OUT"):
                         f"{b.mean():.1f}, p10/p50/p90 {np.percentile(b, 10):.0f}/"
                         f"{np.median(b):.0f}/{np.percentile(b, 90):.0f}; CPU "
                         f"{_screen_s[0]:.2f} s, {1e6 * _screen_s[0] / max(b.sum(), 1):.1f} "
-                        "µs per frame\n")
+                        f"µs per frame, of which collections {_gc_in_screen[0]:.0f} ms, "
+                        f"{1e3 * _gc_in_screen[0] / max(b.sum(), 1):.1f} µs per frame\n")
 
     gc.callbacks.append(_on_gc)
     trio.run = _probed_run  # type: ignore[assignment]
