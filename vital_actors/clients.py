@@ -43,7 +43,7 @@ from protocol import ZSTD_SUBPROTOCOL as ZSTD
 
 from .sdk import open_connection
 from .sdk._backoff import Backoff
-from .sdk._connection import ENDINGS, FatalError, is_fatal, unwrapped
+from .sdk._connection import reconnecting
 from .sources import Recording
 
 __all__ = ["DeviceReport", "StreamSummary", "receive", "run_device", "run_devices", "run_summary",
@@ -174,7 +174,7 @@ async def run_devices(ws_url: str, recordings: Sequence[tuple[str, Recording]], 
                       on_error: Callable[[str, BaseException], None] | None = None,
                       zstd: bool = False) -> None:
     """Run one looping device per (stream id, recording), staggered, reconnecting on error
-    with exponential backoff. Runs until cancelled."""
+    with exponential backoff and jitter. Runs until cancelled."""
     async with trio.open_nursery() as nursery:
         for i, (stream, rec) in enumerate(recordings):
             nursery.start_soon(partial(_keep_device, ws_url, stream, rec, frame_s,
@@ -184,16 +184,17 @@ async def run_devices(ws_url: str, recordings: Sequence[tuple[str, Recording]], 
 async def _keep_device(ws_url: str, stream: str, rec: Recording, frame_s: float,
                        delay: float, on_error: Callable[[str, BaseException], None] | None,
                        *, zstd: bool = False) -> None:
-    await trio.sleep(delay)
-    backoff = 0.5
-    while True:
-        try:
-            await run_device(ws_url, stream, rec, frame_s=frame_s, zstd=zstd)
-        except (OSError, ConnectionClosed, HandshakeError, RuntimeError) as exc:
-            if on_error is not None:
-                on_error(stream, exc)
-        await trio.sleep(backoff)
-        backoff = min(backoff * 2, 10.0)
+    async def report(exc: BaseException) -> None:
+        if on_error is not None:
+            on_error(stream, exc)
+
+    await trio.sleep(delay)  # the stagger
+    # A simulated device retries the failures it knows, a refused token too (none is
+    # fatal), and never starts the delays over.
+    await reconnecting(partial(run_device, ws_url, stream, rec, frame_s=frame_s, zstd=zstd),
+                       backoff=Backoff(initial=0.5, maximum=10.0), on_down=report,
+                       endings=(OSError, ConnectionClosed, HandshakeError, RuntimeError),
+                       fatal=lambda exc, last_error: False)
 
 
 @dataclass(slots=True)
@@ -219,27 +220,15 @@ async def run_summary(ws_url: str, *, streams: Sequence[str] = (), interval: flo
     retrying cannot fix (a bad token, 1008 and the like) raises :class:`FatalError`.
     """
     table: dict[str, StreamSummary] = {}
-    backoff = backoff or Backoff()
+    session = _SummarySession(table, streams)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_tick, table, interval, show)
-        delays = backoff.delays()
-        while True:
-            session = _SummarySession(table, streams)
-            try:
-                with unwrapped():
-                    await session.run(ws_url, zstd)
-            except ENDINGS as exc:
-                if is_fatal(exc, None):
-                    raise FatalError(str(exc)) from exc
-            for row in table.values():
-                row.connected = False
-            if session.received:
-                delays = backoff.delays()  # it worked: start over
-            await trio.sleep(next(delays))
+        await reconnecting(partial(session.run, ws_url, zstd), backoff=backoff or Backoff(),
+                           worked=lambda: session.received, on_down=session.down)
 
 
 class _SummarySession:
-    """One connection of :func:`run_summary`."""
+    """The connection of :func:`run_summary`, one at a time, each starting afresh."""
 
     def __init__(self, table: dict[str, StreamSummary], streams: Sequence[str]) -> None:
         self.table, self.streams = table, streams
@@ -248,6 +237,7 @@ class _SummarySession:
         self.ws: WebSocketConnection | None = None
 
     async def run(self, ws_url: str, zstd: bool) -> None:
+        self.followed, self.received = set(), False
         async with connect(ws_url, SUBSCRIBE_PATH, zstd=zstd) as ws:
             self.ws = ws
             await send(ws, Subscribe(("streams", "alerts")))
@@ -266,6 +256,10 @@ class _SummarySession:
         row = self.table.setdefault(stream, StreamSummary())
         row.connected = True
         await send(self.ws, Subscribe((f"stream/{stream}/raw", f"stream/{stream}/quality")))
+
+    async def down(self, _: BaseException) -> None:
+        for row in self.table.values():
+            row.connected = False
 
 
 async def _tally(msg: object, table: dict[str, StreamSummary],

@@ -1,9 +1,11 @@
-"""One client connection, with a token, and the rule for which failures are final."""
+"""One client connection, with a token, the rule for which failures are final, and the
+loop that reconnects."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import trio
@@ -24,8 +26,10 @@ from protocol import (
     decode_server,
 )
 
+from ._backoff import Backoff
+
 __all__ = ["ENDINGS", "FATAL_CODES", "FatalError", "is_fatal", "open_connection", "receive",
-           "unwrapped"]
+           "reconnecting", "unwrapped"]
 
 #: Close codes that mean the client is at fault: the same bytes would fail again.
 FATAL_CODES = frozenset({CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA,
@@ -71,6 +75,57 @@ def is_fatal(exc: BaseException, last_error: str | None) -> bool:
     if isinstance(exc, ConnectionClosed) and exc.reason is not None:
         return exc.reason.code in FATAL_CODES or last_error in FATAL_REASONS
     return False
+
+
+async def reconnecting(
+    session: Callable[[], Awaitable[object]],
+    *,
+    backoff: Backoff,
+    last_error: Callable[[], str | None] = lambda: None,
+    worked: Callable[[], bool] = lambda: False,
+    on_down: Callable[[BaseException], Awaitable[None]] | None = None,
+    endings: tuple[type[BaseException], ...] = ENDINGS,
+    fatal: Callable[[BaseException, str | None], bool] = is_fatal,
+) -> NoReturn:
+    """Run *session* again and again until cancelled: after each one that ends, sleep
+    the next of *backoff*'s delays, starting them over after a session that worked.
+
+    Args:
+        session: one connection, from connecting to its end. It ends by raising one of
+            *endings* (a nursery's group of them counts as its first, see
+            :func:`unwrapped`); anything else propagates. A session that returns was
+            clean: the delays start over and the next one starts at once.
+        last_error: the ``error.code`` the server sent last, if any, asked when a
+            session ends.
+        worked: asked after a session ends (and after *on_down*): True when it worked
+            (it received something), so that the delays start over. Each session
+            clears what this reads when it starts.
+        on_down: awaited with each ending that is not fatal, before the delay.
+        endings: what ends a session (the connection's failures by default).
+        fatal: whether an ending is for good, given the ending and ``last_error()``.
+
+    Raises:
+        FatalError: on a fatal ending, with ``last_error()`` or else the ending as its
+            message and the ending as its cause.
+    """
+    delays = backoff.delays()
+    while True:
+        try:
+            with unwrapped():
+                await session()
+        except endings as exc:
+            if fatal(exc, last_error()):
+                raise FatalError(last_error() or str(exc)) from exc
+            ending = exc
+        else:
+            delays = backoff.delays()  # a clean session: start over, at once
+            continue
+        if on_down is not None:
+            await on_down(ending)
+        del ending  # its traceback holds the dead session's frames: not while we sleep
+        if worked():
+            delays = backoff.delays()  # it worked for a while: start over
+        await trio.sleep(next(delays))
 
 
 @asynccontextmanager

@@ -26,7 +26,7 @@ from trio_websocket import WebSocketConnection
 from protocol import INGEST_PATH, Ack, Error, Hello, Ping, Pong, Samples, Welcome, encode
 
 from ._backoff import Backoff
-from ._connection import ENDINGS, FatalError, is_fatal, open_connection, receive, unwrapped
+from ._connection import FatalError, open_connection, receive, reconnecting
 
 __all__ = ["DeviceClient", "DeviceCounters"]
 
@@ -98,18 +98,8 @@ class DeviceClient:
         """Stay connected until cancelled; raises :class:`FatalError` when the server
         refuses for good (bad token, scope, format)."""
         task_status.started()
-        delays = self.backoff.delays()
-        while True:
-            try:
-                with unwrapped():
-                    await self._connection()
-            except ENDINGS as exc:
-                if is_fatal(exc, self.counters.last_error):
-                    raise FatalError(self.counters.last_error or str(exc)) from exc
-            else:
-                delays = self.backoff.delays()  # a clean session: start over
-                continue
-            await trio.sleep(next(delays))
+        await reconnecting(self._connection, backoff=self.backoff,
+                           last_error=lambda: self.counters.last_error)
 
     async def _connection(self) -> None:
         async with open_connection(self.url, INGEST_PATH, token=self.token) as ws:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 
@@ -45,7 +46,7 @@ from protocol import (
 )
 
 from ._backoff import Backoff
-from ._connection import ENDINGS, FatalError, is_fatal, open_connection, receive, unwrapped
+from ._connection import open_connection, receive, reconnecting
 
 __all__ = ["Positions", "open_subscriber", "run_subscriber_client"]
 
@@ -75,26 +76,19 @@ async def run_subscriber_client(
     Closes *outbox* on return. Raises :class:`FatalError` when the server refuses for
     good (a bad token, topics outside it).
     """
-    backoff = backoff or Backoff()
     state = _State(positions if positions is not None else {})
+
+    async def disconnected(_: BaseException) -> None:
+        if state.connected:
+            state.connected = False
+            await outbox.send(Event("status", "client", Priority.NORMAL,
+                                    {"state": "disconnected"}))
+
     with outbox:
         task_status.started()
-        delays = backoff.delays()
-        while True:
-            try:
-                with unwrapped():
-                    await _session(url, topics, outbox, token, state, compact)
-            except ENDINGS as exc:
-                if is_fatal(exc, state.last_error):
-                    raise FatalError(state.last_error or str(exc)) from exc
-            if state.connected:
-                state.connected = False
-                await outbox.send(Event("status", "client", Priority.NORMAL,
-                                        {"state": "disconnected"}))
-            if state.delivered:
-                delays = backoff.delays()  # it worked for a while: start over
-            state.delivered = False
-            await trio.sleep(next(delays))
+        await reconnecting(partial(_session, url, topics, outbox, token, state, compact),
+                           backoff=backoff or Backoff(), last_error=lambda: state.last_error,
+                           worked=lambda: state.delivered, on_down=disconnected)
 
 
 class _State:
@@ -131,6 +125,7 @@ async def _session(url: str, topics: Sequence[str],
     path, offer = SUBSCRIBE_PATH, [SUBPROTOCOL]
     if compact:
         path, offer = f"{path}?zstd_dict={ECG_DICTIONARY_ID}", [COMPACT_SUBPROTOCOL, *offer]
+    state.delivered = False  # nothing yet, on this connection
     async with open_connection(url, path, token=token, subprotocols=offer) as ws:
         decoder = None  # a table per connection: the server starts afresh on each one
         if ws.subprotocol == COMPACT_SUBPROTOCOL:

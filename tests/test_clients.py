@@ -1,0 +1,45 @@
+"""vital_actors.clients: simulated devices start staggered and retry, with growing delays,
+whatever ended their connection (the server is replaced by a stand-in here)."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionRejected
+
+from vital_actors import clients
+from vital_actors.sources import Recording, synthetic_ecg
+
+
+async def test_simulated_devices_start_staggered_and_retry_every_failure_with_backoff(
+        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    failures = [OSError("refused"), RuntimeError("expected welcome"),
+                ConnectionRejected(401, (), None)]  # a refused token too: none is fatal
+    starts: dict[str, list[float]] = {"a": [], "b": []}
+    errors: list[tuple[str, BaseException]] = []
+
+    async def stand_in(ws_url: str, stream: str, rec: Recording, **_: Any
+                       ) -> clients.DeviceReport:
+        starts[stream].append(trio.current_time())
+        raise failures[len(starts[stream]) % len(failures)]
+
+    monkeypatch.setattr(clients, "run_device", stand_in)
+    rec = synthetic_ecg(seconds=1)
+    start = trio.current_time()
+    with trio.move_on_after(60):
+        await clients.run_devices("ws://127.0.0.1:9", [("a", rec), ("b", rec)],
+                                  stagger_s=0.5,
+                                  on_error=lambda stream, exc: errors.append((stream, exc)))
+    assert starts["a"][0] == pytest.approx(start)
+    assert starts["b"][0] == pytest.approx(start + 0.5)
+    steps = [0.5, 1, 2, 4, 8, 10, 10, 10]  # jittered down to half, never starting over
+    for stream in "ab":
+        gaps = [b - a for a, b in pairwise(starts[stream])]
+        assert len(gaps) >= len(steps)
+        assert all(s / 2 <= g <= s for g, s in zip(gaps, steps, strict=False))
+        assert [exc for s, exc in errors if s == stream] == [
+            failures[i % len(failures)] for i in range(1, len(starts[stream]) + 1)]
