@@ -1,5 +1,6 @@
 """vital_actors.clients: simulated devices start staggered and retry, with growing delays,
-whatever ended their connection (the server is replaced by a stand-in here)."""
+whatever ended their connection (the server is replaced by a stand-in here): the
+demo's devices must outlive a server that restarts, stalls or misbehaves."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionRejected
 
+from protocol import RemoteProtocolError
 from vital_actors import clients
 from vital_actors.sources import Recording, synthetic_ecg
 
 
 async def test_simulated_devices_start_staggered_and_retry_every_failure_with_backoff(
         autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    failures = [OSError("refused"), RuntimeError("expected welcome"),
-                ConnectionRejected(401, (), None)]  # a refused token too: none is fatal
+    welcome = RuntimeError("expected welcome")
+    failures = [OSError("refused"), welcome,
+                ConnectionRejected(401, (), None),  # a refused token too: none is fatal
+                trio.TooSlowError(),  # a server that does not answer the handshake
+                ExceptionGroup("in the connection's nursery", [welcome]),
+                RemoteProtocolError("not msgpack")]
+    # What each failure is reported as: a nursery's group as the failure inside it.
+    reported = [*failures[:4], welcome, failures[5]]
     starts: dict[str, list[float]] = {"a": [], "b": []}
     errors: list[tuple[str, BaseException]] = []
 
@@ -42,4 +50,4 @@ async def test_simulated_devices_start_staggered_and_retry_every_failure_with_ba
         assert len(gaps) >= len(steps)
         assert all(s / 2 <= g <= s for g, s in zip(gaps, steps, strict=False))
         assert [exc for s, exc in errors if s == stream] == [
-            failures[i % len(failures)] for i in range(1, len(starts[stream]) + 1)]
+            reported[i % len(failures)] for i in range(1, len(starts[stream]) + 1)]

@@ -15,7 +15,6 @@ import numpy as np
 import trio
 from trio_websocket import (
     ConnectionClosed,
-    HandshakeError,
     WebSocketConnection,
 )
 
@@ -29,6 +28,7 @@ from protocol import (
     Event,
     Hello,
     Message,
+    RemoteProtocolError,
     Samples,
     ServerMessage,
     StreamSamples,
@@ -43,7 +43,7 @@ from protocol import ZSTD_SUBPROTOCOL as ZSTD
 
 from .sdk import open_connection
 from .sdk._backoff import Backoff
-from .sdk._connection import reconnecting
+from .sdk._connection import ENDINGS, reconnecting
 from .sources import Recording
 
 __all__ = ["DeviceReport", "StreamSummary", "receive", "run_device", "run_devices", "run_summary",
@@ -189,11 +189,12 @@ async def _keep_device(ws_url: str, stream: str, rec: Recording, frame_s: float,
             on_error(stream, exc)
 
     await trio.sleep(delay)  # the stagger
-    # A simulated device retries the failures it knows, a refused token too (none is
-    # fatal), and never starts the delays over.
+    # A simulated device retries whatever ends its connection (a refused token too:
+    # none is fatal), and what its own session raises on a server it does not
+    # understand; it never starts the delays over.
     await reconnecting(partial(run_device, ws_url, stream, rec, frame_s=frame_s, zstd=zstd),
                        backoff=Backoff(initial=0.5, maximum=10.0), on_down=report,
-                       endings=(OSError, ConnectionClosed, HandshakeError, RuntimeError),
+                       endings=(*ENDINGS, RuntimeError, RemoteProtocolError),
                        fatal=lambda exc, last_error: False)
 
 

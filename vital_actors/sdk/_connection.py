@@ -57,14 +57,14 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
 
 
 @contextmanager
-def unwrapped() -> Iterator[None]:
-    """Re-raise a nursery's group of connection endings as its first one, so callers
+def unwrapped(endings: tuple[type[BaseException], ...] = ENDINGS) -> Iterator[None]:
+    """Re-raise a nursery's group of connection *endings* as its first one, so callers
     can ``except ENDINGS``; any other group passes unchanged."""
     try:
         yield
     except BaseExceptionGroup as group:
         leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-        if leaves and all(isinstance(e, ENDINGS) for e in leaves):
+        if leaves and all(isinstance(e, endings) for e in leaves):
             raise leaves[0] from None
         raise
 
@@ -111,7 +111,7 @@ async def reconnecting(
     delays = backoff.delays()
     while True:
         try:
-            with unwrapped():
+            with unwrapped(endings):
                 await session()
         except endings as exc:
             if fatal(exc, last_error()):
