@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
 import pytest
 import trio
 from httpclient import get_json, post_chunked, request
@@ -245,7 +246,7 @@ async def test_a_replay_that_fails_on_a_bug_fails_alone(
 
 async def test_a_looping_replay_runs_until_stopped(server: Server) -> None:
     port = server.port or 0
-    x = _signal(2000)
+    x = _signal(10_000)
     status, body, _ = await request(port, "POST", "/api/v1/recordings?fs=360", raw=_npy(x))
     rec = json.loads(body)["id"]
     async with connect(f"ws://127.0.0.1:{port}", P.SUBSCRIBE_PATH) as sub:
@@ -254,17 +255,25 @@ async def test_a_looping_replay_runs_until_stopped(server: Server) -> None:
                                         {"speed": 1000, "loop": True, "stream": "lp"})
         assert status == 201, body
         t0s: list[int] = []
+        blocks: list[npt.NDArray[np.int16]] = []
         with trio.fail_after(20):
             while len(t0s) < 5 or t0s[-1] < 3 * len(x):
                 msg = await receive(sub)
                 if isinstance(msg, P.StreamSamples):
                     t0s.append(msg.t0)
+                    blocks.append(np.frombuffer(msg.data, "<i2").reshape(-1, 2))
             status, body, _ = await request(port, "DELETE", "/api/v1/replays/lp")
             assert status == 200
             while not (isinstance(msg := await receive(sub), P.Event)
                        and msg.body.get("state") == "disconnected"):
                 pass
     assert t0s == sorted(t0s)  # the sample index keeps counting across laps
+    # 100-ms blocks of 36, read 113 at a time: every lap is the recording, sample for
+    # sample, though 10,000 is a multiple of neither.
+    assert t0s == [0, *np.cumsum([len(b) for b in blocks])[:-1]]
+    got = np.concatenate(blocks)
+    assert len(got) >= 3 * len(x) and {len(b) for b in blocks} == {36, 10_000 % 36}
+    assert np.array_equal(got[:3 * len(x)], np.tile(x, (3, 1)))
     replay = (await get_json(port, "/api/v1/replays"))["replays"][0]
     assert replay["state"] == "stopped" and replay["laps"] >= 3
     status, _, _ = await request(port, "POST", f"/api/v1/recordings/{rec}/replay",

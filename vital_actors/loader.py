@@ -7,7 +7,7 @@ adaptive part: a 1-channel int16 file gets 8x the frames of a 4-channel float32 
 Chunks are read through a short-lived memory map (see :class:`Reader`) and kept, as
 plain copies, in the cache; the cache drops least recently used chunks to stay under
 ``cache_bytes``. Reads that would flood the cache (a replay or a job scanning a whole
-file) pass ``cache=False``.
+file) pass ``cache=False``: those read just the frames asked for, not whole chunks.
 
 Views read pyramid levels through :meth:`ChunkLoader.level`: a level small enough
 (at most 1/8 of the cache: every level above 0 of a 2 GB two-channel recording) is
@@ -116,6 +116,8 @@ class ChunkLoader:
         start, end = max(0, start), min(reader.frames, end)
         if end <= start:
             return np.empty((0, reader.channels), reader.dtype)
+        if not cache:  # whole chunks would be read only to be thrown away
+            return reader.read(start, end)
         size = self.chunk_frames(reader)
         first, last = start // size, (end - 1) // size
         parts = [self.chunk(reader, i, cache=cache) for i in range(first, last + 1)]

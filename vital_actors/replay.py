@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import trio
 
 from protocol import Hello
@@ -128,13 +129,23 @@ class Replays:
                     outbox: trio.MemorySendChannel[Item]) -> None:
         reader = self.loader.store.reader(replay.recording)
         size = frame_frames(info.fs, replay.speed, self.frame_s)
+        # One read for the next blocks up to _FAST_FRAME frames (11 s of a 360-Hz
+        # recording in 100-ms blocks), not one per block: a block is a few hundred bytes
+        # and a read costs a map of the file. A recording deleted meanwhile fails the
+        # replay at its next read.
+        ahead = size * max(1, _FAST_FRAME // size)
         clock0, t_first = trio.current_time(), info.t0
         while True:
+            piece, at = np.empty((0, reader.channels), reader.dtype), 0
             for start in range(0, reader.frames, size):
                 if replay.speed > 0:  # the block is due when its first sample would be
                     due = (info.t0 - t_first) / info.fs / replay.speed
                     await trio.sleep_until(clock0 + due)
-                frames = self.loader.read(replay.recording, start, start + size, cache=False)
+                if start + size > at + len(piece) and at + len(piece) < reader.frames:
+                    piece = self.loader.read(replay.recording, start, start + ahead,
+                                             cache=False)
+                    at = start
+                frames = piece[start - at:start - at + size]
                 await admit(outbox, self.live, info, info.run, info.next_seq, info.t0, frames)
                 if replay.speed == 0:  # as fast as backpressure allows, yet one turn each
                     await trio.lowlevel.checkpoint()
