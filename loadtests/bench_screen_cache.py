@@ -3,6 +3,7 @@
     python -m loadtests.bench_screen_cache --per-call 30 120 --repeat 3
     python -m loadtests.bench_screen_cache --per-call 30 --cold-only --against /tmp/old
     python -m loadtests.bench_screen_cache --per-call 30 --cold-only --fused
+    python -m loadtests.bench_screen_cache --streams 1000 --per-call 50 200 --shuffle
 
 In the server the screen costs more per frame than in ``bench_quality``'s tight loop
 (docs/benchmarks.md): between two of its calls the rest of the server runs, and what
@@ -25,7 +26,7 @@ import time
 import numpy as np
 
 from vital_actors.filtering import FilterBank
-from vital_actors.messages import Item
+from vital_actors.messages import Block, Item
 from vital_actors.quality import QualityChain
 from vital_actors.screening import screen_batch
 from vital_actors.settings import ScreenSettings
@@ -37,12 +38,18 @@ __all__ = ["main", "screen_us_per_frame"]
 
 
 def screen_us_per_frame(lo: Load, per_call: int, junk: np.ndarray | None,
-                        fused: bool = False) -> float:
+                        fused: bool = False, shuffle: bool = False) -> float:
     """µs of CPU per frame of the screen fed *per_call* frames a call; with *junk*, read
     between calls; *fused*: each call's frames filtered right before it (not timed),
-    as one actor doing both would, instead of all before the first call."""
+    as one actor doing both would, instead of all before the first call; *shuffle*:
+    each round's frames in another order (as they arrive in a server), so that a call's
+    streams are not the ones that went together in the call before."""
     bank, chain = FilterBank(), QualityChain(ScreenSettings())
-    blocks = [x for k in range(lo.rounds) for x in lo.blocks(k)]
+    rng = np.random.default_rng(0)
+    blocks: list[Block] = []
+    for k in range(lo.rounds):
+        round_ = lo.blocks(k)
+        blocks += [round_[i] for i in rng.permutation(len(round_))] if shuffle else round_
     calls = [blocks[a:a + per_call] for a in range(0, len(blocks), per_call)]
     filtered: list[list[Item]] = [] if fused else [list(bank.apply(c)) for c in calls]
     spent = 0.0
@@ -66,13 +73,14 @@ from loadtests.bench_screen_cache import screen_us_per_frame
 lo = load(int(sys.argv[2]), float(sys.argv[3]), 100)
 gc.freeze()
 junk = None if sys.argv[6] == "warm" else np.ones(round(float(sys.argv[5]) * 1e6 / 8))
-print(screen_us_per_frame(lo, int(sys.argv[4]), junk))
+print(screen_us_per_frame(lo, int(sys.argv[4]), junk, shuffle=sys.argv[7] == "1"))
 """
 
 
 def _other(root: str, streams: int, seconds: float, per_call: int, mb: float,
-           caches: str) -> float:
-    return float(run_in(root, _CHILD, streams, seconds, per_call, mb, caches).split()[-1])
+           caches: str, shuffle: bool) -> float:
+    return float(run_in(root, _CHILD, streams, seconds, per_call, mb, caches,
+                        int(shuffle)).split()[-1])
 
 
 def main() -> None:
@@ -87,6 +95,8 @@ def main() -> None:
     p.add_argument("--against", help="another checkout to run side by side")
     p.add_argument("--fused", action="store_true",
                    help="also with each call filtered right before it")
+    p.add_argument("--shuffle", action="store_true",
+                   help="each round's frames in a new order (calls' streams vary)")
     args = p.parse_args()
     lo = load(args.streams, args.seconds, 100)
     gc.freeze()
@@ -97,12 +107,14 @@ def main() -> None:
         for name, pollute in ways:
             runs: dict[str, list[float]] = {"this": [], "other": []}
             for _ in range(args.repeat):
-                runs["this"].append(screen_us_per_frame(lo, n, pollute))
+                runs["this"].append(screen_us_per_frame(lo, n, pollute,
+                                                        shuffle=args.shuffle))
                 if args.against:
                     runs["other"].append(_other(args.against, args.streams, args.seconds,
-                                                n, args.pollute_mb, name))
+                                                n, args.pollute_mb, name, args.shuffle))
             if args.fused:
-                runs["fused"] = [screen_us_per_frame(lo, n, pollute, fused=True)
+                runs["fused"] = [screen_us_per_frame(lo, n, pollute, fused=True,
+                                                     shuffle=args.shuffle)
                                  for _ in range(args.repeat)]
             for code, got in runs.items():
                 if got:
