@@ -51,3 +51,24 @@ async def test_simulated_devices_start_staggered_and_retry_every_failure_with_ba
         assert all(s / 2 <= g <= s for g, s in zip(gaps, steps, strict=False))
         assert [exc for s, exc in errors if s == stream] == [
             reported[i % len(failures)] for i in range(1, len(starts[stream]) + 1)]
+
+
+async def test_a_simulated_device_starts_its_delays_over_after_a_session_that_sent(
+        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    starts: list[float] = []
+
+    async def stand_in(ws_url: str, stream: str, rec: Recording, *,
+                       report: clients.DeviceReport, **_: Any) -> clients.DeviceReport:
+        starts.append(trio.current_time())
+        if len(starts) == 5:  # one session gets through and sends before it breaks
+            report.frames_sent += 3
+        raise OSError("refused")
+
+    monkeypatch.setattr(clients, "run_device", stand_in)
+    with trio.move_on_after(30):
+        await clients.run_devices("ws://127.0.0.1:9", [("a", synthetic_ecg(seconds=1))],
+                                  stagger_s=0)
+    gaps = [b - a for a, b in pairwise(starts)]
+    steps = [0.5, 1, 2, 4, 0.5, 1, 2]  # after the fifth session: from the start again
+    assert len(gaps) >= len(steps)
+    assert all(s / 2 <= g <= s for g, s in zip(gaps, steps, strict=False))

@@ -188,13 +188,22 @@ async def _keep_device(ws_url: str, stream: str, rec: Recording, frame_s: float,
         if on_error is not None:
             on_error(stream, exc)
 
+    progress = DeviceReport(stream)
+    sent = 0
+
+    def worked() -> bool:  # the session sent frames: the delays start over
+        nonlocal sent
+        moved, sent = progress.frames_sent > sent, progress.frames_sent
+        return moved
+
     await trio.sleep(delay)  # the stagger
     # A simulated device retries whatever ends its connection (a refused token too:
     # none is fatal), and what its own session raises on a server it does not
-    # understand; it never starts the delays over.
-    await reconnecting(partial(run_device, ws_url, stream, rec, frame_s=frame_s, zstd=zstd),
+    # understand.
+    await reconnecting(partial(run_device, ws_url, stream, rec, frame_s=frame_s, zstd=zstd,
+                               report=progress),
                        backoff=Backoff(initial=0.5, maximum=10.0), on_down=report,
-                       endings=(*ENDINGS, RuntimeError, RemoteProtocolError),
+                       worked=worked, endings=(*ENDINGS, RuntimeError, RemoteProtocolError),
                        fatal=lambda exc, last_error: False)
 
 
