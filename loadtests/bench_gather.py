@@ -16,19 +16,38 @@ the caches warm or cold (a 64 MB read before each), per stream, for:
   fancy indexing, as a layout with time along the rows would;
 - ``rows+transpose``: the same, then transposed to (rows, streams) for today's code;
 - ``rows-scatter``: writing the rows back.
+
+Each way allocates its result afresh, as the screen does. glibc returns freed big
+blocks to the system and takes page faults to get them back, which in a loop this
+tight costs more than the copy itself (``rows+transpose`` 9-11 µs per stream
+against 2-3). The server does not pay that: its own allocations keep glibc's
+adaptive thresholds up (about 860 minor faults a second at N = 500 replays). So the
+benchmark keeps freed memory in the heap (``mallopt``) unless ``--glibc-defaults``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from vital_actors.store.libc import libc_function
+
 __all__ = ["main"]
 
 ROWS = 1165  # run_front's detector state per stream at 360 Hz (_det_parts)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_freed_memory() -> None:
+    """Big blocks from the heap, and freed ones kept there (no page faults anew)."""
+    mallopt = libc_function("mallopt", ctypes.c_int, ctypes.c_int)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        mallopt(M_TRIM_THRESHOLD, 256 << 20)
 
 
 def main() -> None:
@@ -38,7 +57,11 @@ def main() -> None:
     p.add_argument("--per-call", type=int, default=190)
     p.add_argument("--packs", type=int, default=8, help="earlier calls' packs to gather from")
     p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--glibc-defaults", action="store_true",
+                   help="leave glibc's allocator as it is (page faults on each big result)")
     args = p.parse_args()
+    if not args.glibc_defaults:
+        keep_freed_memory()
     rng = np.random.default_rng(0)
     width = -(-args.streams // args.packs)
     packs = [rng.random((ROWS, width)) for _ in range(args.packs)]
