@@ -20,7 +20,7 @@ from protocol import CloseCode
 from ..auth import ANONYMOUS, GRANT, Gate, Refusal
 from ..stats import Stats
 from .handshake import NO_COMPRESSION, Compression
-from .websocket import ConnectionClosed, WebSocket, accept
+from .websocket import BadUpgrade, ConnectionClosed, WebSocket, accept
 
 __all__ = ["Route", "read_head", "serve_door", "splice"]
 
@@ -157,6 +157,9 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                     grant = admitted
                 ws = await accept(stream, head, subprotocols=subprotocols, remote=remote,
                                   max_message_bytes=max_message_bytes, compression=compression)
+    except BadUpgrade as exc:
+        await _refuse(stream, 400, str(exc))
+        return
     except (_BadHead, h11.RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError):
         await _refuse(stream)
         return

@@ -40,7 +40,7 @@ from .codecs import PLAIN, WireCodec
 from .deflate import ServerDeflate
 from .handshake import NO_COMPRESSION, Compression
 
-__all__ = ["ConnectionClosed", "WebSocket", "accept"]
+__all__ = ["BadUpgrade", "ConnectionClosed", "WebSocket", "accept"]
 
 RECEIVE_SIZE = 65536
 ABNORMAL = 1006  # closed without a close frame (RFC 6455 7.1.5); never sent
@@ -53,6 +53,10 @@ class ConnectionClosed(Exception):
         super().__init__(f"connection closed: {code} {reason}".strip())
         self.code = code
         self.reason = reason
+
+
+class BadUpgrade(Exception):
+    """The request is no valid WebSocket upgrade (RFC 6455 4.2.1); the door answers 400."""
 
 
 class WebSocket:
@@ -238,10 +242,20 @@ async def accept(stream: trio.abc.Stream, head: bytes, *, subprotocols: tuple[st
     decides the codec for it and whether permessage-deflate is accepted (see
     :mod:`.handshake`). Returns None after refusing the handshake with HTTP 400 when the
     client offers none of *subprotocols*.
+
+    Raises:
+        BadUpgrade: the request lacks what an upgrade needs, or has non-ASCII headers.
     """
     ws = WSConnection(ConnectionType.SERVER)
-    ws.receive_data(head)
-    request = next(e for e in ws.events() if isinstance(e, Request))
+    try:
+        ws.receive_data(head)
+    except WsprotoRemoteError as exc:
+        raise BadUpgrade(f"not a WebSocket upgrade: {exc}") from None
+    except UnicodeError:  # wsproto decodes Host and the Sec-WebSocket-* lists as ASCII
+        raise BadUpgrade("a WebSocket upgrade's headers must be ASCII") from None
+    request = next((e for e in ws.events() if isinstance(e, Request)), None)
+    if request is None:
+        raise BadUpgrade("not a WebSocket upgrade")
     chosen = next((p for p in request.subprotocols if p in subprotocols), None)
     if chosen is None:
         body = (f"no supported subprotocol: offer one of {', '.join(subprotocols)} in "

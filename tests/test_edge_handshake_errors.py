@@ -1,0 +1,75 @@
+"""The door against connections that go wrong before the WebSocket is open: a malformed
+upgrade request gets HTTP 400 with its reason; it neither stops the server nor touches
+a device already streaming."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from httpclient import request
+from trio_websocket import WebSocketConnection
+
+import protocol as P
+from vital_actors.clients import connect, receive
+from vital_actors.graph import Server
+from vital_actors.settings import load_settings
+
+HELLO = P.Hello("steady", 250.0, ("I",), "int16", (200.0,), (0.0,))
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+VERSION = b"Sec-WebSocket-Version: 13\r\n"
+UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+PROTOCOL = b"Sec-WebSocket-Protocol: vital.v1.msgpack\r\n"
+ZSTD = b"Sec-WebSocket-Protocol: vital.v1.msgpack+zstd\r\n"
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
+    srv = Server(load_settings(server={"port": 0}))
+    await nursery.start(srv.run)
+    yield srv
+    srv.shutdown()
+
+
+@asynccontextmanager
+async def _streaming(server: Server) -> AsyncIterator[WebSocketConnection]:
+    async with connect(f"ws://127.0.0.1:{server.port}", P.INGEST_PATH) as device:
+        await device.send_message(P.encode(HELLO))
+        assert await receive(device) == P.Welcome("steady", 0)
+        yield device
+
+
+async def _frame(device: WebSocketConnection, seq: int) -> None:
+    await device.send_message(P.encode(P.Samples(seq, 1, b"\x01\x00")))
+    assert await receive(device) == P.Ack(seq)
+
+
+@pytest.mark.parametrize(("head", "why"), [
+    (b"GET /v1/ingest HTTP/1.1\r\nHost: x\r\n" + UPGRADE + VERSION + PROTOCOL,
+     b"Sec-WebSocket-Key"),
+    (b"GET /v1/ingest HTTP/1.1\r\nHost: x\r\n" + UPGRADE + KEY + PROTOCOL,
+     b"Sec-WebSocket-Version"),
+    (b"GET /v1/ingest HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" + KEY + VERSION + PROTOCOL,
+     b"Connection: Upgrade"),
+    (b"POST /v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + UPGRADE + KEY + VERSION
+     + PROTOCOL, b"GET"),
+    (b"GET /v1/ingest HTTP/1.1\r\nHost: \xff\r\n" + UPGRADE + KEY + VERSION + PROTOCOL,
+     b"ASCII"),
+    (b"GET /v1/ingest HTTP/1.1\r\nHost: x\r\n" + UPGRADE + KEY + VERSION
+     + b"Sec-WebSocket-Protocol: vital.v1.msgpack, \xe9\r\n", b"ASCII"),
+], ids=["no-key", "no-version", "no-connection-upgrade", "post", "non-ascii-host",
+        "non-ascii-subprotocol"])
+async def test_a_malformed_upgrade_is_refused_with_400_and_the_server_goes_on(
+        server: Server, head: bytes, why: bytes) -> None:
+    port = server.port or 0
+    async with _streaming(server) as device:
+        await _frame(device, 0)
+        with trio.fail_after(10):
+            status, body, _ = await request(port, "GET", "/", raw=None, head=head + b"\r\n")
+        assert status == 400 and why in body, (status, body)
+        await _frame(device, 1)  # the device streaming meanwhile did not notice
+        async with connect(f"ws://127.0.0.1:{port}", P.SUBSCRIBE_PATH):
+            pass  # and the door still opens WebSockets
+
