@@ -1,14 +1,17 @@
 """The door against connections that go wrong before the WebSocket is open: a malformed
-upgrade request gets HTTP 400 with its reason; it neither stops the server nor touches
-a device already streaming."""
+upgrade request gets HTTP 400 with its reason, a connection reset before it is read
+just ends; neither stops the server or touches a device already streaming."""
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 from httpclient import request
 from trio_websocket import WebSocketConnection
 
@@ -73,3 +76,19 @@ async def test_a_malformed_upgrade_is_refused_with_400_and_the_server_goes_on(
         async with connect(f"ws://127.0.0.1:{port}", P.SUBSCRIBE_PATH):
             pass  # and the door still opens WebSockets
 
+
+
+async def test_a_connection_reset_before_the_door_reads_it_ends_only_itself(
+        server: Server) -> None:
+    port = server.port or 0
+    async with _streaming(server) as device:
+        await _frame(device, 0)
+        for _ in range(3):
+            # Connected in the kernel's backlog and reset (RST, SO_LINGER 0) before the
+            # server's task has even accepted it: its peer address is gone by then.
+            with socket.create_connection(("127.0.0.1", port)) as gone:
+                gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await trio.testing.wait_all_tasks_blocked()
+        await _frame(device, 1)
+        status, _, _ = await request(port, "GET", "/healthz")
+        assert status == 200

@@ -136,7 +136,10 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                   handshake_timeout: float, max_message_bytes: int,
                   compression: Compression, gate: Gate | None = None,
                   stats: Stats | None = None) -> None:
-    remote = "{}:{}".format(*stream.socket.getpeername()[:2])
+    peer = await _peer(stream)
+    if peer is None:
+        return
+    remote = "{}:{}".format(*peer[:2])
     ws: WebSocket | None = None
     grant = ANONYMOUS
     try:
@@ -183,7 +186,10 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
 async def _gated(gate: Gate, handle: Callable[[trio.SocketStream], Awaitable[None]],
                  stream: trio.SocketStream) -> None:
     """Count the connection against its address's cap while *handle* serves it."""
-    address = str(stream.socket.getpeername()[0])
+    peer = await _peer(stream)
+    if peer is None:
+        return
+    address = str(peer[0])
     refused = gate.enter(address)
     if refused is not None:
         await _refuse(stream, refused.status, refused.message)
@@ -192,6 +198,16 @@ async def _gated(gate: Gate, handle: Callable[[trio.SocketStream], Awaitable[Non
         await handle(stream)
     finally:
         gate.leave(address)
+
+
+async def _peer(stream: trio.SocketStream) -> tuple[object, ...] | None:
+    """The peer's address; None (the stream closed) when it reset the connection before
+    we got to ask (``getpeername`` fails with ENOTCONN)."""
+    try:
+        return tuple(stream.socket.getpeername())
+    except OSError:
+        await stream.aclose()
+        return None
 
 
 _STATUS = {400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
