@@ -1,6 +1,7 @@
 """The door against connections that go wrong before the WebSocket is open: a malformed
 upgrade request gets HTTP 400 with its reason, a connection reset before it is read
-just ends; neither stops the server or touches a device already streaming."""
+just ends, a ``zstd_dict`` that is no number means no dictionary; none of them stops
+the server or touches a device already streaming."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from httpclient import request
 from trio_websocket import WebSocketConnection
 
 import protocol as P
-from vital_actors.clients import connect, receive
+from vital_actors.clients import connect, receive, send
 from vital_actors.graph import Server
+from vital_actors.sdk import open_connection
 from vital_actors.settings import load_settings
 
 HELLO = P.Hello("steady", 250.0, ("I",), "int16", (200.0,), (0.0,))
@@ -92,3 +94,15 @@ async def test_a_connection_reset_before_the_door_reads_it_ends_only_itself(
         await _frame(device, 1)
         status, _, _ = await request(port, "GET", "/healthz")
         assert status == 200
+
+
+async def test_a_zstd_dict_parameter_that_is_no_number_means_no_dictionary(
+        server: Server) -> None:
+    # "²" is a digit to str.isdigit, but no int: the server compresses without a dictionary.
+    async with _streaming(server) as device, open_connection(
+            f"ws://127.0.0.1:{server.port}", f"{P.INGEST_PATH}?zstd_dict=%C2%B2",
+            subprotocols=[P.ZSTD_SUBPROTOCOL]) as other:
+        assert other.subprotocol == P.ZSTD_SUBPROTOCOL
+        await send(other, P.Hello("other", 250.0, ("I",), "int16", (200.0,), (0.0,)))
+        assert await receive(other) == P.Welcome("other", 0)  # no zstd_dict in it
+        await _frame(device, 0)

@@ -110,7 +110,8 @@ def _dictionary(z: ZstdSettings, target: str) -> ZstdDictionary | None:
 
 def _dictionary_asked(target: str) -> int | None:
     values = parse_qs(urlsplit(target).query).get("zstd_dict", [])
-    return int(values[0]) if values and values[0].isdigit() else None
+    # ASCII digits only: str.isdigit() also holds for "²", which int() refuses.
+    return int(values[0]) if values and values[0].isascii() and values[0].isdigit() else None
 
 
 @cache
