@@ -312,6 +312,9 @@ class JobRunner:
         if self.board is not None:
             job.node = self.board.node
         jobdir = self.store.jobs / job.id
+        # Running from here: a cancel while the job opens (in a worker thread) is then
+        # noted for _chunks, not taken as a queued job's, which this run would overrule.
+        job.state, job.started = "running", time.time()
         try:
             reader = self.store.reader(job.spec.recording)
             work = await trio.to_thread.run_sync(partial(
@@ -321,7 +324,6 @@ class JobRunner:
         except Exception as exc:  # the recording was deleted, or the settings do not fit
             await self._finished(job, "failed", f"{type(exc).__name__}: {exc}")
             return
-        job.state, job.started = "running", time.time()
         job.resumed_from = work.next_frame or None
         self._save(job)
         await self._share(job)

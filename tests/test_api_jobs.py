@@ -1,0 +1,72 @@
+"""Jobs over HTTP against a real server: bad bodies and races are refused or handled
+without losing or corrupting anything."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+from httpclient import request
+
+from vital_actors.graph import Server
+from vital_actors.processing import Processing
+from vital_actors.settings import load_settings
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Server]:
+    srv = Server(load_settings(server={"port": 0}, store={"dir": tmp_path / "store"},
+                               jobs={"chunk_frames": 1024}))
+    await nursery.start(srv.run)
+    yield srv
+    srv.shutdown()
+
+
+async def _recording(port: int, frames: int = 5000) -> str:
+    x = np.cumsum(np.random.default_rng(0).integers(-20, 21, (frames, 1)), axis=0)
+    buf = io.BytesIO()
+    np.save(buf, x.astype(np.int16))
+    status, body, _ = await request(port, "POST", "/api/v1/recordings?fs=360",
+                                    raw=buf.getvalue())
+    assert status == 201, body
+    return str(json.loads(body)["id"])
+
+
+async def _submit(port: int, spec: dict[str, Any]) -> dict[str, Any]:
+    status, body, _ = await request(port, "POST", "/api/v1/jobs", spec)
+    assert status == 201, body
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+async def test_a_job_cancelled_while_it_starts_stays_cancelled(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = server.port or 0
+    rec = await _recording(port)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_start(*args: Any, **kwargs: Any) -> Any:  # the worker thread opening the job
+        entered.set()
+        release.wait(10)
+        return Processing(*args, **kwargs)
+
+    monkeypatch.setattr("vital_actors.jobs.Processing", slow_start)
+    first = await _submit(port, {"recording": rec})
+    assert await trio.to_thread.run_sync(entered.wait, 10)
+    status, body, _ = await request(port, "POST", f"/api/v1/jobs/{first['id']}/cancel")
+    release.set()
+    assert status == 200 and json.loads(body)["state"] in ("running", "cancelled"), body
+    second = await _submit(port, {"recording": rec})  # runs after the first is let go
+    with trio.fail_after(20):
+        await server.jobs.wait(second["id"], lambda j: not j.active)
+    got = (await server.jobs.get(first["id"]))
+    assert got is not None and got.state == "cancelled" and got.result is None
+    assert not (server.store.jobs / first["id"] / "out").exists()
+    results = [m.id for m in server.store if m.source_format == "job"]
+    assert results == [(await server.jobs.get(second["id"])).result]  # type: ignore[union-attr]
