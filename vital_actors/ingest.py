@@ -181,7 +181,10 @@ class _Ingest:
             elif info.durable[1].failed is not None:  # resumes after what is on disk
                 info.durable = (info.run, Durable(info.next_seq - 1, info.t0))
             self.durable = info.durable[1]
-            await self.durable.wait_beyond(info.next_seq - 2)
+            try:  # the frames of a connection just gone may still be on their way
+                await self.durable.wait_beyond(info.next_seq - 2)
+            except ArchiveFailed as exc:
+                raise _storage_error(exc) from None
         info.clock = self.clock.estimate
         await self.ws.send(Welcome(info.id, info.next_seq))
         await self._status("connected", fs=info.fs, channels=list(info.channels),
@@ -264,6 +267,12 @@ class _Ingest:
             await self._status("disconnected", next_seq=info.next_seq)
 
 
+def _storage_error(exc: ArchiveFailed) -> RemoteProtocolError:
+    return RemoteProtocolError(f"the server cannot store this stream's frames ({exc}); "
+                               "reconnect later and resume after the last ack",
+                               code=CloseCode.TRY_AGAIN_LATER, reason=STORAGE_REASON)
+
+
 async def run_ingest(
     ws: WebSocket,
     outbox: trio.MemorySendChannel[Item],
@@ -303,12 +312,8 @@ async def run_ingest(
                         nursery.start_soon(ingest.watch, ingest.receiving)
                         await ingest.serve()
                     if ingest.storage_failed is not None:
-                        stats.reject(STORAGE_REASON)
-                        await ws.fail(CloseCode.TRY_AGAIN_LATER, STORAGE_REASON,
-                                      "the server cannot store this stream's frames "
-                                      f"({ingest.storage_failed}); reconnect later and "
-                                      "resume after the last ack")
-                    elif ingest.silent:
+                        raise _storage_error(ingest.storage_failed)
+                    if ingest.silent:
                         raise idle_error(limits.idle_timeout_s)
                 except RemoteProtocolError as exc:
                     stats.reject(exc.reason)
