@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
+import h11
 import numpy as np
 import pytest
 import trio
-from httpclient import request
+from httpclient import read_response, request
 
 from vital_actors.graph import Server
 from vital_actors.settings import load_settings
+from vital_actors.store.resumable import PatchWriter
 
 
 @pytest.fixture
@@ -42,3 +45,37 @@ async def test_creation_refuses_a_format_the_server_does_not_read(server: Server
     status, body, _ = await _create(port, "fs=360&format=xls", 1000)
     assert status == 415 and "xls" in json.loads(body)["error"], body
     assert list(server.store.uploads.iterdir()) == []
+
+
+async def test_a_patch_whose_upload_is_deleted_meanwhile_is_told_404(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = server.port or 0
+    wrote = threading.Event()
+
+    def write(writer: PatchWriter, data: bytes) -> None:
+        real_write(writer, data)
+        wrote.set()
+
+    real_write = PatchWriter.write
+    monkeypatch.setattr(PatchWriter, "write", write)
+    data = _npy(20_000)
+    status, body, headers = await _create(port, "fs=360", len(data))
+    assert status == 201, body
+    where = headers["location"]
+    conn = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(conn.send(h11.Request(method="PATCH", target=where, headers=[
+            ("host", "x"), ("content-length", str(len(data))), ("upload-offset", "0")])))
+        await stream.send_all(conn.send(h11.Data(data=data[:len(data) // 2])))
+        assert await trio.to_thread.run_sync(wrote.wait, 10)  # its writer is open
+        status, _, _ = await request(port, "DELETE", where)
+        assert status == 204
+        await stream.send_all(conn.send(h11.Data(data=data[len(data) // 2:]))
+                              + conn.send(h11.EndOfMessage()))
+        with trio.fail_after(10):
+            status, body, _ = await read_response(conn, stream)
+    assert status == 404 and "deleted" in json.loads(body)["error"], body
+    assert list(server.store.uploads.iterdir()) == []
+    assert [m.id for m in server.store] == []
+    assert (await request(port, "GET", where))[0] == 404

@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 from .formats import FormatError
 from .recording import start_writeback
 
-__all__ = ["ChecksumError", "OffsetError", "Session", "UploadState", "parse_checksum"]
+__all__ = ["ChecksumError", "GoneError", "OffsetError", "Session", "UploadState", "parse_checksum"]
 
 SYNC_BYTES = 8 << 20  # received bytes between two fsyncs (and offset updates)
 _ID = re.compile(r"^up-[0-9a-f]{10}$")
@@ -60,6 +60,14 @@ class BusyError(OffsetError):
         FormatError.__init__(self, 409, "another PATCH, on another worker, is writing this "
                              f"upload: retry from Upload-Offset {have} in a moment")
         self.have = have
+
+
+class GoneError(FormatError):
+    """The upload was deleted (DELETE /api/v1/uploads/{id}) under a PATCH (404)."""
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(404, f"upload {upload_id!r} was deleted while this PATCH wrote "
+                         "it; nothing of it is kept")
 
 
 class ChecksumError(FormatError):
@@ -131,8 +139,11 @@ class Session:
 
     def _save(self) -> None:
         tmp = self.path / "upload.json.tmp"
-        tmp.write_text(self.state.model_dump_json())
-        os.replace(tmp, self.path / "upload.json")
+        try:
+            tmp.write_text(self.state.model_dump_json())
+            os.replace(tmp, self.path / "upload.json")
+        except FileNotFoundError:  # deleted meanwhile: its directory is gone
+            raise GoneError(self.state.id) from None
 
     def writer(self, offset: int, sha256: str | None) -> PatchWriter:
         """Begin a PATCH at *offset*.
@@ -171,7 +182,10 @@ class PatchWriter:
         self.written = 0
         self._unsynced = 0
         self._hash = hashlib.sha256() if sha256 is not None else None
-        self._fd = os.open(session.path / "body", os.O_WRONLY)
+        try:
+            self._fd = os.open(session.path / "body", os.O_WRONLY)
+        except FileNotFoundError:  # deleted since it was opened
+            raise GoneError(session.state.id) from None
         try:  # one writer across processes too (workers sharing store.dir)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
