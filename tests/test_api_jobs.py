@@ -70,3 +70,15 @@ async def test_a_job_cancelled_while_it_starts_stays_cancelled(
     assert not (server.store.jobs / first["id"] / "out").exists()
     results = [m.id for m in server.store if m.source_format == "job"]
     assert results == [(await server.jobs.get(second["id"])).result]  # type: ignore[union-attr]
+
+
+async def test_a_job_with_an_infinite_filter_number_is_refused(server: Server) -> None:
+    # Python's json writes it (Infinity); job.json kept it as null, which no restart
+    # could read back: the job vanished.
+    port = server.port or 0
+    rec = await _recording(port)
+    status, body, _ = await request(port, "POST", "/api/v1/jobs", {
+        "recording": rec, "filter": {"notch_hz": 60, "notch_q": float("inf")}})
+    assert status == 422 and "notch_q" in body.decode(), body
+    assert (await server.jobs.all_jobs()) == []
+    assert list(server.store.jobs.iterdir()) == []
