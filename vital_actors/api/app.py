@@ -18,6 +18,7 @@ from quart_schema import (
     validate_response,
 )
 from quart_trio import QuartTrio
+from quart_trio.wrappers.request import TrioRequest
 
 from protocol import ecg_dictionary
 
@@ -140,10 +141,34 @@ def _problem(status: int, error: str, reasons: list[str]) -> tuple[dict[str, Any
     return {"error": error, "reasons": reasons}, status
 
 
+class BodyError(Exception):
+    """A JSON request body that does not parse (400)."""
+
+
+class _Request(TrioRequest):
+    """Quart's request, whose JSON body errors are :class:`BodyError`: Quart answered a
+    body that is not UTF-8 with a 500, and one that is not JSON with an HTML 400."""
+
+    async def get_json(self, force: bool = False, silent: bool = False,
+                       cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force, silent, cache)
+        except UnicodeDecodeError as exc:
+            raise BodyError(f"the body is not UTF-8: {exc}") from None
+
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        raise BodyError(f"the body is not JSON: {error}")
+
+
 def create_app(server: Server) -> QuartTrio:
     """The control API of *server*."""
     app = QuartTrio("vital_actors")
     QuartSchema(app, info={"title": "vital-actors control API", "version": "1"})
+    app.request_class = _Request
+
+    @app.errorhandler(BodyError)
+    async def unparsable_body(exc: BodyError) -> tuple[dict[str, Any], int]:
+        return _problem(400, "malformed JSON body", [str(exc)])
 
     @app.errorhandler(RequestSchemaValidationError)
     async def invalid_body(exc: RequestSchemaValidationError) -> tuple[dict[str, Any], int]:
