@@ -79,3 +79,23 @@ async def test_a_patch_whose_upload_is_deleted_meanwhile_is_told_404(
     assert list(server.store.uploads.iterdir()) == []
     assert [m.id for m in server.store] == []
     assert (await request(port, "GET", where))[0] == 404
+
+
+async def test_a_body_past_the_length_is_413_and_keeps_the_bytes_within_it(
+        server: Server) -> None:
+    port = server.port or 0
+    data = _npy(20_000)
+    status, body, headers = await _create(port, "fs=360", len(data))
+    assert status == 201, body
+    where = headers["location"]
+    head = (f"PATCH {where} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            f"content-length: {len(data) + 5}\r\nupload-offset: 0\r\n\r\n")
+    status, body, headers = await request(port, "PATCH", where,
+                                          head=head.encode() + data + b"extra")
+    assert status == 413 and "past Upload-Length" in json.loads(body)["error"], body
+    status, body, headers = await request(port, "GET", where)
+    assert int(headers["upload-offset"]) == len(data), body  # docs/protocol.md §12
+    head = (f"PATCH {where} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            f"content-length: 0\r\nupload-offset: {len(data)}\r\n\r\n")
+    status, body, _ = await request(port, "PATCH", where, head=head.encode())
+    assert status == 201 and json.loads(body)["frames"] == 20_000, body

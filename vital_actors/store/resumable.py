@@ -196,9 +196,15 @@ class PatchWriter:
 
     def write(self, data: bytes) -> None:
         """Append *data*; fsync and advance the offset every ``SYNC_BYTES`` (only
-        without a per-PATCH checksum, which must see the whole body first)."""
+        without a per-PATCH checksum, which must see the whole body first).
+
+        Raises:
+            FormatError: 413, *data* goes past the upload's length (what is within it
+            is written).
+        """
         room = self.session.state.length - self.start - self.written
-        if len(data) > room:
+        if len(data) > room:  # keep what is within the length (commit), refuse the rest
+            self.write(data[:room])
             raise FormatError(413, f"the body goes past Upload-Length "
                               f"{self.session.state.length}")
         os.write(self._fd, data)
