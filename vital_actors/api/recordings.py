@@ -170,7 +170,10 @@ def _recordings(app: QuartTrio, server: Server) -> None:
             meta = server.store.meta(rec_id)
         except RecordingNotFoundError:
             return _problem(404, f"no recording {rec_id!r}")
-        return await _data(server, meta, partial(server.loader.read, rec_id))
+        try:
+            return await _data(server, meta, partial(server.loader.read, rec_id))
+        except (RecordingNotFoundError, FileNotFoundError):  # deleted while read
+            return _problem(404, f"no recording {rec_id!r}: deleted while it was read")
 
     @app.post("/api/v1/recordings/<rec_id>/replay")
     @validate_request(ReplayIn)
