@@ -1,7 +1,8 @@
 """The door against connections that go wrong before the WebSocket is open: a malformed
 upgrade request gets HTTP 400 with its reason, a connection reset before it is read
-just ends, a ``zstd_dict`` that is no number means no dictionary; none of them stops
-the server or touches a device already streaming."""
+just ends, a ``zstd_dict`` that is no number means no dictionary, and a bug met before
+a connection is served ends that connection only; none of them stops the server or
+touches a device already streaming."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import h11
 import pytest
 import trio
 import trio.testing
@@ -18,6 +20,7 @@ from trio_websocket import WebSocketConnection
 
 import protocol as P
 from vital_actors.clients import connect, receive, send
+from vital_actors.edge import door
 from vital_actors.graph import Server
 from vital_actors.sdk import open_connection
 from vital_actors.settings import load_settings
@@ -106,3 +109,26 @@ async def test_a_zstd_dict_parameter_that_is_no_number_means_no_dictionary(
         await send(other, P.Hello("other", 250.0, ("I",), "int16", (200.0,), (0.0,)))
         assert await receive(other) == P.Welcome("other", 0)  # no zstd_dict in it
         await _frame(device, 0)
+
+
+async def test_a_bug_before_a_connection_is_served_ends_that_connection_only(
+        server: Server, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = server.port or 0
+    real = door._request
+
+    def broken(head: bytes) -> object:
+        if b"/bug" in head:
+            raise ValueError("a bug in reading the request")
+        return real(head)
+
+    monkeypatch.setattr(door, "_request", broken)
+    async with _streaming(server) as device:
+        await _frame(device, 0)
+        with trio.fail_after(10):
+            with pytest.raises((OSError, h11.RemoteProtocolError)):  # closed, no answer
+                await request(port, "GET", "/bug")
+        await _frame(device, 1)  # the device streaming meanwhile did not notice
+        assert (await request(port, "GET", "/healthz"))[0] == 200
+    assert "a bug in reading the request" in caplog.text
+    assert server.stats.totals.rejected.get("internal-error") == 1

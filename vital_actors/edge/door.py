@@ -183,6 +183,20 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                           "are unaffected, reconnect")
 
 
+async def _contained(handle: Callable[[trio.SocketStream], Awaitable[None]],
+                     stats: Stats | None, stream: trio.SocketStream) -> None:
+    """Serve one connection with *handle*; if that raises, the connection ends, not the
+    server (the handlers run in the server's nursery: an exception there would end
+    every device and subscriber)."""
+    try:
+        await handle(stream)
+    except Exception:
+        _log.exception("a connection failed before it was served; it is closed")
+        if stats is not None:
+            stats.reject(INTERNAL_REASON)
+        await trio.aclose_forcefully(stream)
+
+
 async def _gated(gate: Gate, handle: Callable[[trio.SocketStream], Awaitable[None]],
                  stream: trio.SocketStream) -> None:
     """Count the connection against its address's cap while *handle* serves it."""
@@ -253,6 +267,8 @@ async def serve_door(
     A route that raises (a bug, not bad input: that has its own close codes) ends only
     its connection, with an ``error`` ``internal-error`` and close code 1011, logged and
     counted in *stats*; an HTTP request while hypercorn is not there is answered 503.
+    A bug before the route (in the handshake, the gate or the splice) also ends only
+    its connection, closed without an answer, logged and counted the same way.
     """
     handler = partial(_handle, routes=routes, subprotocols=subprotocols,
                       upstream_path=upstream_path, head_limit=head_limit,
@@ -260,6 +276,7 @@ async def serve_door(
                       compression=compression, gate=gate, stats=stats)
     if gate is not None:
         handler = partial(_gated, gate, handler)
+    handler = partial(_contained, handler, stats)
     listeners = (await _reuse_port_listeners(host, port) if reuse_port
                  else await trio.open_tcp_listeners(port, host=host))
     bound = listeners[0].socket.getsockname()[1]
