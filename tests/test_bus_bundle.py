@@ -190,6 +190,23 @@ async def test_the_renewer_takes_back_a_lease_a_restarted_redis_forgot(
     assert saved[b"next_seq"] == b"7" and saved[b"node"] == b"a"
 
 
+async def test_a_claim_cancelled_after_the_lease_is_taken_does_not_keep_it(
+        redis: Redis, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The device's connection ends while the claim asks who follows the stream: the
+    # caller never learns that it holds the lease, so it must not stay renewed.
+    async with bus_node(redis, "a", nursery) as (a, _, registry):
+        async def stuck() -> None:
+            await trio.sleep_forever()
+
+        monkeypatch.setattr(a, "_learn", stuck)
+        with trio.move_on_after(1) as scope:
+            await a.claim(HELLO, registry)
+        assert scope.cancelled_caught
+        assert "bed1" not in a.counters.leases
+        with trio.fail_after(1):
+            await a.released("bed1")
+
+
 async def test_a_node_that_lost_a_lease_leaves_the_new_owners_position_alone(
         redis: Redis, nursery: trio.Nursery) -> None:
     async with bus_node(redis, "a", nursery) as (a, _, registry), \

@@ -373,8 +373,12 @@ class RedisBus:
         except AWAY:
             saved = {}
         self.counters.leases.add(stream)
-        with contextlib.suppress(*AWAY):
-            await self._learn()  # who follows this stream elsewhere, before its first frame
+        try:
+            with contextlib.suppress(*AWAY):
+                await self._learn()  # who follows this stream elsewhere, before its first frame
+        except BaseException:  # cancelled (say, the device left) before the caller knew
+            self._drop(stream)  # it holds the lease: no longer renewed, it expires
+            raise
         info = registry.get(stream)
         if saved and hello.resume is not None and (info is None or not info.connected):
             run, next_seq, t0 = (int(saved[k]) for k in (b"run", b"next_seq", b"t0"))
@@ -389,7 +393,10 @@ class RedisBus:
             await self._save(info)
             await self._client.eval(_RELEASE, keys=[self._key("lease", info.id)],
                                     args=[self.node])
-        self.counters.leases.discard(info.id)
+        self._drop(info.id)
+
+    def _drop(self, stream: str) -> None:
+        self.counters.leases.discard(stream)
         self._leases_changed.set()
         self._leases_changed = trio.Event()
 
