@@ -82,3 +82,29 @@ async def test_a_job_with_an_infinite_filter_number_is_refused(server: Server) -
     assert status == 422 and "notch_q" in body.decode(), body
     assert (await server.jobs.all_jobs()) == []
     assert list(server.store.jobs.iterdir()) == []
+
+
+async def test_a_job_whose_result_cannot_be_committed_fails_and_the_next_one_runs(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = server.port or 0
+    rec = await _recording(port)
+    real = Processing.commit
+    calls: list[int] = []
+
+    def full_disk(self: Processing, *args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(self, *args)
+
+    monkeypatch.setattr(Processing, "commit", full_disk)
+    first = await _submit(port, {"recording": rec})
+    second = await _submit(port, {"recording": rec})
+    with trio.fail_after(20):
+        await server.jobs.wait(second["id"], lambda j: not j.active)
+    got = await server.jobs.get(first["id"])
+    assert got is not None and got.state == "failed" and got.result is None
+    assert got.error is not None and "No space left" in got.error
+    done = await server.jobs.get(second["id"])
+    assert done is not None and done.state == "done" and done.result is not None
+    assert (await request(port, "GET", "/healthz"))[0] == 200

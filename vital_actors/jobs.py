@@ -357,7 +357,12 @@ class JobRunner:
             work.close()
             await self._finished(job, "cancelled")
             return
-        meta = await trio.to_thread.run_sync(work.commit, self.store, new_id())
+        try:
+            meta = await trio.to_thread.run_sync(work.commit, self.store, new_id())
+        except Exception as exc:  # e.g. the disk is full: the job fails, not the runner
+            work.close()
+            await self._finished(job, "failed", f"{type(exc).__name__}: {exc}")
+            return
         job.result, job.events = meta.id, work.events
         await self._finished(job, "done")
 
