@@ -11,6 +11,7 @@ import pytest
 import trio
 from httpclient import request
 
+import protocol as P
 from vital_actors.graph import Server
 from vital_actors.settings import load_settings
 
@@ -41,3 +42,14 @@ async def test_a_json_body_that_does_not_parse_is_400_with_the_reason(
     answer = json.loads(body)
     assert words in answer["error"] + " ".join(answer["reasons"]), answer
     assert (await request(server.port or 0, "GET", "/healthz"))[0] == 200
+
+
+async def test_a_stream_filter_with_an_infinite_number_is_422_and_changes_nothing(
+        server: Server) -> None:
+    # JSON has no infinity (Python's json writes Infinity): the answer would say null.
+    info = server.registry.attach(P.Hello("s", 360.0, ("I",), "int16", (200.0,), (0.0,)))
+    before = info.filter
+    status, body, _ = await request(server.port or 0, "PATCH", "/api/v1/streams/s",
+                                    {"notch_hz": 60, "notch_q": float("inf")})
+    assert status == 422 and "finite" in body.decode(), body
+    assert info.filter is before

@@ -24,7 +24,6 @@ import contextlib
 import heapq
 import itertools
 import json
-import math
 import re
 import shutil
 import sys
@@ -36,7 +35,7 @@ from functools import partial
 from typing import Any, Literal, Protocol
 
 import trio
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from protocol import Event, Priority
 
@@ -78,16 +77,6 @@ class JobSpec(BaseModel):
     priority: PriorityName = "normal"
     screen: bool = Field(True, description="also run the quality screening (beats, quality, "
                          "alerts); false: filter only")
-
-    @field_validator("filter")
-    @classmethod
-    def _finite(cls, value: FilterSettings) -> FilterSettings:
-        """job.json keeps the spec, and JSON has no infinity: it would come back null."""
-        bad = [k for k, v in value.model_dump().items()
-               if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            raise ValueError(f"{', '.join(bad)} must be a finite number")
-        return value
 
 
 class Job(BaseModel):

@@ -235,6 +235,8 @@ class ZstdSettings(_Section):
 class FilterSettings(_Section):
     """A stream's causal filter: Butterworth band-pass and optional mains notch."""
 
+    # JSON has no infinity: a job's job.json or a stream's answer would say null.
+    model_config = ConfigDict(allow_inf_nan=False)
     low_hz: float = Field(0.5, gt=0)
     high_hz: float = Field(40.0, gt=0)
     order: int = Field(4, ge=1, le=8)
