@@ -61,3 +61,25 @@ async def test_an_archive_failure_while_a_resumed_hello_waits_closes_1013(
     info = registry.get("dev")
     assert info is not None and not info.connected
     assert info.next_seq == 0  # the device resumes after what is on disk: nothing
+
+
+async def test_a_device_whose_archive_is_gone_when_it_leaves_ends_cleanly(
+        autojump_clock: MockClock) -> None:
+    # A server cancelled whole: its archive writer has ended (its channel is broken)
+    # by the time a device's connection finishes. That is no bug (no 1011, nothing
+    # logged as one): the device leaves, disconnected.
+    registry, stats = StreamRegistry(FilterSettings()), Stats()
+    arch_tx, arch_rx = trio.open_memory_channel[ArchiveItem](64)
+    pipe_tx, pipe_rx = trio.open_memory_channel[Item](64)
+    with trio.fail_after(60), arch_tx, pipe_tx, pipe_rx:
+        ws, device = await open_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_ingest, ws, pipe_tx.clone(), registry=registry,
+                                       stats=stats, archive=arch_tx.clone()))
+            await device.send(_hello())
+            assert await device.receive() == Welcome("dev", 0)
+            arch_rx.close()  # the writer is gone
+            await device.close()
+    assert stats.totals.rejected == {}
+    info = registry.get("dev")
+    assert info is not None and not info.connected

@@ -263,7 +263,9 @@ class _Ingest:
                 await self.ws.send_many(acks)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             if self.archive is not None:
-                await self.archive.send(Close(info.id, info.run))
+                # Gone when the server is cancelled whole: its writer ended first.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.archive.send(Close(info.id, info.run))
             await self._status("disconnected", next_seq=info.next_seq)
 
 

@@ -187,13 +187,16 @@ async def _contained(handle: Callable[[trio.SocketStream], Awaitable[None]],
                      stats: Stats | None, stream: trio.SocketStream) -> None:
     """Serve one connection with *handle*; if that raises, the connection ends, not the
     server (the handlers run in the server's nursery: an exception there would end
-    every device and subscriber)."""
+    every device and subscriber). However it ends, cancelled too, its socket is closed
+    here: left to the collector, a socket that a traceback holds stays open, and its
+    peer waits on a dead connection."""
     try:
         await handle(stream)
     except Exception:
         _log.exception("a connection failed before it was served; it is closed")
         if stats is not None:
             stats.reject(INTERNAL_REASON)
+    finally:
         await trio.aclose_forcefully(stream)
 
 

@@ -199,12 +199,16 @@ class WebSocket:
                 raise self.closed from None
 
     async def fail(self, code: int, reason: str, message: str) -> None:
-        """Send an ``error`` message, then close with *code*: the way bad input ends."""
-        if self.closed is None:
-            with trio.move_on_after(1):
-                with contextlib.suppress(ConnectionClosed):
-                    await self.send(Error(reason, message))
-        await self.close(code, message)
+        """Send an ``error`` message, then close with *code*: the way bad input ends.
+        Closed even when cancelled meanwhile (the server stopping): the error may not go
+        out, the close does."""
+        try:
+            if self.closed is None:
+                with trio.move_on_after(1):
+                    with contextlib.suppress(ConnectionClosed):
+                        await self.send(Error(reason, message))
+        finally:
+            await self.close(code, message)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "",
                     *, patience: float = 2.0) -> None:
