@@ -316,3 +316,28 @@ async def test_a_store_opened_by_another_worker_sweeps_only_dead_work_areas(
     assert reopened and meta.frames == len(x)
     assert np.array_equal(store.reader(meta.id).read(0, len(x)), x)
     assert list(store.partial.iterdir()) == []
+
+
+def _edf_header_field(edf: bytes, offset: int, width: int, value: str) -> bytes:
+    """*edf* with one per-signal header field (at *offset* x signals past the fixed
+    header) of every signal set to *value*."""
+    out, ns = bytearray(edf), int(edf[252:256])
+    for i in range(ns):
+        at = 256 + offset * ns + i * width
+        out[at:at + width] = value.ljust(width).encode()
+    return bytes(out)
+
+
+# These were a ZeroDivisionError or a ValueError (a 500), not a FormatError.
+@pytest.mark.parametrize(("offset", "width", "value"), [
+    (216, 8, "0"),  # samples per data record
+    (216, 8, "-250"),
+    (112, 8, "-3276.8"),  # physical maximum, equal to the minimum
+], ids=["no-samples-per-record", "negative-samples-per-record", "empty-physical-range"])
+async def test_an_edf_header_no_recording_can_have_is_422(
+        store: RecordingStore, tmp_path: Path, offset: int, width: int, value: str) -> None:
+    edf = _edf_header_field(_edf(tmp_path / "a.edf", _signal(1000)), offset, width, value)
+    with pytest.raises(FormatError) as caught:
+        await upload(store, edf)
+    assert caught.value.status == 422, caught.value.message
+    assert list(store) == [] and list(store.partial.iterdir()) == []

@@ -73,6 +73,8 @@ class EdfDecoder:
         pmin, pmax = map(_floats, (field(104, 8), field(112, 8)))
         dmin, dmax = map(_floats, (field(120, 8), field(128, 8)))
         self._spr = [int(x) for x in field(216, 8)]
+        if any(n < 1 for n in self._spr):
+            raise FormatError(422, f"EDF samples per data record must be positive: {self._spr}")
         self._keep = [i for i, name in enumerate(labels) if name != "EDF Annotations"]
         rates = {self._spr[i] for i in self._keep}
         if not self._keep or len(rates) != 1 or duration <= 0:
@@ -81,6 +83,9 @@ class EdfDecoder:
         self._record_bytes = 2 * sum(self._spr)
         gains, bases = [], []
         for i in self._keep:
+            if pmax[i] == pmin[i]:
+                raise FormatError(422, f"EDF signal {labels[i]!r} has an empty physical "
+                                  f"range ({pmin[i]} to {pmax[i]})")
             per_unit = (dmax[i] - dmin[i]) / (pmax[i] - pmin[i])
             gains.append(per_unit * _UNITS.get(units[i].lower(), 1.0))
             bases.append(dmin[i] - per_unit * pmin[i])
