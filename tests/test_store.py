@@ -341,3 +341,11 @@ async def test_an_edf_header_no_recording_can_have_is_422(
         await upload(store, edf)
     assert caught.value.status == 422, caught.value.message
     assert list(store) == [] and list(store.partial.iterdir()) == []
+
+
+async def test_a_csv_time_column_that_does_not_advance_is_422(store: RecordingStore) -> None:
+    rows = "".join(f"0,{i % 50}\n" for i in range(100))  # was a ZeroDivisionError (a 500)
+    with pytest.raises(FormatError) as caught:
+        await upload(store, ("time_ms,MLII\n" + rows).encode())
+    assert caught.value.status == 422 and "time column" in caught.value.message
+    assert list(store) == [] and list(store.partial.iterdir()) == []

@@ -271,8 +271,7 @@ class CsvDecoder:
         if time_col is not None:
             unit = 0.001 if names and "ms" in names[0].lower() else 1.0
             self._time = unit
-            step = float(np.median(np.diff(sample[:, 0]))) * unit
-            fs = fs or round(1.0 / step, 6)
+            fs = fs or _rate(sample[:, 0], unit)
         if not fs:
             raise FormatError(400, "CSV without a time column needs ?fs=<sampling rate in Hz>")
         chans = self.params.channels or (names[1 if time_col is not None else 0:] if names
@@ -308,6 +307,20 @@ class CsvDecoder:
         if self.info is None:
             raise FormatError(422, "CSV has no numeric rows")
         return iter(out)
+
+
+def _rate(times: Array, unit: float) -> float:
+    """The sampling rate of a time column: one over its median step.
+
+    Raises:
+        FormatError: 422, the column does not rise (one row, or equal times).
+    """
+    steps = np.diff(times)
+    step = float(np.median(steps)) * unit if len(steps) else 0.0
+    if not step > 0:
+        raise FormatError(422, "the CSV time column does not rise from row to row; "
+                          "give ?fs=<sampling rate in Hz>")
+    return round(1.0 / step, 6)
 
 
 def _numeric(line: str, delim: str) -> bool:
