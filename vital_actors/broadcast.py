@@ -300,10 +300,20 @@ class Hub:
         return out
 
     def tick(self, dt: float) -> None:
-        """Update each subscriber's messages/s over the last *dt* seconds."""
+        """Update each subscriber's messages/s over the last *dt* seconds; forget the
+        logs of topics nobody followed for ``recovery.seconds``."""
         for sub in self.subscribers:
             sent = sum(sub.lanes.counts.sent)
             sub.rate, sub._last_sent = (sent - sub._last_sent) / max(dt, 1e-9), sent
+        self.forget_idle()
+
+    def forget_idle(self) -> None:
+        """Drop the logs of topics nobody followed for ``recovery.seconds``. A topic
+        still published is dropped by :meth:`wants` when its next message comes; this
+        finds the others (a job that ended, a stream gone, a topic never published),
+        whose logs would otherwise stay for good, one per topic ever subscribed to."""
+        for topic in [t for t, log in self.ring.logs.items() if log.idle_since is not None]:
+            self.wants(topic)
 
 
 def _where(hub: Hub, block: Block) -> dict[str, object]:

@@ -1,0 +1,62 @@
+"""Subscribers that come and go, resubscribe or replay twice: the hub ends as it began
+(``run_subscriber`` over in-memory WebSockets, a real hub, the server's rate ticker)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import trio
+import trio.testing
+from trio.testing import MockClock
+from wsclient import Client, Closed, open_pair
+
+from protocol import SUBSCRIBE_PATH, Event, Subscribe
+from vital_actors.broadcast import Hub, run_hub_rates
+from vital_actors.settings import FilterSettings, LaneSettings, RecoverySettings
+from vital_actors.stats import Stats
+from vital_actors.streams import StreamRegistry
+from vital_actors.subscribers import run_subscriber
+
+
+def make_hub(buffer: int = 100) -> Hub:
+    return Hub(buffer=buffer, settings=LaneSettings(), stats=Stats(), rng=random.Random(1),
+               recovery=RecoverySettings(seconds=30))
+
+
+@asynccontextmanager
+async def connected(hub: Hub, nursery: trio.Nursery) -> AsyncIterator[Client]:
+    """One subscriber connection served by ``run_subscriber``; closed cleanly after."""
+    ws, client = await open_pair(path=SUBSCRIBE_PATH)
+    nursery.start_soon(partial(run_subscriber, ws, hub=hub, stats=hub.stats,
+                               registry=StreamRegistry(FilterSettings())))
+    yield client
+    assert await client.close() == Closed(1000)
+
+
+async def reply(client: Client) -> Event:
+    """The next ``subscriptions`` reply (what comes before it is skipped)."""
+    while True:
+        message = await client.receive()
+        assert not isinstance(message, Closed), message
+        if isinstance(message, Event) and message.topic == "subscriptions":
+            return message
+
+
+async def test_topics_nobody_follows_any_more_are_forgotten_though_never_published(
+        autojump_clock: MockClock) -> None:
+    hub = make_hub()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(run_hub_rates, hub, interval=1.0))
+        for round_ in range(3):  # dashboards for jobs that have ended, streams gone
+            async with connected(hub, nursery) as client:
+                topics = tuple(f"job/r{round_}-{k}" for k in range(256))
+                await client.send(Subscribe(topics))
+                await reply(client)
+            await trio.testing.wait_all_tasks_blocked()
+        assert hub.subscribers == set()
+        await trio.sleep(hub.ring.seconds + 2)  # kept recovery.seconds, then forgotten
+        assert hub.ring.logs == {}
+        nursery.cancel_scope.cancel()
