@@ -349,3 +349,22 @@ async def test_a_csv_time_column_that_does_not_advance_is_422(store: RecordingSt
         await upload(store, ("time_ms,MLII\n" + rows).encode())
     assert caught.value.status == 422 and "time column" in caught.value.message
     assert list(store) == [] and list(store.partial.iterdir()) == []
+
+
+def _csv(values: list[str]) -> bytes:
+    return ("MLII\n" + "".join(f"{i % 7}\n" for i in range(100)) + "\n".join(values)
+            + "\n").encode()
+
+
+# These were stored as NaN or infinity (a view then answered "NaN", which is not JSON).
+@pytest.mark.parametrize("data", [
+    _csv(["nan"]), _csv(["-inf"]), _csv(["1e39"]),  # 1e39 is beyond float32
+    _npy(np.array([[0.5, np.nan]] * 10, np.float32)),
+    _npy(np.array([0.5, np.inf], np.float64)),
+], ids=["csv-nan", "csv-inf", "csv-beyond-float32", "npy-nan", "npy-inf"])
+async def test_samples_that_are_not_finite_numbers_are_422(store: RecordingStore,
+                                                           data: bytes) -> None:
+    with pytest.raises(FormatError) as caught:
+        await upload(store, data, fs=100.0)
+    assert caught.value.status == 422 and "finite" in caught.value.message
+    assert list(store) == [] and list(store.partial.iterdir()) == []

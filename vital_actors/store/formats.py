@@ -236,7 +236,8 @@ class CsvDecoder:
         self._line += block.count("\n")
         if self._time is not None:
             values = values[:, 1:]
-        return [values.astype(np.float32)]
+        with np.errstate(over="ignore"):  # beyond float32: infinity, refused as such
+            return [values.astype(np.float32)]
 
     def _parse(self, block: str) -> Array:
         try:

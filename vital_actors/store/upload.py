@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 
 from .formats import Decoder, FormatError, SourceInfo, UploadParams, make_decoder, resolve
@@ -60,6 +61,9 @@ class _Upload:
             _check(info)
             self.writer = Writer(self.workdir / "rec", fs=info.fs, channels=info.channels,
                                  dtype=info.dtype, gain=info.gain, baseline=info.baseline)
+        if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+            raise FormatError(422, "samples must be finite numbers (and within float32 for "
+                              f"CSV): NaN or infinity after frame {self.writer.state.frames}")
         self.writer.append(frames)
 
 
