@@ -13,7 +13,7 @@ import trio.testing
 from trio.testing import MockClock
 from wsclient import Client, Closed, open_pair
 
-from protocol import SUBSCRIBE_PATH, Event, Subscribe
+from protocol import SUBSCRIBE_PATH, Event, Priority, Subscribe, position
 from vital_actors.broadcast import Hub, run_hub_rates
 from vital_actors.settings import FilterSettings, LaneSettings, RecoverySettings
 from vital_actors.stats import Stats
@@ -60,3 +60,34 @@ async def test_topics_nobody_follows_any_more_are_forgotten_though_never_publish
         await trio.sleep(hub.ring.seconds + 2)  # kept recovery.seconds, then forgotten
         assert hub.ring.logs == {}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_second_subscribe_since_replaces_a_replay_still_running(
+        autojump_clock: MockClock) -> None:
+    hub = make_hub()  # BULK lane: 2, so a replay of 300 takes many rounds
+    holder = hub.add()
+    hub.subscribe(holder, ["stream/x/beats"])  # keeps the topic's ring
+    for r in range(300):
+        hub.publish(Event("beat", "stream/x/beats", Priority.HIGH, {"r": r}))
+    epoch = hub.ring.logs["stream/x/beats"].epoch
+    assert epoch is not None
+    async with trio.open_nursery() as nursery, connected(hub, nursery) as client:
+        for offset in (250, 0):  # the client thinks better of it: all after 0
+            await client.send(Subscribe(("stream/x/beats",), {"stream/x/beats": (epoch, offset)}))
+        await trio.testing.wait_all_tasks_blocked()  # the replays have run their course
+        hub.publish(Event("beat", "stream/x/beats", Priority.HIGH, {"r": 300}))
+        await reply(client)
+        second = await reply(client)
+        assert second.body["recovered"] == {"stream/x/beats": True}
+        offsets: list[int] = []
+        while not offsets or offsets[-1] != 300:
+            message = await client.receive()
+            assert isinstance(message, Event), message
+            pos = position(message)
+            assert pos is not None and pos[0] == epoch
+            offsets.append(pos[1])
+        # Exactly what the second asked for, in order; of the first replay at most what
+        # it had queued before the second reply.
+        assert [o for o in offsets if o <= 250] == list(range(1, 251))
+        assert sorted(set(offsets)) == list(range(1, 301))
+        assert len(offsets) <= 300 + hub.capacities[Priority.BULK - 1]

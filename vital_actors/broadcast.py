@@ -58,6 +58,7 @@ class Subscriber:
     topics: set[str] = field(default_factory=set)
     since: float = 0.0  # trio.current_time() when it joined
     rate: float = 0.0  # messages/s written to its socket, over the last interval
+    replays: dict[str, object] = field(default_factory=dict)  # topic -> its current replay
     _last_sent: int = 0
 
     @property

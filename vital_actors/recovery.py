@@ -37,27 +37,40 @@ __all__ = ["run_catch_up", "subscribe"]
 
 
 async def run_catch_up(hub: Hub, sub: Subscriber, topic: str, cursor: int, *,
-                       history: bool, batch: int) -> None:
+                       history: bool, batch: int, ticket: object | None = None) -> None:
     """Replay *topic* to *sub* after offset *cursor*, then make it a live subscriber.
 
-    Ends early, quietly, when *sub* unsubscribes, is evicted or its connection ends.
+    Ends early, quietly, when *sub* unsubscribes, is evicted or its connection ends, or
+    when a later ``subscribe.since`` of the topic replaced it (*ticket* is no longer
+    ``sub.replays[topic]``): two replays of one topic would interleave, and the first
+    to reach the head would end the other's with a silent gap.
     """
     log = hub.ring.logs.get(topic)
-    if log is None or log.epoch is None:
-        hub.go_live(sub, topic)
-        return
     try:
-        await _catch_up(hub, sub, log, cursor, history=history, batch=batch)
+        if log is None or log.epoch is None:
+            hub.go_live(sub, topic)
+            return
+        catching = partial(_catching, hub, sub, topic, ticket)
+        await _catch_up(hub, sub, log, cursor, history=history, batch=batch,
+                        catching=catching)
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         return  # its connection is going away
+    finally:
+        if ticket is not None and sub.replays.get(topic) is ticket:
+            del sub.replays[topic]
+
+
+def _catching(hub: Hub, sub: Subscriber, topic: str, ticket: object | None) -> bool:
+    """Whether the replay holding *ticket* is still *sub*'s replay of *topic*."""
+    return hub.catching_up(sub, topic) and (ticket is None or sub.replays.get(topic) is ticket)
 
 
 async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
-                    history: bool, batch: int) -> None:
+                    history: bool, batch: int, catching: Callable[[], bool]) -> None:
     topic, epoch = log.topic, log.epoch
     assert epoch is not None
     index: int | None = None  # the next ring entry to replay, while the ring still has it
-    while hub.catching_up(sub, log.topic):
+    while catching():
         if log.epoch != epoch:  # a new run of the stream: what we replay is over
             epoch, index = log.epoch or epoch, log.base
             cursor = log.floor if log.floor is not None else log.last
@@ -78,8 +91,10 @@ async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
                 for offset, out in got:
                     await _offer(sub, out)
                     cursor = offset
-                hub.stats.totals.replayed += len(got)
-                hub.stats.totals.replayed_archive += len(got)
+                    hub.stats.totals.replayed += 1
+                    hub.stats.totals.replayed_archive += 1
+                    if not catching():
+                        return
                 continue
             index = log.index_after(cursor)
         if index < log.end:
@@ -130,6 +145,7 @@ async def subscribe(hub: Hub, sub: Subscriber, topics: Sequence[str],
     replays: list[Replay] = []
     for topic, pos in since.items():
         resume = hub.recover(sub, topic, pos)
+        ticket = sub.replays[topic] = object()  # ends a replay of the topic still running
         log = hub.ring.logs.get(topic)
         if resume.history and log is not None and hub.history is not None and not (
                 await hub.history.covers(topic, pos[0], pos[1])):
@@ -141,7 +157,10 @@ async def subscribe(hub: Hub, sub: Subscriber, topics: Sequence[str],
             positions[topic] = (resume.epoch, resume.offset)
         if resume.replay:
             replays.append(partial(run_catch_up, hub, sub, topic, resume.offset,
-                                   history=resume.history, batch=hub.recovery.replay_batch))
+                                   history=resume.history, batch=hub.recovery.replay_batch,
+                                   ticket=ticket))
+        else:
+            del sub.replays[topic]
     fields: dict[str, Any] = {"positions": {t: list(p) for t, p in positions.items()}}
     if since:
         fields["recovered"] = recovered
