@@ -52,6 +52,7 @@ from .stats import Stats
 from .store.libc import libc_function
 from .store.live import TRIM, PyramidFiles, read_trim
 from .store.pyramid import BASE, FACTOR, LEVELS, bucket
+from .store.recording import write_synced
 
 __all__ = ["PRUNED", "RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable",
            "RunFiles", "Stored", "prunable", "read_frames", "read_records", "repair",
@@ -236,9 +237,7 @@ def _write_meta(path: Path, hello: Hello) -> None:
     meta = {"stream": hello.stream, "fs": hello.fs, "channels": list(hello.channels),
             "dtype": hello.dtype, "gain": list(hello.gain), "baseline": list(hello.baseline),
             "device": hello.device, "source_format": "live"}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
+    write_synced(path, json.dumps(meta))  # scan reads it at the next start
 
 
 #: With more dirty runs than this, one syncfs(2) of the archive's file system replaces
@@ -362,10 +361,9 @@ def _cut(path: Path, before: float) -> _Cut | None:
 def _apply(path: Path, cut: _Cut) -> int:
     """Trim the run at *path* at *cut*; the bytes freed. Records the new start first,
     so that from then on readers start there, then punches the files."""
-    tmp = path / (TRIM + ".tmp")
-    tmp.write_text(json.dumps({"samples": cut.samples, "records": cut.records,
-                               "seq": cut.seq}))
-    os.replace(tmp, path / TRIM)
+    # Synced before the punches: readers would otherwise take the holes for samples.
+    write_synced(path / TRIM, json.dumps({"samples": cut.samples, "records": cut.records,
+                                          "seq": cut.seq}))
     # What the view pyramid's unfinished buckets are rebuilt from when the run reopens
     # (PyramidFiles) stays: the samples of level 0's, and for each level the entries
     # of the unfinished bucket of the level above.

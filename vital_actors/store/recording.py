@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .libc import libc_function
 from .pyramid import LEVELS, PyramidBuilder, bucket
 
-__all__ = ["DTYPES", "Meta", "Reader", "Writer", "WriterState"]
+__all__ = ["DTYPES", "Meta", "Reader", "Writer", "WriterState", "sync_dir", "write_synced"]
 
 DTYPES = ("int16", "float32", "float64")
 Array = npt.NDArray[Any]
@@ -154,16 +154,37 @@ class Writer:
                     source_name=source_name, checksum=f"crc32:{self.state.crc:08x}",
                     source_sha256=source_sha256, created=time.time(),
                     bytes=frames * self.frame_bytes, job=job)
-        tmp = self.path / "meta.json.tmp"
-        tmp.write_text(meta.model_dump_json(indent=1))
-        tmp.replace(self.path / "meta.json")
+        write_synced(self.path / "meta.json", meta.model_dump_json(indent=1))
         os.replace(self.path, target)  # atomic: the recording appears complete or not at all
+        sync_dir(target.parent)
         return meta
 
     def abort(self) -> None:
         """Close and delete everything written."""
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def write_synced(path: Path, text: str) -> None:
+    """Replace *path* with *text* atomically and durably: the bytes are synced before
+    the rename, the directory after it. ext4 commits a rename before a new file's
+    delayed blocks, so without the first sync a power loss can leave *path* empty."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    sync_dir(path.parent)
+
+
+def sync_dir(path: Path) -> None:
+    """Make the entries added to or renamed in directory *path* durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _SYNC_FILE_RANGE = libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64,
