@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import protocol as P
 from loadtests.proxy import killing_proxy
-from vital_actors.broadcast import Hub
+from vital_actors.broadcast import Hub, Subscriber
 from vital_actors.graph import Server
 from vital_actors.history import Ring
 from vital_actors.lanes import Lanes
@@ -332,7 +332,8 @@ async def test_a_replay_waits_for_room_in_bulk_and_never_holds_back_live_alerts(
     assert sub.lanes.counts.dropped == [0] * 5
 
 
-async def test_unsubscribing_during_a_replay_ends_it(autojump_clock: MockClock) -> None:
+def _recovering_alerts() -> tuple[Hub, Subscriber]:
+    """A hub with 50 alerts in its ring, and a subscriber recovering them from 0."""
     hub = Hub(buffer=100, settings=LaneSettings(), stats=Stats(), rng=random.Random(3))
     holder = hub.add()
     hub.subscribe(holder, ["alerts"])
@@ -342,6 +343,11 @@ async def test_unsubscribing_during_a_replay_ends_it(autojump_clock: MockClock) 
     assert epoch is not None
     sub = hub.add()
     assert hub.recover(sub, "alerts", (epoch, 0)).replay
+    return hub, sub
+
+
+async def test_unsubscribing_during_a_replay_ends_it(autojump_clock: MockClock) -> None:
+    hub, sub = _recovering_alerts()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(run_catch_up, hub, sub, "alerts", 0, history=False,
                                    batch=64))
@@ -351,6 +357,25 @@ async def test_unsubscribing_during_a_replay_ends_it(autojump_clock: MockClock) 
     assert not hub.catching_up(sub, "alerts") and sub not in hub._topics.get("alerts", ())
     hub.publish(P.Event("alert", "alerts", P.Priority.CRITICAL, {"i": 50}))
     assert _drain(sub.lanes) == []
+
+
+async def test_a_replay_ends_when_the_lanes_close_though_its_lane_stays_full(
+        autojump_clock: MockClock) -> None:
+    hub, sub = _recovering_alerts()
+    ended = trio.Event()
+
+    async def replay() -> None:
+        await run_catch_up(hub, sub, "alerts", 0, history=False, batch=64)
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replay)
+        await trio.testing.wait_all_tasks_blocked()  # parked: BULK is full
+        hub.close_all()  # shutdown; its client reads no more, BULK stays full
+        for _ in range(100):  # no busy loop: it ends at once, not when cancelled
+            await trio.lowlevel.checkpoint()
+        assert ended.is_set()
+        nursery.cancel_scope.cancel()
 
 
 def _take(lanes: Lanes) -> Any:

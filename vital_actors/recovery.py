@@ -40,10 +40,11 @@ async def run_catch_up(hub: Hub, sub: Subscriber, topic: str, cursor: int, *,
                        history: bool, batch: int, ticket: object | None = None) -> None:
     """Replay *topic* to *sub* after offset *cursor*, then make it a live subscriber.
 
-    Ends early, quietly, when *sub* unsubscribes, is evicted or its connection ends, or
-    when a later ``subscribe.since`` of the topic replaced it (*ticket* is no longer
-    ``sub.replays[topic]``): two replays of one topic would interleave, and the first
-    to reach the head would end the other's with a silent gap.
+    Ends early, quietly, when *sub* unsubscribes, is evicted, its lanes close (its
+    connection ends, or the server stops), or when a later ``subscribe.since`` of the
+    topic replaced it (*ticket* is no longer ``sub.replays[topic]``): two replays of
+    one topic would interleave, and the first to reach the head would end the other's
+    with a silent gap.
     """
     log = hub.ring.logs.get(topic)
     try:
@@ -61,8 +62,11 @@ async def run_catch_up(hub: Hub, sub: Subscriber, topic: str, cursor: int, *,
 
 
 def _catching(hub: Hub, sub: Subscriber, topic: str, ticket: object | None) -> bool:
-    """Whether the replay holding *ticket* is still *sub*'s replay of *topic*."""
-    return hub.catching_up(sub, topic) and (ticket is None or sub.replays.get(topic) is ticket)
+    """Whether the replay holding *ticket* is still *sub*'s replay of *topic*, and its
+    lanes still take offers (once closed, :meth:`Lanes.wait_for_room` returns at once:
+    a replay that went on would spin until its connection ends)."""
+    return (not sub.lanes.closed and hub.catching_up(sub, topic)
+            and (ticket is None or sub.replays.get(topic) is ticket))
 
 
 async def _catch_up(hub: Hub, sub: Subscriber, log: TopicLog, cursor: int, *,
