@@ -96,3 +96,20 @@ def test_a_recording_s_meta_json_is_synced_before_it_is_committed(
     done = ("replace", str(tmp_path / "recordings" / "r"))
     _written_before(log, tmp_path / "partial" / "r" / "meta.json", done)
     assert ("fsync", str(tmp_path / "recordings")) in log[log.index(done):], log
+
+
+def test_a_run_directory_without_meta_json_does_not_hide_the_stream_s_run(
+        tmp_path: Path) -> None:
+    """A crash or a full disk between a new run's mkdir and its meta.json (written
+    before any frame) leaves an empty run directory. It was taken for the stream's
+    latest run: scan skipped the stream (its device then started over at run 0,
+    appending to run 0's files under an index from 0) and retention could delete the
+    run the device resumes."""
+    files = RunFiles(run_dir(tmp_path, "d1", 0), HELLO)
+    files.write(_frames(5, time.time() - 7200))
+    files.sync()
+    files.close()
+    run_dir(tmp_path, "d1", 1).mkdir()
+    [stored] = archive.scan(tmp_path)
+    assert (stored.run, stored.next_seq, stored.t0) == (0, 5, 15)
+    assert archive.prunable(tmp_path, ()) == []

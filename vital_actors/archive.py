@@ -671,9 +671,7 @@ def prunable(root: Path, open_runs: Collection[tuple[str, int]]) -> list[tuple[f
     for stream_dir in root.iterdir():
         if not stream_dir.is_dir():
             continue
-        runs = sorted(p for p in stream_dir.glob("run-*") if p.is_dir()
-                      and p.name.removeprefix("run-").isdigit())
-        for path in runs[:-1]:
+        for path in _runs(stream_dir)[:-1]:
             if (stream_dir.name, int(path.name.removeprefix("run-"))) in open_runs:
                 continue
             try:
@@ -686,6 +684,14 @@ def prunable(root: Path, open_runs: Collection[tuple[str, int]]) -> list[tuple[f
             out.append((last, path, sum(min(st.st_size, 512 * st.st_blocks) for st in stats)))
     out.sort()
     return out
+
+
+def _runs(stream_dir: Path) -> list[Path]:
+    """A stream's runs, oldest first: its ``run-<n>`` directories that hold a meta.json.
+    One without holds no frame (meta.json is written before any): a crash or a full
+    disk came between its mkdir and its meta.json. It must not pass for the latest."""
+    return sorted(p for p in stream_dir.glob("run-*")
+                  if p.name.removeprefix("run-").isdigit() and (p / "meta.json").exists())
 
 
 def _mark(items: list[Written]) -> None:
@@ -779,8 +785,8 @@ def scan(root: Path) -> list[Stored]:
     if not root.is_dir():
         return out
     for stream_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        runs = sorted(stream_dir.glob("run-*"))
-        if not runs or not (runs[-1] / "meta.json").exists():
+        runs = _runs(stream_dir)
+        if not runs:
             continue
         hello = _hello(json.loads((runs[-1] / "meta.json").read_text()))
         next_seq, t0, frames = repair(runs[-1], hello)
