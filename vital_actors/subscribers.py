@@ -202,7 +202,7 @@ async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
 
 
 async def _snapshot(ws: WebSocket, registry: StreamRegistry) -> None:
-    for info in registry:
+    for info in list(registry):  # devices come and go while a send waits
         if info.connected:
             await ws.send(Event("status", "streams", Priority.NORMAL, {
                 "stream": info.id, "state": "connected", "fs": info.fs,
