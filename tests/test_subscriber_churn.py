@@ -91,3 +91,16 @@ async def test_a_second_subscribe_since_replaces_a_replay_still_running(
         assert [o for o in offsets if o <= 250] == list(range(1, 251))
         assert sorted(set(offsets)) == list(range(1, 301))
         assert len(offsets) <= 300 + hub.capacities[Priority.BULK - 1]
+
+
+async def test_a_subscriber_that_comes_after_shutdown_began_is_closed_with_1001(
+        autojump_clock: MockClock) -> None:
+    hub = make_hub()
+    hub.close_all()  # the broadcaster has ended: the server is stopping
+    ws, client = await open_pair(path=SUBSCRIBE_PATH)  # its handshake was under way
+    with trio.fail_after(60):  # not left open, holding up the server's stop
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_subscriber, ws, hub=hub, stats=hub.stats,
+                                       registry=StreamRegistry(FilterSettings())))
+            assert await client.receive() == Closed(1001, "server shutting down")
+    assert hub.subscribers == set()

@@ -108,10 +108,15 @@ class Hub:
         self.epoch_token = PROCESS_TOKEN  # names stream runs in epochs (the archive's, if any)
         self.published: dict[str, tuple[int, int]] = {}  # sample topic -> (run, last seq out)
         self._catching: dict[str, set[Subscriber]] = defaultdict(set)  # replays running
+        self.closed = False  # close_all was called: the server is stopping
 
     def add(self, remote: str = "", codec: str = "plain") -> Subscriber:
-        """A new subscriber; its connection's sender drains ``sub.lanes``."""
+        """A new subscriber; its connection's sender drains ``sub.lanes``. Once the hub
+        is closed (a connection accepted as the server began to stop), its lanes come
+        closed: its sender closes it with 1001 at once rather than holding up the stop."""
         lanes = Lanes(self.capacities, self.settings, draw=self.rng.random)
+        if self.closed:
+            lanes.close()
         sub = Subscriber(lanes, remote, codec, since=trio.current_time())
         self.subscribers.add(sub)
         self.stats.subscribers = len(self.subscribers)
@@ -282,6 +287,7 @@ class Hub:
 
     def close_all(self) -> None:
         """Shutdown: every sender flushes what its lanes hold, then closes (1001)."""
+        self.closed = True
         for sub in self.subscribers:
             sub.lanes.close()
 
