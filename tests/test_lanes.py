@@ -208,6 +208,19 @@ async def test_watermarks_switch_backpressure_on_at_80_and_off_at_20_percent(
                        State.EMERGENCY: 0.0}
 
 
+async def test_a_replay_never_tips_the_buffer_into_backpressure() -> None:
+    ls = Lanes(SETTINGS.capacities(100), SETTINGS, draw=lambda: 0.5)  # (30, 40, 20, 8, 2)
+    fill(ls, HIGH, 40)
+    fill(ls, CRITICAL, 30)
+    fill(ls, NORMAL, 9)
+    assert (ls.depth, ls.state) == (79, State.NORMAL)
+    if ls.has_room(BULK):  # what a replay checks before it offers
+        ls.offer(message(BULK))
+    # The live NORMAL message the policy admits at 79 % is not pushed out by the replay.
+    assert ls.offer(message(NORMAL)) is Verdict.QUEUE
+    assert ls.counts.dropped == [0] * 5
+
+
 async def test_under_backpressure_bulk_is_dropped_and_normal_low_by_occupancy() -> None:
     ls = lanes(10_000, seed=3)
     fill(ls, CRITICAL, 3000)

@@ -228,19 +228,22 @@ class Lanes:
 
     async def wait_for_room(self, priority: Priority, *, below: int | None = None) -> None:
         """Return once *priority*'s lane holds fewer than *below* messages (default: its
-        capacity) and the buffer is in normal state, or the lanes are closed. A producer
-        that must not lose messages (a replay) waits here, then offers: never dropped,
-        and never crowding out what the policy would admit."""
+        capacity) and the buffer stays in normal state with one more, or the lanes are
+        closed. A producer that must not lose messages (a replay) waits here, then
+        offers: never dropped, and never crowding out what the policy would admit."""
         await trio.lowlevel.checkpoint()
         while not self.closed and not self.has_room(priority, below=below):
             await self._room.park()
         # No checkpoint after the last check: the caller offers before anyone else runs.
 
     def has_room(self, priority: Priority, *, below: int | None = None) -> bool:
-        """Whether an offer of *priority* is queued now (see :meth:`wait_for_room`)."""
+        """Whether an offer of *priority* is queued now and leaves the buffer in normal
+        state (see :meth:`wait_for_room`): a replay's message that tipped it into
+        backpressure would cost live NORMAL and LOW messages their place."""
         i = priority - 1
         limit = self.capacities[i] if below is None else below
-        return self.depths[i] < limit and self.state is State.NORMAL
+        return (self.depths[i] < limit and self.state is State.NORMAL
+                and (self.depth + 1) / self.size < self.watermarks.high)
 
     def mark_sent(self, out: Outgoing) -> None:
         self.counts.sent[out.priority - 1] += 1
