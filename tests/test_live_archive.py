@@ -201,3 +201,19 @@ async def test_stream_views_refuse_unknown_streams_runs_and_paths(server: Server
         assert status == 404, (path, status, body)
     status, body, _ = await request(port, "GET", "/api/v1/streams/x/view?run=abc")
     assert status == 400 and b"bad run" in body
+
+
+async def test_a_run_directory_left_empty_by_a_crash_is_not_listed(
+        server: Server, mitdb: Path, nursery: trio.Nursery) -> None:
+    # A crash (or a full disk) between a run's mkdir and its meta.json leaves it empty:
+    # no run, no frames; it must not show among the stream's runs.
+    rec = load_record(mitdb / "208", stop=360 * 10)
+    port = server.port or 0
+    client = DeviceClient(f"ws://127.0.0.1:{port}", _hello(rec))
+    await nursery.start(client.run)
+    await client.send(np.ascontiguousarray(rec.samples[:360], "<i2"))
+    with trio.fail_after(30):
+        await client.drain()
+    (server.archive_root / "ecg" / "run-000099").mkdir()
+    meta = await get_json(port, "/api/v1/streams/ecg/archive")
+    assert (meta["run"], meta["runs"], meta["frames"]) == (0, [0], 360)

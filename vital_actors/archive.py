@@ -56,7 +56,7 @@ from .store.recording import write_synced
 
 __all__ = ["PRUNED", "RECORD", "Append", "ArchiveFailed", "ArchiveItem", "Close", "Durable",
            "RunFiles", "Stored", "prunable", "read_frames", "read_records", "repair",
-           "run_archive", "run_dir", "scan"]
+           "run_archive", "run_dir", "scan", "stream_runs"]
 
 _log = logging.getLogger(__name__)
 RECORD = struct.Struct("<QQId")  # seq, t0 (first sample's index in the run), n, t
@@ -671,7 +671,7 @@ def prunable(root: Path, open_runs: Collection[tuple[str, int]]) -> list[tuple[f
     for stream_dir in root.iterdir():
         if not stream_dir.is_dir():
             continue
-        for path in _runs(stream_dir)[:-1]:
+        for path in stream_runs(stream_dir)[:-1]:
             if (stream_dir.name, int(path.name.removeprefix("run-"))) in open_runs:
                 continue
             try:
@@ -686,7 +686,7 @@ def prunable(root: Path, open_runs: Collection[tuple[str, int]]) -> list[tuple[f
     return out
 
 
-def _runs(stream_dir: Path) -> list[Path]:
+def stream_runs(stream_dir: Path) -> list[Path]:
     """A stream's runs, oldest first: its ``run-<n>`` directories that hold a meta.json.
     One without holds no frame (meta.json is written before any): a crash or a full
     disk came between its mkdir and its meta.json. It must not pass for the latest."""
@@ -785,7 +785,7 @@ def scan(root: Path) -> list[Stored]:
     if not root.is_dir():
         return out
     for stream_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        runs = _runs(stream_dir)
+        runs = stream_runs(stream_dir)
         if not runs:
             continue
         hello = _hello(json.loads((runs[-1] / "meta.json").read_text()))

@@ -25,7 +25,7 @@ from quart import Response, request
 from quart_schema import validate_request
 from quart_trio import QuartTrio
 
-from ..archive import run_dir
+from ..archive import run_dir, stream_runs
 from ..filtering import FilterSettingsError
 from ..jobs import JobBoardUnavailableError, JobSpec, QueueFullError
 from ..store import Meta, Reader, RecordingNotFoundError, receive_upload
@@ -267,8 +267,8 @@ def _live(app: QuartTrio, server: Server) -> None:
         if not isinstance(got, LiveReader):
             return got
         info = server.registry.get(stream_id)
-        runs = sorted(int(p.name.removeprefix("run-"))
-                      for p in (server.archive_root / stream_id).glob("run-*"))
+        runs = [int(p.name.removeprefix("run-"))
+                for p in stream_runs(server.archive_root / stream_id)]
         connected = info is not None and info.connected and info.run == _run_of(got)
         return {**json.loads(got.meta.model_dump_json()), "stream": stream_id,
                 "run": _run_of(got), "runs": runs, "connected": connected}
@@ -327,7 +327,7 @@ def open_run(server: Server, stream_id: str, run: int | None) -> LiveReader:
         raise LookupError(f"no archived stream {stream_id!r}")
     info = server.registry.get(stream_id)
     if run is None:
-        runs = sorted(folder.glob("run-*"))
+        runs = stream_runs(folder)
         run = info.run if info is not None else int(runs[-1].name.removeprefix("run-")) \
             if runs else 0
     path = run_dir(server.archive_root, stream_id, run)
