@@ -13,7 +13,7 @@ import trio.testing
 from trio.testing import MockClock
 from wsclient import Client, Closed, open_pair
 
-from protocol import SUBSCRIBE_PATH, Event, Priority, Subscribe, position
+from protocol import SUBSCRIBE_PATH, CloseCode, Error, Event, Priority, Subscribe, position
 from vital_actors.broadcast import Hub, run_hub_rates
 from vital_actors.settings import FilterSettings, LaneSettings, RecoverySettings
 from vital_actors.stats import Stats
@@ -104,3 +104,30 @@ async def test_a_subscriber_that_comes_after_shutdown_began_is_closed_with_1001(
                                        registry=StreamRegistry(FilterSettings())))
             assert await client.receive() == Closed(1001, "server shutting down")
     assert hub.subscribers == set()
+
+
+async def test_a_subscriber_that_asks_for_too_many_topics_is_closed_1008_alone(
+        autojump_clock: MockClock) -> None:
+    # Each topic followed is state in the server and a line of every reply: one
+    # connection could otherwise grow both without bound and stall the loop.
+    hub = make_hub()
+    registry = StreamRegistry(FilterSettings())
+    async with trio.open_nursery() as nursery:
+        async with connected(hub, nursery) as other:
+            ws, greedy = await open_pair(path=SUBSCRIBE_PATH)
+            nursery.start_soon(partial(run_subscriber, ws, hub=hub, stats=hub.stats,
+                                       registry=registry, max_topics=5))
+            await greedy.send(Subscribe(("job/a", "job/b", "job/c")))
+            await reply(greedy)
+            await greedy.send(Subscribe(("job/a", "job/b", "job/c", "job/d", "job/e")))
+            assert len((await reply(greedy)).body["topics"]) == 5  # the same ones count once
+            await greedy.send(Subscribe(("job/f",)))
+            error = await greedy.receive()
+            assert isinstance(error, Error) and error.code == "too-many-topics", error
+            assert await greedy.receive() == Closed(CloseCode.POLICY_VIOLATION,
+                                                    error.message)
+            await trio.testing.wait_all_tasks_blocked()
+            assert hub.stats.totals.rejected == {"too-many-topics": 1}
+            await other.send(Subscribe(("job/a",)))  # the other connection goes on
+            assert (await reply(other)).body["topics"] == ["job/a"]
+        nursery.cancel_scope.cancel()

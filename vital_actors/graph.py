@@ -281,7 +281,8 @@ class Server:
             await ws.close()
 
     async def _subscriber(self, ws: WebSocket) -> None:
-        await run_subscriber(ws, hub=self.hub, stats=self.stats, registry=self.registry)
+        await run_subscriber(ws, hub=self.hub, stats=self.stats, registry=self.registry,
+                             max_topics=self.settings.limits.max_topics)
 
 
 async def _cancellable(scope: trio.CancelScope, service: Callable[..., Awaitable[None]],

@@ -12,19 +12,22 @@ streams known            1008    ``too-many-streams``       ``max_streams``
 messages per second      1008    ``rate-limited``           ``messages_per_s``, burst
 silence (slowloris)      1008    ``idle-timeout``           ``idle_timeout_s``
 channels at hello        1008    ``too-many-channels``      ``max_channels``
+topics of a subscriber   1008    ``too-many-topics``        ``max_topics``
 fs at hello              1007    ``fs-out-of-range``        ``min_fs``, ``max_fs``
 =======================  ======  =========================  ==========================
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from protocol import CloseCode, Hello, RemoteProtocolError
 
 from .settings import LimitSettings
 
-__all__ = ["ConnectionCounter", "TokenBucket", "check_hello", "idle_error", "stream_cap_error"]
+__all__ = ["ConnectionCounter", "TokenBucket", "check_hello", "check_topics", "idle_error",
+           "stream_cap_error"]
 
 
 @dataclass(slots=True)
@@ -94,6 +97,16 @@ def check_hello(hello: Hello, limits: LimitSettings) -> None:
         raise RemoteProtocolError(
             f"fs {hello.fs:g} Hz is outside {limits.min_fs:g}..{limits.max_fs:g} Hz",
             code=CloseCode.INVALID_PAYLOAD, reason="fs-out-of-range")
+
+
+def check_topics(followed: Collection[str], topics: Iterable[str], limit: int) -> None:
+    """Refuse a subscribe that would make one connection follow more than *limit*
+    topics (each is state in the server, and each reply lists them all)."""
+    total = len(followed) + len(set(topics).difference(followed))
+    if total > limit:
+        raise RemoteProtocolError(
+            f"{total} topics; one connection follows at most {limit}",
+            code=CloseCode.POLICY_VIOLATION, reason="too-many-topics")
 
 
 def stream_cap_error(limit: int) -> RemoteProtocolError:

@@ -76,6 +76,8 @@ class LimitSettings(_Section):
     idle_timeout_s: float = Field(60.0, gt=0, description="a device that sends nothing for "
                                   "this long is closed (1008 idle-timeout)")
     max_channels: int = Field(16, ge=1, le=16, description="channels per stream at hello")
+    max_topics: int = Field(10_000, ge=1, description="topics one subscriber connection "
+                            "follows at once; a subscribe beyond: 1008 too-many-topics")
     min_fs: float = Field(1.0, gt=0, description="lowest sampling rate accepted at hello")
     max_fs: float = Field(20_000.0, gt=0, description="highest sampling rate at hello")
 

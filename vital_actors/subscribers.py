@@ -36,6 +36,7 @@ from .broadcast import Hub, Subscriber
 from .edge.codecs import Outgoing
 from .edge.websocket import ConnectionClosed, WebSocket
 from .lanes import Lanes
+from .limits import check_topics
 from .settings import LaneSettings
 from .stats import Stats
 from .streams import StreamRegistry
@@ -58,7 +59,7 @@ class Ending(enum.Enum):
 
 
 async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
-                         registry: StreamRegistry) -> None:
+                         registry: StreamRegistry, max_topics: int = 10_000) -> None:
     """Serve one subscriber connection until it closes, is evicted, or the hub closes.
 
     Subscribing to ``streams`` first replays a ``connected`` status for every stream
@@ -68,7 +69,8 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
     ending = Ending.CLOSED
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_control, ws, hub, sub, stats, registry, nursery)
+            nursery.start_soon(_read_control, ws, hub, sub, stats, registry, nursery,
+                               max_topics)
             ending = await run_sender(ws, sub.lanes, stats,
                                       grace_s=hub.settings.flush_grace_s,
                                       linger=Linger.of(hub.settings),
@@ -170,7 +172,8 @@ def _samples(message: ServerMessage) -> int:
 
 
 async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
-                        registry: StreamRegistry, nursery: trio.Nursery) -> None:
+                        registry: StreamRegistry, nursery: trio.Nursery,
+                        max_topics: int) -> None:
     try:
         while True:
             message = decode_subscriber(await ws.receive())
@@ -180,6 +183,7 @@ async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
             match message:
                 case Subscribe(topics, since):
                     authorize_topics(GRANT.get(), topics)  # issue 6: 1008 outside the token
+                    check_topics(sub.topics, topics, max_topics)
                     new_to_streams = "streams" in topics and "streams" not in sub.topics
                     reply, replays = await recovery.subscribe(hub, sub, topics, since)
                     if new_to_streams:

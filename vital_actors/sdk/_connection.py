@@ -35,7 +35,7 @@ __all__ = ["ENDINGS", "FATAL_CODES", "FatalError", "is_fatal", "open_connection"
 FATAL_CODES = frozenset({CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA,
                          CloseCode.INVALID_PAYLOAD, CloseCode.MESSAGE_TOO_BIG})
 #: ``error.code`` values after which retrying cannot help.
-FATAL_REASONS = frozenset({"forbidden", "too-many-channels", "fs-out-of-range",
+FATAL_REASONS = frozenset({"forbidden", "too-many-channels", "too-many-topics", "fs-out-of-range",
                            "too-many-streams"})
 
 
