@@ -15,7 +15,12 @@ from wsclient import Client, Closed, open_pair
 
 from protocol import SUBSCRIBE_PATH, CloseCode, Error, Event, Priority, Subscribe, position
 from vital_actors.broadcast import Hub, run_hub_rates
-from vital_actors.settings import FilterSettings, LaneSettings, RecoverySettings
+from vital_actors.settings import (
+    FilterSettings,
+    LaneSettings,
+    LimitSettings,
+    RecoverySettings,
+)
 from vital_actors.stats import Stats
 from vital_actors.streams import StreamRegistry
 from vital_actors.subscribers import run_subscriber
@@ -116,7 +121,8 @@ async def test_a_subscriber_that_asks_for_too_many_topics_is_closed_1008_alone(
         async with connected(hub, nursery) as other:
             ws, greedy = await open_pair(path=SUBSCRIBE_PATH)
             nursery.start_soon(partial(run_subscriber, ws, hub=hub, stats=hub.stats,
-                                       registry=registry, max_topics=5))
+                                       registry=registry,
+                                       limits=LimitSettings(max_topics=5)))
             await greedy.send(Subscribe(("job/a", "job/b", "job/c")))
             await reply(greedy)
             await greedy.send(Subscribe(("job/a", "job/b", "job/c", "job/d", "job/e")))
@@ -130,4 +136,29 @@ async def test_a_subscriber_that_asks_for_too_many_topics_is_closed_1008_alone(
             assert hub.stats.totals.rejected == {"too-many-topics": 1}
             await other.send(Subscribe(("job/a",)))  # the other connection goes on
             assert (await reply(other)).body["topics"] == ["job/a"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_that_floods_control_messages_is_closed_1008_alone(
+        autojump_clock: MockClock) -> None:
+    # Devices have a message rate; so do subscribers (each subscribe costs a reply,
+    # maybe a replay).
+    hub = make_hub()
+    async with trio.open_nursery() as nursery:
+        async with connected(hub, nursery) as other:
+            ws, flood = await open_pair(path=SUBSCRIBE_PATH)
+            nursery.start_soon(partial(
+                run_subscriber, ws, hub=hub, stats=hub.stats,
+                registry=StreamRegistry(FilterSettings()),
+                limits=LimitSettings(messages_per_s=10, message_burst=5)))
+            for _ in range(5):  # the burst goes through
+                await flood.send(Subscribe(("job/a",)))
+                await reply(flood)
+            await flood.send(Subscribe(("job/a",)))  # at once: one too many
+            error = await flood.receive()
+            assert isinstance(error, Error) and error.code == "rate-limited", error
+            assert await flood.receive() == Closed(CloseCode.POLICY_VIOLATION,
+                                                   error.message)
+            await other.send(Subscribe(("job/b",)))
+            assert (await reply(other)).body["topics"] == ["job/b"]
         nursery.cancel_scope.cancel()

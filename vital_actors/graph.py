@@ -282,7 +282,7 @@ class Server:
 
     async def _subscriber(self, ws: WebSocket) -> None:
         await run_subscriber(ws, hub=self.hub, stats=self.stats, registry=self.registry,
-                             max_topics=self.settings.limits.max_topics)
+                             limits=self.settings.limits)
 
 
 async def _cancellable(scope: trio.CancelScope, service: Callable[..., Awaitable[None]],

@@ -36,8 +36,8 @@ from .broadcast import Hub, Subscriber
 from .edge.codecs import Outgoing
 from .edge.websocket import ConnectionClosed, WebSocket
 from .lanes import Lanes
-from .limits import check_topics
-from .settings import LaneSettings
+from .limits import TokenBucket, check_topics
+from .settings import LaneSettings, LimitSettings
 from .stats import Stats
 from .streams import StreamRegistry
 
@@ -59,7 +59,8 @@ class Ending(enum.Enum):
 
 
 async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
-                         registry: StreamRegistry, max_topics: int = 10_000) -> None:
+                         registry: StreamRegistry,
+                         limits: LimitSettings | None = None) -> None:
     """Serve one subscriber connection until it closes, is evicted, or the hub closes.
 
     Subscribing to ``streams`` first replays a ``connected`` status for every stream
@@ -70,7 +71,7 @@ async def run_subscriber(ws: WebSocket, *, hub: Hub, stats: Stats,
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_control, ws, hub, sub, stats, registry, nursery,
-                               max_topics)
+                               limits or LimitSettings())
             ending = await run_sender(ws, sub.lanes, stats,
                                       grace_s=hub.settings.flush_grace_s,
                                       linger=Linger.of(hub.settings),
@@ -173,17 +174,20 @@ def _samples(message: ServerMessage) -> int:
 
 async def _read_control(ws: WebSocket, hub: Hub, sub: Subscriber, stats: Stats,
                         registry: StreamRegistry, nursery: trio.Nursery,
-                        max_topics: int) -> None:
+                        limits: LimitSettings) -> None:
+    bucket = TokenBucket(limits.messages_per_s, limits.message_burst)  # as for devices
     try:
         while True:
-            message = decode_subscriber(await ws.receive())
+            payload = await ws.receive()
+            bucket.check(trio.current_time())
+            message = decode_subscriber(payload)
             stats.totals.messages_in += 1
             replays: list[recovery.Replay] = []
             reply: dict[str, object] = {}
             match message:
                 case Subscribe(topics, since):
                     authorize_topics(GRANT.get(), topics)  # issue 6: 1008 outside the token
-                    check_topics(sub.topics, topics, max_topics)
+                    check_topics(sub.topics, topics, limits.max_topics)
                     new_to_streams = "streams" in topics and "streams" not in sub.topics
                     reply, replays = await recovery.subscribe(hub, sub, topics, since)
                     if new_to_streams:
