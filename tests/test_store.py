@@ -135,6 +135,34 @@ async def test_wfdb_archive_round_trips(store: RecordingStore, tmp_path: Path,
     assert np.array_equal(store.reader(meta.id).read(0, meta.frames), x)
 
 
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+async def test_a_wfdb_archive_that_unpacks_beyond_the_upload_limit_is_413(
+        store: RecordingStore, kind: str) -> None:
+    # A zip bomb: 8 MB of zeros compress to a few KB; unpacked they would fill the disk
+    # under the live archive. The limit is the upload's own, counted as it unpacks.
+    dat = bytes(8 << 20)
+    hea = b"100 2 360 2097152\n100.dat 16 200 16 0 0 0 0 MLII\n100.dat 16 200 16 0 0 0 0 V1\n"
+    buf = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("100.hea", hea)
+            z.writestr("100.dat", dat)
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for name, data in (("100.hea", hea), ("100.dat", dat)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    body = buf.getvalue()
+    assert len(body) < 1 << 20
+    with pytest.raises(FormatError) as caught:
+        await receive_upload(store, _chunks(body), declared=None, params=UploadParams(),
+                             chunk_bytes=50_000, max_bytes=1 << 20)
+    assert caught.value.status == 413 and "unpacks" in str(caught.value)
+    assert list(store.partial.iterdir()) == []  # nothing of it is left on disk
+    assert list(store) == []
+
+
 def _truncated_edf(tmp_path: Path) -> bytes:
     return _edf(tmp_path / "t.edf", _signal(2500))[:-1000]
 

@@ -124,10 +124,12 @@ def _floats(values: list[str]) -> list[float]:
 
 
 class WfdbDecoder:
-    def __init__(self, params: UploadParams, workdir: Path) -> None:
+    def __init__(self, params: UploadParams, workdir: Path, *,
+                 max_unpacked: int = 2 << 30) -> None:
         self.params = params
         self.info: SourceInfo | None = None
         self.workdir = workdir
+        self.max_unpacked = max_unpacked
         workdir.mkdir(parents=True, exist_ok=True)
         self._spool_path = workdir / "upload.archive"
         self._spool = open(self._spool_path, "wb")  # noqa: SIM115 - closed in finish()
@@ -141,7 +143,7 @@ class WfdbDecoder:
         folder = self.workdir / "wfdb"
         folder.mkdir(exist_ok=True)
         try:
-            _extract(self._spool_path, folder)
+            _extract(self._spool_path, folder, self.max_unpacked)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
             raise FormatError(422, f"corrupt or truncated archive: {exc}") from None
         finally:
@@ -192,16 +194,19 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _extract(archive: Path, folder: Path) -> None:
-    """Extract the .hea and .dat members (flat, by base name) of a zip or tar."""
+def _extract(archive: Path, folder: Path, limit: int) -> None:
+    """Extract the .hea and .dat members (flat, by base name) of a zip or tar, at most
+    *limit* bytes of them in all (FormatError 413 beyond: counted as written, not
+    trusted from the archive's own sizes)."""
     wanted = (".hea", ".dat")
+    budget = [limit]
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 name = Path(info.filename).name
                 if name.endswith(wanted) and not info.is_dir():
                     with z.open(info) as src, open(folder / name, "wb") as out:
-                        _copy(src, out)
+                        _copy(src, out, budget, limit)
         return
     with tarfile.open(archive, "r:*") as t:
         for member in t:
@@ -210,11 +215,15 @@ def _extract(archive: Path, folder: Path) -> None:
                 member_file = t.extractfile(member)
                 assert member_file is not None
                 with member_file, open(folder / name, "wb") as out:
-                    _copy(member_file, out)
+                    _copy(member_file, out, budget, limit)
 
 
-def _copy(src: Any, out: Any) -> None:
+def _copy(src: Any, out: Any, budget: list[int], limit: int) -> None:
     while chunk := src.read(1 << 20):
+        budget[0] -= len(chunk)
+        if budget[0] < 0:
+            raise FormatError(413, f"the archive unpacks to more than the limit of {limit} "
+                              "bytes")
         out.write(chunk)
 
 

@@ -113,7 +113,10 @@ def resolve(declared: str | None, head: bytes) -> str:
     return seen
 
 
-def make_decoder(fmt: str, params: UploadParams, workdir: Path) -> Decoder:
+def make_decoder(fmt: str, params: UploadParams, workdir: Path, *,
+                 max_unpacked: int = 2 << 30) -> Decoder:
+    """The decoder of *fmt*; a WFDB archive may unpack to at most *max_unpacked* bytes
+    (413 beyond: a small zip can hold gigabytes of zeros)."""
     from .archives import EdfDecoder, WfdbDecoder  # the binary formats live there
 
     if fmt == "npy":
@@ -122,7 +125,7 @@ def make_decoder(fmt: str, params: UploadParams, workdir: Path) -> Decoder:
         return CsvDecoder(params)
     if fmt == "edf":
         return EdfDecoder(params)
-    return WfdbDecoder(params, workdir)
+    return WfdbDecoder(params, workdir, max_unpacked=max_unpacked)
 
 
 def channel_names(params: UploadParams, n: int) -> list[str]:

@@ -98,7 +98,7 @@ async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
     rec_id = new_id()
     workdir = store.partial / rec_id
     workdir.mkdir()
-    writer = _ChunkWriter(store, workdir, declared, params)
+    writer = _ChunkWriter(store, workdir, declared, params, max_bytes)
     with hold(workdir):
         return await _receive(store, body, rec_id, workdir, writer, chunk_bytes=chunk_bytes,
                               max_bytes=max_bytes, sha256=sha256, params=params)
@@ -169,6 +169,7 @@ class _ChunkWriter:
     workdir: Path
     declared: str | None
     params: UploadParams
+    max_bytes: int  # also what an archive (WFDB zip or tar) may unpack to
     up: _Upload | None = None
     error: Exception | None = None
 
@@ -183,11 +184,12 @@ class _ChunkWriter:
     def _write(self, chunk: bytes, final: bool) -> None:
         if self.up is None:  # the first chunk is at least the sniffing size, or all there is
             self.up = _start(self.store, self.workdir, self.declared, self.params,
-                             chunk[:_SNIFF])
+                             chunk[:_SNIFF], self.max_bytes)
         self.up.write(chunk, final=final)
 
 
 def _start(store: RecordingStore, workdir: Path, declared: str | None, params: UploadParams,
-           head: bytes) -> _Upload:
+           head: bytes, max_bytes: int) -> _Upload:
     fmt = resolve(declared, head)
-    return _Upload(store, workdir, make_decoder(fmt, params, workdir), hashlib.sha256(), fmt)
+    decoder = make_decoder(fmt, params, workdir, max_unpacked=max_bytes)
+    return _Upload(store, workdir, decoder, hashlib.sha256(), fmt)
