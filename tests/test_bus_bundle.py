@@ -58,6 +58,17 @@ def test_what_is_not_a_bundle_is_refused_with_a_reason(data: bytes) -> None:
         unpack_bundle(data)
 
 
+async def test_a_topic_forgotten_by_the_ring_is_forgotten_by_the_recorder_too() -> None:
+    hub = BusHub(buffer=1000, settings=LaneSettings(), stats=Stats())
+    sub = hub.add()
+    hub.subscribe(sub, ["job/kept"])
+    hub.publish(P.Event("progress", "job/kept", P.Priority.BULK, {"progress": 0.5}))
+    assert "job/kept" in hub.ring.logs
+    hub._recorded.update({"job/kept": ("a", 1), "job/gone": ("a", 7)})
+    hub.forget_idle()
+    assert hub._recorded == {"job/kept": ("a", 1)}
+
+
 # --- across nodes ------------------------------------------------------------------------
 
 

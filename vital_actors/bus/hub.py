@@ -105,6 +105,14 @@ class BusHub(Hub):
                         publish=elsewhere)
         return out
 
+    def forget_idle(self) -> None:
+        """As :meth:`Hub.forget_idle`; and the last recorded position of each topic whose
+        log went (its next record is then not chained: a reader of the history takes
+        nothing for granted). Otherwise one entry stayed per topic ever recorded."""
+        super().forget_idle()
+        for topic in [t for t in self._recorded if t not in self.ring.logs]:
+            del self._recorded[topic]
+
     def take_remote(self, message: StreamSamples | Event, payload: bytes) -> None:
         """A message another node produced: into the ring (for recovery here), then to
         this node's subscribers."""
