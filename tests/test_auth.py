@@ -258,3 +258,23 @@ async def test_cors_for_the_listed_origin(server: Server) -> None:
     status, _, headers = await request(port, "GET", "/api/v1/stats", head=head)
     assert status == 200
     assert headers["access-control-allow-origin"] == "http://dash.example"
+
+
+async def upgrade_status(port: int, path: str, *headers: str) -> int:
+    head = (f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: upgrade\r\n"
+            "upgrade: websocket\r\nsec-websocket-version: 13\r\n"
+            "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode()
+    status, _, _ = await request(port, "GET", path, head=head)
+    return status
+
+
+async def test_an_origin_that_is_not_a_url_gets_403_not_a_dropped_connection(
+        nursery: trio.Nursery) -> None:
+    srv = Server(load_settings(server={"port": 0}, auth={"required": True, "secret": SECRET}))
+    await nursery.start(srv.run)  # no allowed_origins: the server's own host only
+    status = await upgrade_status(srv.port or 0, P.INGEST_PATH, "origin: http://[::1",
+                                  f"authorization: Bearer {token('device', '*')}")
+    assert status == 403
+    assert srv.stats.totals.rejected == {"origin-refused": 1}
+    srv.shutdown()

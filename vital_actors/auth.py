@@ -202,7 +202,11 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
         return True
     if "*" in allowed or origin in allowed:
         return True
-    return not allowed and host is not None and urlsplit(origin).netloc == host
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # not a URL ("http://[::1"): not our host either
+        return False
+    return not allowed and host is not None and netloc == host
 
 
 def admit(settings: AuthSettings, *, required: bool, path: str, target: str,
