@@ -278,3 +278,10 @@ async def test_an_origin_that_is_not_a_url_gets_403_not_a_dropped_connection(
     assert status == 403
     assert srv.stats.totals.rejected == {"origin-refused": 1}
     srv.shutdown()
+
+
+@pytest.mark.parametrize("path", ["//[", "/%2F%5B", "//[?token=x"])
+async def test_a_write_to_a_path_that_is_not_a_url_gets_401_not_500(server: Server,
+                                                                    path: str) -> None:
+    status, body, _ = await authed(server.port or 0, "POST", path, {}, None)
+    assert status == 401, body

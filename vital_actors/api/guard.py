@@ -48,7 +48,8 @@ class AdminGuard:
         await send({"type": "http.response.body", "body": body})
 
     def _refusal(self, scope: dict[str, Any]) -> tuple[int, str, str] | None:
-        target = scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
+        # The query alone: a path is no URL to parse ("//[" would make urlsplit raise).
+        target = "?" + scope.get("query_string", b"").decode("latin-1")
         token = bearer(scope["headers"], target)
         if token is None:
             return 401, "token-missing", f"{scope['method']} needs an admin token " \
