@@ -69,8 +69,16 @@ def test_a_token_needs_a_known_role_and_a_scope() -> None:
 def test_ttl_units() -> None:
     assert [parse_ttl(t) for t in ("90", "90s", "15m", "24h", "7d")] == \
         [90, 90, 900, 86400, 604800]
-    with pytest.raises(ValueError):
-        parse_ttl("0h")
+    for bad in ("0h", "inf", "1e400s", "nan"):
+        with pytest.raises(ValueError):
+            parse_ttl(bad)
+
+
+def test_token_command_refuses_an_endless_ttl_saying_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VITAL_AUTH__SECRET", SECRET)
+    with pytest.raises(SystemExit, match="ttl"):
+        main(["token", "--role", "admin", "--ttl", "inf"])
 
 
 def test_bearer_header_wins_then_query() -> None:

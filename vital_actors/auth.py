@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import time
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
@@ -109,8 +110,8 @@ def parse_ttl(text: str) -> float:
     unit = text[-1:].lower()
     number = text[:-1] if unit in units else text
     seconds = float(number) * units.get(unit, 1)
-    if not seconds > 0:
-        raise ValueError(f"a ttl must be positive, got {text!r}")
+    if not 0 < seconds < math.inf:  # an endless ttl has no exp to sign
+        raise ValueError(f"a ttl must be positive and finite, got {text!r}")
     return seconds
 
 
