@@ -56,7 +56,7 @@ class PeakTracker:
     last_v: float = 0.0
     rrs: deque[int] = field(default_factory=lambda: deque(maxlen=8))
     rr_sum: int = 0  # sum(rrs), kept (integers: exact)
-    noise: list[tuple[int, float, int]] = field(default_factory=list)
+    noise: list[tuple[int, float, int]] = field(default_factory=list)  # for search-back
     # The rules' times in samples (floats, as the expressions they stand for).
     refractory: float = field(init=False, default=0.0)
     t_wave: float = field(init=False, default=0.0)
@@ -110,8 +110,21 @@ class PeakTracker:
             out.append(self._beat(decided, value, r, searchback=False))
             return out
         self.npk = 0.125 * value + 0.875 * self.npk
-        self.noise.append((decided, value, r))
+        self._note_noise((decided, value, r))
         return out
+
+    def _note_noise(self, candidate: tuple[int, float, int]) -> None:
+        """Keep a noise peak for the search-back, and only the peaks it may still
+        pick: the first of the largest peaks at or before a bound. A peak no larger than
+        an earlier one at an earlier or equal R can never be picked, nor can an earlier
+        one smaller than it at a later or equal R; without this, a long stretch without
+        a beat kept every peak (~3 a second) and each search-back walked them all."""
+        _, value, r = candidate
+        noise = self.noise
+        if any(v >= value and at <= r for _, v, at in noise):
+            return
+        noise[:] = [c for c in noise if not (c[1] < value and c[2] >= r)]
+        noise.append(candidate)
 
     def _search_back(self, decided: int, r: int) -> Beat | None:
         assert self.last_r is not None
