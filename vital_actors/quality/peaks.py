@@ -12,7 +12,7 @@ Pan-Tompkins' running signal and noise peak levels. Rules, with fs-free times:
   last beat, the largest noise peak since then, if above half the threshold and past
   the refractory period, becomes a beat (late, but in order);
 - a long silence (> 3 s without a beat) halves the signal level per candidate, so a
-  signal that came back smaller is found again; but not below 8 times the noise
+  signal that came back smaller is found again; but not below 16 times the noise
   level, so that the noise of a beatless line (asystole) does not become beats.
 
 Pure and deterministic: the same candidates give the same beats whatever the framing.
