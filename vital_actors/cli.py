@@ -176,11 +176,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     try:
         base = load_settings(args.settings)
+        # Dicts, not model_copy(update=...): that skips validation (--port 70000 bound 4464).
         changes: dict[str, Any] = {}
         if server:
-            changes["server"] = base.server.model_copy(update=server)
+            changes["server"] = {**base.server.model_dump(), **server}
         if args.bus:
-            changes["bus"] = base.bus.model_copy(update={"url": args.bus})
+            changes["bus"] = {**base.bus.model_dump(), "url": args.bus}
         return load_settings(args.settings, **changes) if changes else base
     except SettingsError as exc:
         raise SystemExit(str(exc)) from None
