@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pytest
@@ -25,6 +25,8 @@ from vital_actors.sources import Recording, load_record, synthetic_ecg
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -263,30 +265,26 @@ async def test_with_auth_the_page_passes_the_token_from_its_url(
     assert all("401" in e or "WebSocket" in e for e in run.errors), run.errors
 
 
-async def test_the_page_comes_back_after_a_server_restart(
-        browser: str, nursery: trio.Nursery, artifacts: Artifacts) -> None:
-    """The server stops (1001) and a new one starts on the same port: the page
-    reconnects by itself, subscribes again, and draws the stream's fresh run."""
-    rec = synthetic_ecg(seconds=60, heart_rate=70, seed=2)
+async def _across_a_restart(nursery: trio.Nursery, run: BrowserRun, *, before: Recording,
+                            after: Recording, until: str, then: Callable[[Page], T]) -> T:
+    """Device bed-1 plays *before* to a first server until the page shows *until* (a JS
+    predicate); that server stops (1001) and a new one starts on the same port, where
+    bed-1 plays *after*; once the page has reconnected, *then(page)* says what it shows."""
     first = Server(load_settings(server={"port": 0}))
     port = await nursery.start(first.run)
     restarted = trio.Event()
-    run = BrowserRun()
 
-    def watch(page: Page) -> dict[str, Any]:
+    def watch(page: Page) -> T:
         page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function(f"() => {stat('bed-1', 'received')} > 360")
+        page.wait_for_function(until)
         trio.from_thread.run_sync(first.shutdown)
         page.wait_for_function("() => vitalMonitor.connection !== 'open'")
         trio.from_thread.run(restarted.wait)
         page.wait_for_function("() => vitalMonitor.connections >= 2 "
                                "&& vitalMonitor.connection === 'open'")
-        before = page.evaluate(stat("bed-1", "received"))
-        page.wait_for_function(f"() => {stat('bed-1', 'received')} > {before} + 360")
-        artifacts.screenshot(page, "monitor-after-restart")
-        return {"strip": page.get_attribute(".strip[data-stream='bed-1']", "class")}
+        return then(page)
 
-    async def device(srv: Server) -> None:
+    async def device(srv: Server, rec: Recording) -> None:
         with contextlib.suppress(Exception):  # the first server closes it (1001)
             await run_device(f"ws://127.0.0.1:{srv.port}", "bed-1", rec, speed=1.0)
 
@@ -298,13 +296,55 @@ async def test_the_page_comes_back_after_a_server_restart(
             second = Server(load_settings(server={"port": port}))
             servers.append(second)
             await nursery.start(second.run)
-            devices.start_soon(device, second)
+            devices.start_soon(device, second, after)
             restarted.set()
 
-        devices.start_soon(device, first)
+        devices.start_soon(device, first, before)
         devices.start_soon(restart)
         got = await in_browser(watch, run=run)
         devices.cancel_scope.cancel()
     servers[0].shutdown()
+    return got
+
+
+async def test_the_page_comes_back_after_a_server_restart(
+        browser: str, nursery: trio.Nursery, artifacts: Artifacts) -> None:
+    """The server stops (1001) and a new one starts on the same port: the page
+    reconnects by itself, subscribes again, and draws the stream's fresh run."""
+    rec = synthetic_ecg(seconds=60, heart_rate=70, seed=2)
+    run = BrowserRun()
+
+    def after(page: Page) -> dict[str, Any]:
+        before = page.evaluate(stat("bed-1", "received"))
+        page.wait_for_function(f"() => {stat('bed-1', 'received')} > {before} + 360")
+        artifacts.screenshot(page, "monitor-after-restart")
+        return {"strip": page.get_attribute(".strip[data-stream='bed-1']", "class")}
+
+    got = await _across_a_restart(nursery, run, before=rec, after=rec, then=after,
+                                  until=f"() => {stat('bed-1', 'received')} > 360")
     assert "offline" not in got["strip"].split()
+    assert run.errors == [] or all("WebSocket" in e for e in run.errors), run.errors
+
+
+async def test_alerts_of_a_run_before_a_server_restart_do_not_stay_on(
+        browser: str, nursery: trio.Nursery, artifacts: Artifacts) -> None:
+    """bed-1 goes flat on the first server (flatline); the server restarts, forgetting
+    its screening, and bed-1 comes back with a good signal. The new server counts runs
+    from 1 again, so the run number alone does not tell a fresh run: the page must not
+    keep the old server's flatline on (no one would ever end it)."""
+    flat = _after(synthetic_ecg(seconds=30, heart_rate=70, seed=4), 2.0, noise_mv=0.0)
+    run = BrowserRun()
+
+    def after(page: Page) -> dict[str, Any]:
+        before = page.evaluate(stat("bed-1", "received"))
+        page.wait_for_function(f"() => {stat('bed-1', 'qualities')} >= 1 && "
+                               f"{stat('bed-1', 'received')} > {before} + 3 * 360")
+        artifacts.screenshot(page, "monitor-alerts-after-restart")
+        return {"alerts": page.evaluate("vitalMonitor.alerts().map(a => a.alert)"),
+                "banner": page.inner_text("#alerts")}
+
+    got = await _across_a_restart(nursery, run, before=flat, then=after,
+                                  after=synthetic_ecg(seconds=60, heart_rate=70, seed=2),
+                                  until=alert_js("bed-1", "flatline"))
+    assert got["alerts"] == [], got
     assert run.errors == [] or all("WebSocket" in e for e in run.errors), run.errors

@@ -134,7 +134,10 @@ class Strip {
       this.ring = this.channels.map(() => new Float32Array(size).fill(NaN));
     }
     if (this.next === null || msg.t0 < this.next || msg.t0 - this.next > size) {
-      if (this.next !== null && msg.t0 < this.next) this.ring.forEach((r) => r.fill(NaN));
+      if (this.next !== null && msg.t0 < this.next) { // a fresh run, even one whose run
+        this.ring.forEach((r) => r.fill(NaN)); // number is the old one's (a restarted server
+        forgetAlerts(this.id); // counts from 1 again): no one will end the old run's alerts
+      }
       this.next = this.cursor = this.drawn = msg.t0; // first block, new run, or long gap
       this.needsFull = true;
     }
