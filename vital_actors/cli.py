@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -49,6 +50,18 @@ async def _until_signal(server: Server) -> None:
             print("\nstopping: closing connections (1001) ...", file=sys.stderr)
             server.shutdown()
             return
+
+
+def _ws_url_arg(url: str) -> str:
+    """argparse type of a --url the devices and subscribers connect to: ws://host[:port]."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError when out of range or not a number)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{url!r}: {exc}") from None
+    if parts.scheme != "ws":
+        raise argparse.ArgumentTypeError(f"{url!r}: expected ws://host[:port]")
+    return url
 
 
 def _ws_url(http_url: str) -> str:
@@ -113,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--devices", type=int, default=4)
     demo.add_argument("--data", type=Path, help="WFDB folder (default ../shared/data/mitdb)")
     sim = sub.add_parser("simulate", help="devices replaying WFDB records (or synthetic ECG)")
-    sim.add_argument("--url", default="ws://127.0.0.1:8080")
+    sim.add_argument("--url", default="ws://127.0.0.1:8080", type=_ws_url_arg)
     sim.add_argument("--devices", type=int, default=4)
     sim.add_argument("--data", type=Path, help="WFDB folder; synthetic ECG when omitted")
     sim.add_argument("--frame-ms", type=float, default=100.0)
@@ -130,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("args", nargs=argparse.REMAINDER)
     add_token_command(sub)
     subs = sub.add_parser("subscribe", help="live summary per stream")
-    subs.add_argument("--url", default="ws://127.0.0.1:8080")
+    subs.add_argument("--url", default="ws://127.0.0.1:8080", type=_ws_url_arg)
     subs.add_argument("--stream", action="append", default=[], help="only these streams")
     subs.add_argument("--zstd", action="store_true",
                       help="speak vital.v1.msgpack+zstd (with the shipped dictionary)")

@@ -48,8 +48,7 @@ async def upload_file(url: str, path: Path, *, query: dict[str, str],
     *backoff*'s delays between them, before :class:`UploadError`; *on_resume* is
     called with the offset each time it continues after a break.
     """
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host, port = _address(url)
     size = (await trio.Path(path).stat()).st_size
     qs = f"?{urlencode(query)}" if query else ""
     if resumable:
@@ -61,6 +60,18 @@ async def upload_file(url: str, path: Path, *, query: dict[str, str],
     status, _, body = await _request(host, port, "POST", f"/api/v1/recordings{qs}",
                                      body=(path, 0, size, on_progress))
     return status, _json(body)
+
+
+def _address(url: str) -> tuple[str, int]:
+    """(host, port) of an ``http://host[:port]`` *url*; :class:`UploadError` otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 80
+    except ValueError as exc:  # port out of range or not a number, a broken [IPv6]
+        raise UploadError(f"bad url {url!r}: {exc}") from None
+    if parts.scheme != "http":  # no scheme went to port 80, https went there in plain text
+        raise UploadError(f"bad url {url!r}: expected http://host[:port]")
+    return parts.hostname or "127.0.0.1", port
 
 
 async def _resumable(host: str, port: int, qs: str, path: Path, size: int,
