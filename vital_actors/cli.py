@@ -35,13 +35,27 @@ def _recordings(folder: Path | None, count: int) -> list[tuple[str, Recording]]:
     paths = list_records(folder)
     if not paths:
         raise SystemExit(f"no WFDB records (*.hea) in {folder}")
-    loaded = [load_record(p) for p in paths[:count]]
+    loaded = [_load(p) for p in paths[:count]]
     out = []
     for i in range(count):
         rec = loaded[i % len(loaded)]
         lap = i // len(loaded)
         out.append((rec.name if lap == 0 else f"{rec.name}-{lap + 1}", rec))
     return out
+
+
+def _load(path: Path) -> Recording:
+    try:
+        return load_record(path)
+    except (OSError, ValueError) as exc:  # wfdb's header and format errors are ValueErrors
+        raise SystemExit(f"cannot read WFDB record {path}: {exc}") from None
+
+
+def _annotated(folder: Path, what: str) -> None:
+    """Exit unless *folder* has a record ``eval`` scores (sqi: the nstdb ``*e*`` ones)."""
+    if not any(p.with_suffix(".atr").exists() and (what == "qrs" or "e" in p.name)
+               for p in list_records(folder)):
+        raise SystemExit(f"no annotated WFDB records (*.hea with *.atr) for {what} in {folder}")
 
 
 async def _until_signal(server: Server) -> None:
@@ -224,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "serve":
         trio.run(partial(serve, _settings(args)))
     elif args.command == "demo":
+        if args.data is not None and not args.data.is_dir():
+            raise SystemExit(f"--data {args.data}: no such folder")
         folder = args.data or ((data_dir() or Path("/nonexistent")) / "mitdb")
         use = folder if folder.is_dir() else None
         devices = _recordings(use, args.devices)
@@ -245,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "eval":
         from .quality import evaluate  # wfdb and the scoring only load for this command
 
+        _annotated(args.folder, args.what)
         run = evaluate.eval_qrs if args.what == "qrs" else evaluate.eval_sqi
         run(args.folder, frame_s=args.frame_ms / 1000)
     elif args.command == "upload":
