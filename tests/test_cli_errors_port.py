@@ -1,8 +1,10 @@
-"""``serve``/``demo --port`` out of range: one line and a non-zero exit, never a wrapped port."""
+"""``serve``/``demo --port`` out of range, or a port already taken: one line and a
+non-zero exit, never a wrapped port or a traceback."""
 
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -25,3 +27,14 @@ def test_a_port_flag_out_of_range_is_refused_before_serving(
     monkeypatch.setattr(cli, "serve", never)
     with pytest.raises(SystemExit, match=r"server\.port"):
         cli.main(["serve", "--port", port])
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as caught:
+            cli.main(["serve", "--port", str(port)])
+    message = str(caught.value.code)
+    assert message.startswith("cannot start:") and "in use" in message, message

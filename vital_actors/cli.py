@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,10 @@ async def serve(settings: Settings, *, devices: list[tuple[str, Recording]] | No
         raise SystemExit(f"refusing to start: {exc}") from None
     with contextlib.ExitStack() as serving:
         async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
+            try:
+                await nursery.start(server.run)
+            except* OSError as group:  # the port is taken, a folder unusable: not started
+                raise StartError(f"cannot start: {_leaf(group)}") from None
             serving.enter_context(steady_collector(settings.server.gc_thresholds))
             nursery.start_soon(_until_signal, server)
             if banner:
@@ -98,6 +101,24 @@ async def serve(settings: Settings, *, devices: list[tuple[str, Recording]] | No
                       f"(ws: {_ws_url(server.url)}/v1/ingest, /v1/subscribe)", flush=True)
             if devices:
                 nursery.start_soon(_simulate_until_stop, server, devices)
+
+
+class StartError(Exception):
+    """The server could not start (an operator's matter, said in one line)."""
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _run_server(serving: Callable[[], Awaitable[None]]) -> None:
+    """Run the server; a failure to start ends the command with its reason, not a
+    traceback (what fails once it runs still shows one: that is a bug)."""
+    try:
+        trio.run(serving)
+    except* StartError as group:
+        raise SystemExit(str(_leaf(group))) from None
 
 
 async def _simulate_until_stop(server: Server, devices: list[tuple[str, Recording]]) -> None:
@@ -236,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "serve" and args.workers > 1:
         _serve_workers(args)
     elif args.command == "serve":
-        trio.run(partial(serve, _settings(args)))
+        _run_server(partial(serve, _settings(args)))
     elif args.command == "demo":
         if args.data is not None and not args.data.is_dir():
             raise SystemExit(f"--data {args.data}: no such folder")
@@ -252,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"  watch  vital-actors subscribe --url {_ws_url(url)}\n"
               f"  API    {url}/api/v1/streams   {url}/openapi.json   {url}/metrics\n"
               "  Ctrl-C stops cleanly.", flush=True)
-        trio.run(partial(serve, settings, devices=devices))
+        _run_server(partial(serve, settings, devices=devices))
     elif args.command == "simulate":
         devices = _recordings(args.data, args.devices)
         trio.run(partial(run_devices, args.url, devices, frame_s=args.frame_ms / 1000,
