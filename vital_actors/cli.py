@@ -51,13 +51,6 @@ def _load(path: Path) -> Recording:
         raise SystemExit(f"cannot read WFDB record {path}: {exc}") from None
 
 
-def _annotated(folder: Path, what: str) -> None:
-    """Exit unless *folder* has a record ``eval`` scores (sqi: the nstdb ``*e*`` ones)."""
-    if not any(p.with_suffix(".atr").exists() and (what == "qrs" or "e" in p.name)
-               for p in list_records(folder)):
-        raise SystemExit(f"no annotated WFDB records (*.hea with *.atr) for {what} in {folder}")
-
-
 async def _until_signal(server: Server) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
@@ -282,9 +275,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "eval":
         from .quality import evaluate  # wfdb and the scoring only load for this command
 
-        _annotated(args.folder, args.what)
         run = evaluate.eval_qrs if args.what == "qrs" else evaluate.eval_sqi
-        run(args.folder, frame_s=args.frame_ms / 1000)
+        try:
+            run(args.folder, frame_s=args.frame_ms / 1000)
+        except evaluate.NoRecordsError as exc:
+            raise SystemExit(str(exc)) from None
     elif args.command == "upload":
         _upload(args)
     elif args.command == "loadtest":

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -35,8 +35,9 @@ from ..sources import list_records, load_record
 from .chain import Frame, QualityChain
 from .sqi import match_count
 
-__all__ = ["BEAT_SYMBOLS", "QrsScore", "SqiScore", "auc", "eval_qrs", "eval_sqi",
-           "noisy_label", "reference_beats", "run_record", "score_qrs", "score_sqi"]
+__all__ = ["BEAT_SYMBOLS", "NoRecordsError", "QrsScore", "SqiScore", "auc", "eval_qrs",
+           "eval_sqi", "noisy_label", "reference_beats", "run_record", "score_qrs",
+           "score_sqi", "scored_records"]
 
 F64 = npt.NDArray[np.float64]
 BEAT_SYMBOLS = frozenset("NLRBAaJSVrFejnE/fQ?")
@@ -103,17 +104,35 @@ def score_qrs(path: Path, *, frame_s: float = 1.0, stop: int | None = None) -> Q
     return QrsScore(path.name, len(ref), len(det), match_count(ref, det, tol), tuple(lat))
 
 
+class NoRecordsError(ValueError):
+    """A folder holds no record the evaluation scores."""
+
+
+def scored_records(folder: Path, what: Literal["qrs", "sqi"]) -> list[Path]:
+    """The records of *folder* that ``eval`` scores: those with reference annotations
+    (``.atr``); for ``sqi``, only the noise stress test's ``*e*`` ones.
+
+    Raises:
+        NoRecordsError: there is none (a wrong folder, or the wrong evaluation for it).
+    """
+    out = [p for p in list_records(folder) if p.with_suffix(".atr").exists()
+           and (what == "qrs" or "e" in p.name)]
+    if not out:
+        raise NoRecordsError(f"no annotated WFDB records (*.hea with *.atr) for {what} "
+                             f"in {folder}")
+    return out
+
+
 def eval_qrs(folder: Path, *, frame_s: float = 1.0,
              out: TextIO | None = None) -> list[QrsScore]:
     """Score every record in *folder* that has annotations; print the table (to *out*,
     default stdout)."""
     out = out or sys.stdout
+    records = scored_records(folder, "qrs")
     scores = []
     print(f"{'record':<8}{'beats':>7}{'TP':>7}{'FN':>6}{'FP':>6}{'Se %':>8}{'+P %':>8}"
           f"{'lat ms':>8}", file=out)
-    for path in list_records(folder):
-        if not path.with_suffix(".atr").exists():
-            continue
+    for path in records:
         s = score_qrs(path, frame_s=frame_s)
         scores.append(s)
         print(f"{s.record:<8}{s.reference:>7}{s.tp:>7}{s.reference - s.tp:>6}"
@@ -216,8 +235,7 @@ def eval_sqi(folder: Path, *, frame_s: float = 1.0,
              out: TextIO | None = None) -> list[SqiScore]:
     """AUC of the quality score (and of each index) for the ``*e*`` records in *folder*."""
     out = out or sys.stdout
-    scores = [score_sqi(p, frame_s=frame_s) for p in list_records(folder)
-              if "e" in p.name and p.with_suffix(".atr").exists()]
+    scores = [score_sqi(p, frame_s=frame_s) for p in scored_records(folder, "sqi")]
     head = "".join(f"{k:>10}" for k, _ in _SQI_KEYS)
     print(f"{'record':<8}{'clean':>6}{'noisy':>6}{head}{'unusable%':>10}{'good%':>7}", file=out)
     for s in [*scores, _pooled(scores)]:
