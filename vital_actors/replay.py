@@ -141,7 +141,7 @@ class Replays:
                 if replay.speed > 0:  # the block is due when its first sample would be
                     due = (info.t0 - t_first) / info.fs / replay.speed
                     await trio.sleep_until(clock0 + due)
-                if start + size > at + len(piece) and at + len(piece) < reader.frames:
+                if start >= at + len(piece):  # pieces end on a block's edge, or the end
                     piece = self.loader.read(replay.recording, start, start + ahead,
                                              cache=False)
                     at = start
