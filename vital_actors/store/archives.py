@@ -199,14 +199,14 @@ def _extract(archive: Path, folder: Path, limit: int) -> None:
     *limit* bytes of them in all (FormatError 413 beyond: counted as written, not
     trusted from the archive's own sizes)."""
     wanted = (".hea", ".dat")
-    budget = [limit]
+    used = 0
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 name = Path(info.filename).name
                 if name.endswith(wanted) and not info.is_dir():
                     with z.open(info) as src, open(folder / name, "wb") as out:
-                        _copy(src, out, budget, limit)
+                        used = _copy(src, out, used, limit)
         return
     with tarfile.open(archive, "r:*") as t:
         for member in t:
@@ -215,16 +215,18 @@ def _extract(archive: Path, folder: Path, limit: int) -> None:
                 member_file = t.extractfile(member)
                 assert member_file is not None
                 with member_file, open(folder / name, "wb") as out:
-                    _copy(member_file, out, budget, limit)
+                    used = _copy(member_file, out, used, limit)
 
 
-def _copy(src: Any, out: Any, budget: list[int], limit: int) -> None:
+def _copy(src: Any, out: Any, used: int, limit: int) -> int:
+    """Copy *src* to *out*, the archive having unpacked *used* bytes before; the total."""
     while chunk := src.read(1 << 20):
-        budget[0] -= len(chunk)
-        if budget[0] < 0:
+        used += len(chunk)
+        if used > limit:
             raise FormatError(413, f"the archive unpacks to more than the limit of {limit} "
                               "bytes")
         out.write(chunk)
+    return used
 
 
 def _one_record(folder: Path) -> Path:
