@@ -1,12 +1,16 @@
-"""Shared fixtures: the reference ECG data in ../shared/data."""
+"""Shared fixtures: the reference ECG data in ../shared/data, and a default server."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
 
+from vital_actors.graph import Server
+from vital_actors.settings import load_settings
 from vital_actors.sources import data_dir
 
 
@@ -30,3 +34,13 @@ def mitdb() -> Path:
 def nstdb() -> Path:
     """The MIT-BIH Noise Stress Test Database folder."""
     return _shared("nstdb")
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
+    """A server with the default settings on a free port (a test file may define its
+    own ``server`` with other settings)."""
+    srv = Server(load_settings(server={"port": 0}))
+    await nursery.start(srv.run)
+    yield srv
+    srv.shutdown()

@@ -23,7 +23,6 @@ from vital_actors.clients import connect, receive, send
 from vital_actors.edge import door
 from vital_actors.graph import Server
 from vital_actors.sdk import open_connection
-from vital_actors.settings import load_settings
 
 HELLO = P.Hello("steady", 250.0, ("I",), "int16", (200.0,), (0.0,))
 KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -31,14 +30,6 @@ VERSION = b"Sec-WebSocket-Version: 13\r\n"
 UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
 PROTOCOL = b"Sec-WebSocket-Protocol: vital.v1.msgpack\r\n"
 ZSTD = b"Sec-WebSocket-Protocol: vital.v1.msgpack+zstd\r\n"
-
-
-@pytest.fixture
-async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
-    srv = Server(load_settings(server={"port": 0}))
-    await nursery.start(srv.run)
-    yield srv
-    srv.shutdown()
 
 
 @asynccontextmanager

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import scipy.signal
 import trio
 from httpclient import get_json
@@ -15,16 +13,8 @@ import protocol as P
 from vital_actors.clients import connect, receive
 from vital_actors.graph import Server
 from vital_actors.quality import QualityChain
-from vital_actors.settings import ScreenSettings, load_settings
+from vital_actors.settings import ScreenSettings
 from vital_actors.sources import frame_sizes, frames, load_record
-
-
-@pytest.fixture
-async def server(nursery: trio.Nursery) -> AsyncIterator[Server]:
-    srv = Server(load_settings(server={"port": 0}))
-    await nursery.start(srv.run)
-    yield srv
-    srv.shutdown()
 
 
 async def test_live_beats_and_quality_equal_the_batch_chain(server: Server, mitdb: Path) -> None:
