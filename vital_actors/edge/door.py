@@ -136,7 +136,7 @@ async def _handle(stream: trio.SocketStream, *, routes: Mapping[str, Route],
                   handshake_timeout: float, max_message_bytes: int,
                   compression: Compression, gate: Gate | None = None,
                   stats: Stats | None = None) -> None:
-    peer = await _peer(stream)
+    peer = _peer(stream)
     if peer is None:
         return
     remote = "{}:{}".format(*peer[:2])
@@ -203,7 +203,7 @@ async def _contained(handle: Callable[[trio.SocketStream], Awaitable[None]],
 async def _gated(gate: Gate, handle: Callable[[trio.SocketStream], Awaitable[None]],
                  stream: trio.SocketStream) -> None:
     """Count the connection against its address's cap while *handle* serves it."""
-    peer = await _peer(stream)
+    peer = _peer(stream)
     if peer is None:
         return
     address = str(peer[0])
@@ -217,13 +217,12 @@ async def _gated(gate: Gate, handle: Callable[[trio.SocketStream], Awaitable[Non
         gate.leave(address)
 
 
-async def _peer(stream: trio.SocketStream) -> tuple[object, ...] | None:
-    """The peer's address; None (the stream closed) when it reset the connection before
-    we got to ask (``getpeername`` fails with ENOTCONN)."""
+def _peer(stream: trio.SocketStream) -> tuple[object, ...] | None:
+    """The peer's address; None when it reset the connection before we got to ask
+    (``getpeername`` fails with ENOTCONN; :func:`_contained` closes the stream)."""
     try:
         return tuple(stream.socket.getpeername())
     except OSError:
-        await stream.aclose()
         return None
 
 
