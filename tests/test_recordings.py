@@ -94,6 +94,7 @@ def _wfdb_zip(header: str) -> bytes:
 # The last four were 500s, found by fuzzing uploads (a header no recording can have).
 @pytest.mark.parametrize(("path", "data", "status", "words"), [
     ("/api/v1/recordings?fs=1&format=edf", _npy(_signal(100)), 415, "mislabelled"),
+    ("/api/v1/recordings?fs=1&format=xls", _npy(_signal(100)), 415, "unsupported format"),
     ("/api/v1/recordings?fs=1", _npy(_signal(1000))[:-10], 422, "truncated"),
     ("/api/v1/recordings", _npy(_signal(1000)), 400, "fs="),
     ("/api/v1/recordings?fs=1", None, 413, "limit"),

@@ -124,8 +124,7 @@ def _floats(values: list[str]) -> list[float]:
 
 
 class WfdbDecoder:
-    def __init__(self, params: UploadParams, workdir: Path, *,
-                 max_unpacked: int = 2 << 30) -> None:
+    def __init__(self, params: UploadParams, workdir: Path, *, max_unpacked: int) -> None:
         self.params = params
         self.info: SourceInfo | None = None
         self.workdir = workdir

@@ -90,8 +90,16 @@ def sniff(head: bytes) -> str | None:
 
 
 def declared_format(query_format: str | None, content_type: str | None) -> str | None:
-    """The format the client named (``?format=`` wins over Content-Type), or None."""
+    """The format the client named (``?format=`` wins over Content-Type), or None.
+
+    Raises:
+        FormatError: 415, a ``?format=`` this server does not read (said before any of
+            the body is taken).
+    """
     if query_format:
+        if query_format.lower() not in FORMATS:
+            raise FormatError(415, f"unsupported format {query_format!r}; use one of "
+                              f"{FORMATS}")
         return query_format.lower()
     ctype = (content_type or "").split(";")[0].strip().lower()
     return _CONTENT_TYPES.get(ctype)
@@ -100,8 +108,6 @@ def declared_format(query_format: str | None, content_type: str | None) -> str |
 def resolve(declared: str | None, head: bytes) -> str:
     """The format to decode with, or a 415 saying why there is none."""
     seen = sniff(head)
-    if declared is not None and declared not in FORMATS:
-        raise FormatError(415, f"unsupported format {declared!r}; use one of {FORMATS}")
     if seen == "bdf":
         raise FormatError(415, "BDF (24-bit) files are not supported; convert to EDF")
     if seen is None:
@@ -114,7 +120,7 @@ def resolve(declared: str | None, head: bytes) -> str:
 
 
 def make_decoder(fmt: str, params: UploadParams, workdir: Path, *,
-                 max_unpacked: int = 2 << 30) -> Decoder:
+                 max_unpacked: int) -> Decoder:
     """The decoder of *fmt*; a WFDB archive may unpack to at most *max_unpacked* bytes
     (413 beyond: a small zip can hold gigabytes of zeros)."""
     from .archives import EdfDecoder, WfdbDecoder  # the binary formats live there
