@@ -103,8 +103,8 @@ def _wfdb_zip(header: str) -> bytes:
     ("/api/v1/recordings", _wfdb_zip("r 1 0 10\nr.dat 16 200 16 0 0 0 0 x\n"), 422,
      "sampling rate"),
     ("/api/v1/recordings", _wfdb_zip("r 3 360 10\n"), 422, "no signal"),
-], ids=["mislabelled", "truncated", "no-rate", "too-large", "no-channels", "nan-rate",
-        "wfdb-zero-rate", "wfdb-no-signals"])
+], ids=["mislabelled", "unknown-format", "truncated", "no-rate", "too-large", "no-channels",
+        "nan-rate", "wfdb-zero-rate", "wfdb-no-signals"])
 async def test_bad_uploads_get_clear_errors_and_leave_nothing(
         server: Server, path: str, data: bytes | None, status: int, words: str) -> None:
     if data is None:  # only the head, announcing 11 MB: refused before any body is read
