@@ -16,7 +16,6 @@ CRC, the pyramid's pending frames), so a job can checkpoint and resume it exactl
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import time
@@ -256,10 +255,3 @@ class Reader:
         base = np.asarray(self.meta.baseline)
         out: npt.NDArray[np.float64] = (frames.astype(np.float64) - base) / gain
         return out
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write *data* to *path* atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
