@@ -35,7 +35,7 @@ import trio
 from pydantic import BaseModel, Field
 
 from .formats import FormatError
-from .recording import start_writeback
+from .recording import start_writeback, write_synced
 
 __all__ = ["ChecksumError", "GoneError", "OffsetError", "Session", "UploadState", "parse_checksum"]
 
@@ -138,10 +138,9 @@ class Session:
         return self.state.offset == self.state.length
 
     def _save(self) -> None:
-        tmp = self.path / "upload.json.tmp"
+        # Synced: the offset it holds says which bytes of the body are on disk.
         try:
-            tmp.write_text(self.state.model_dump_json())
-            os.replace(tmp, self.path / "upload.json")
+            write_synced(self.path / "upload.json", self.state.model_dump_json())
         except FileNotFoundError:  # deleted meanwhile: its directory is gone
             raise GoneError(self.state.id) from None
 
