@@ -138,3 +138,24 @@ async def test_viewer_uploads_zooms_processes_and_cancels(
     assert got["events_whole"]["alerts"] >= 1  # drawn as a red band with its name
     assert 0 < got["events"]["beats"] < got["events_whole"]["beats"]  # zoomed in: fewer
     assert run.errors == []
+
+
+async def test_a_job_that_ended_is_not_brought_back_by_a_late_update(server: Server) -> None:
+    # A progress event sent before a cancel can reach the page after the cancelled one
+    # (events come on the WebSocket, answers over HTTP): the row stayed "running".
+    run = BrowserRun()
+
+    def use(page: Page) -> list[str]:
+        page.goto(f"http://127.0.0.1:{server.port}/viewer")
+        page.wait_for_function("() => window.vitalViewer !== undefined")
+        seen = []
+        for update in ({"state": "running", "progress": 0.2},
+                       {"state": "cancelled", "progress": 0.3},
+                       {"state": "running", "progress": 0.25}):  # late
+            page.evaluate("u => showJob({id: 'job-x', ...u})", update)
+            seen.append(job_state(page, 0))
+        return seen
+
+    assert await in_browser(use, run=run) == ["running", "cancelled", "cancelled"]
+    # (the page's poll of the made-up job's state is a 404: that is no page error)
+    assert not [e for e in run.errors if e.startswith("uncaught")]

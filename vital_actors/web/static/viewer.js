@@ -395,10 +395,15 @@ function jobRow(id) {
   return row;
 }
 
+const ENDED = new Set(["done", "failed", "cancelled"]);
+
 /** Show a job (from GET or a progress event), updating its row in place, so that its
  * cancel button stays put while the progress moves. */
 function showJob(job) {
   const known = viewer.jobs[job.id] || {};
+  // A job that ended stays ended: a progress event or a GET answer sent before the end
+  // can arrive after it (another connection), and would bring back "running" for good.
+  if (ENDED.has(known.state) && !ENDED.has(job.state)) return;
   const merged = (viewer.jobs[job.id] = { ...known, ...job });
   const row = document.querySelector(`#jobs tr[data-job="${CSS.escape(job.id)}"]`)
     || jobRow(job.id);
