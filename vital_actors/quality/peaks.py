@@ -4,13 +4,19 @@ A :class:`PeakTracker` takes the candidate peaks of one stream in order and keep
 Pan-Tompkins' running signal and noise peak levels. Rules, with fs-free times:
 
 - learning: the candidates of the first 2 s set the levels (signal = half the largest
-  peak, noise = an eighth of that), then are replayed through the rules below;
+  peak, noise = an eighth of that), then are replayed through the rules below; but
+  only once another peak is at least half the largest (two beats agree; a spike as
+  electrodes touch and the beats do not): until then learning goes on, up to 5 s (two
+  beats even at 25 bpm), and then the largest counts for at most twice the second;
 - a candidate above ``noise + 0.25 * (signal - noise)`` is a beat unless it falls in the
   200 ms refractory period, or within 360 ms of the last beat at under half its
   height (a T wave);
 - search-back: when a candidate comes more than 1.66 mean RR (of the last 8) after the
   last beat, the largest noise peak since then, if above half the threshold and past
   the refractory period, becomes a beat (late, but in order);
+- a beat raises the signal level by at most what a peak 8 times the level would (on the
+  22 DS1 records no beat came above 5 times it), so one artefact taken for a beat
+  raises the threshold by at most 1.9 times and the beats after it are still found;
 - a long silence (> 3 s without a beat) halves the signal level per candidate, so a
   signal that came back smaller is found again; but not below 16 times the noise
   level, so that the noise of a beatless line (asystole) does not become beats.
@@ -31,6 +37,9 @@ T_WAVE_S = 0.36
 MISS_RR = 1.66
 SILENCE_S = 3.0
 SILENCE_FLOOR = 16.0  # ... but never below this many times the noise level
+LEARN_TOP = 2.0  # learning ends when another peak is within this factor of the largest
+LEARN_MAX_S = 5.0  # ... or at this age, the largest counting for at most LEARN_TOP x
+BEAT_CAP = 8.0  # a beat moves the signal level as a peak of at most this x the level
 
 
 @dataclass(slots=True)
@@ -75,9 +84,13 @@ class PeakTracker:
         """Take one candidate (in order); return the beats it confirms."""
         if self.learning is not None:
             self.learning.append((decided, value, r))
-            if r - self.start < LEARN_S * self.fs:
+            age = r - self.start
+            if age < LEARN_S * self.fs:
                 return []
-            top = max(v for _, v, _ in self.learning)
+            top = _learnt_top([v for _, v, _ in self.learning],
+                              final=age >= LEARN_MAX_S * self.fs)
+            if top is None:
+                return []
             self.spk, self.npk = 0.5 * top, 0.0625 * top
             pending, self.learning = self.learning, None
             # Replayed now, so decided (and emitted) at this candidate's index.
@@ -100,13 +113,14 @@ class PeakTracker:
             if since < self.refractory:
                 return out
             npk = self.npk
-            if value > npk + 0.25 * (self.spk - npk) and not (  # (the threshold)
+            spk = self.spk
+            if value > npk + 0.25 * (spk - npk) and not (  # (the threshold)
                     since < self.t_wave and value < 0.5 * self.last_v):
-                self.spk = 0.125 * value + 0.875 * self.spk
+                self.spk = 0.125 * min(value, BEAT_CAP * spk) + 0.875 * spk
                 out.append(self._beat(decided, value, r, searchback=False))
                 return out
         elif value > self.threshold:
-            self.spk = 0.125 * value + 0.875 * self.spk
+            self.spk = 0.125 * min(value, BEAT_CAP * self.spk) + 0.875 * self.spk
             out.append(self._beat(decided, value, r, searchback=False))
             return out
         self.npk = 0.125 * value + 0.875 * self.npk
@@ -150,3 +164,18 @@ class PeakTracker:
         threshold = self.threshold
         conf = min(1.0, value / (2 * threshold)) if threshold > 0 else 0.0
         return Beat(r, decided, rr, round(conf * (0.5 if searchback else 1.0), 3), searchback)
+
+
+def _learnt_top(values: list[float], *, final: bool) -> float | None:
+    """The learning phase's peak level from the candidates' *values* so far: the
+    largest, once another is at least ``1 / LEARN_TOP`` of it (so two peaks agree on
+    the level, as two beats do and one spike and the beats do not); else None, to
+    learn on, unless *final*: then the largest counts for at most ``LEARN_TOP`` times
+    the second largest."""
+    top = max(values)
+    if sum(v * LEARN_TOP >= top for v in values) >= 2:
+        return top
+    if not final:
+        return None
+    second = sorted(values)[-2] if len(values) > 1 else top
+    return min(top, LEARN_TOP * second)
