@@ -9,7 +9,7 @@ A feasibility prototype, not the server's path. ``front_jit`` does the per-sampl
 of :func:`vital_actors.quality.front.run_front`, all of it: detector A (the QRS
 band-pass, derivative, |.|, running sum, moving-window integration, candidate MWI
 peaks and their R peaks), detector B (|x|, its envelope, candidate beats), the SQI
-filters and running totals with their 1-s snapshots, and the SNR history (``full``).
+filters and sums of each 1-s step, and the SNR history (``full``).
 It loops over the samples of one stream at a time in compiled code (``@njit``, no
 fastmath: every float operation in the order front.py's numpy calls make it), one
 call for a whole group. Each stream's state is one row of a :class:`JitTable`,
@@ -190,8 +190,9 @@ def _py_detector_b(r: F64, g: I64, b0: float, a1: float, x_f: F64, n: int, t0: i
 
 def _py_totals(r: F64, at: int, g: I64, bw_sos: F64, hf_sos: F64, mv: F64, f: F64, n: int,
                first: int, snaps: F64, col: int, bw: F64, hf: F64) -> None:
-    """One channel's SQI filters and running totals (front's ``_totals`` and
-    ``_features``), sample by sample: *snaps* ``[j, :, col]`` after each step end;
+    """One channel's SQI filters and per-step sums (front's ``_totals`` and
+    ``_features``), sample by sample: *snaps* ``[j, :, col]`` at each step end, the
+    step's sums, which then start again from zero;
     *bw*, *hf*: work arrays (n)."""
     step, o_bw, o_hf, o_tot, o_last = g[13], g[14], g[15], g[16], g[17]
     _sos_block(bw_sos, r, at + o_bw, mv, bw, n)
@@ -220,6 +221,7 @@ def _py_totals(r: F64, at: int, g: I64, bw_sos: F64, hf_sos: F64, mv: F64, f: F6
             snaps[j, 3, col], snaps[j, 4, col], snaps[j, 5, col] = s3, s4, s5
             snaps[j, 6, col], snaps[j, 7, col], snaps[j, 8, col] = s6, s7, s8
             snaps[j, 9, col] = s9
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = 0.0  # the next step's from 0
             end, j = end + step, j + 1
     t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9] = s0, s1, s2, s3, s4, s5, \
         s6, s7, s8, s9

@@ -50,8 +50,8 @@ F64 = npt.NDArray[np.float64]
 #: What a pickled chain holds; changes with the state its streams keep (2: the
 #: sorted window medians, the group-packed front state and SNR history; 3: the
 #: settings' screened rates, the fourth speed pass's state; 4: detector A's beats of
-#: the last window kept for the bSQI).
-STATE_FORMAT = 4
+#: the last window kept for the bSQI; 5: each step's feature sums, not running totals).
+STATE_FORMAT = 5
 
 
 @dataclass(slots=True, eq=False)
@@ -174,6 +174,10 @@ class QualityChain:
             else:
                 det, det_f = mv[:, cols], filt[:, cols]
         widths = [f.mv.shape[1] for f in frames]
+        if _beyond(mv, MV_LIMIT) or _beyond(filt, FILTERED_LIMIT):  # (det is in mv)
+            det, mv = np.clip(det, -MV_LIMIT, MV_LIMIT), np.clip(mv, -MV_LIMIT, MV_LIMIT)
+            det_f = np.clip(det_f, -FILTERED_LIMIT, FILTERED_LIMIT)
+            filt = np.clip(filt, -FILTERED_LIMIT, FILTERED_LIMIT)
         results = run_front(d, [e.front for e in entries], np.asarray(det, np.float64),
                             np.asarray(det_f, np.float64), np.asarray(mv, np.float64),
                             np.asarray(filt, np.float64), widths,
@@ -194,12 +198,11 @@ class QualityChain:
         """The indices of all *steps* in one numpy pass per channel count."""
         by_width: dict[int, list[Step]] = defaultdict(list)
         for st in steps:
-            by_width[st.totals.shape[1]].append(st)
+            by_width[st.sums.shape[1]].append(st)
         s, found = self.settings, {}
         for group in by_width.values():
-            rows = step_rows(np.array([st.totals for st in group]),
-                             np.array([st.prev for st in group]),
-                             np.array([st.first for st in group]),
+            rows = step_rows(np.array([st.window for st in group]),
+                             np.array([st.sums for st in group]),
                              np.array([st.n for st in group]),
                              np.array([st.step_n for st in group]),
                              flatline_mv=s.flatline_mv, out_of_range_mv=s.out_of_range_mv,
@@ -207,6 +210,21 @@ class QualityChain:
             found.update({id(st): (rows, i) for i, st in enumerate(group)})
         return found
 
+
+
+#: What the screen takes of a sample, in mV: beyond these it sees the limit (the
+#: stored samples are not touched). The chain keeps running sums (detector A's
+#: integration, the SQIs' totals) whose rounding grows with what they have summed: one
+#: sample of 1e6 mV made every later window's kurtosis noise, and one of 1e30 stopped
+#: the beats for the rest of the run. No ECG comes near 10 V, even with an electrode's
+#: DC offset; the band-passed signal has no offset, and a QRS is a few mV.
+MV_LIMIT = 1e4
+FILTERED_LIMIT = 50.0
+
+
+def _beyond(x: F64, limit: float) -> bool:
+    """Whether a sample of *x* is beyond +-*limit* (copies are made only then)."""
+    return bool(x.min(initial=0.0) < -limit or x.max(initial=0.0) > limit)
 
 
 def _key(d: Design) -> tuple[float, int]:

@@ -24,7 +24,7 @@ __all__ = ["FEATURES", "Design", "design_for", "sosfilt_columns"]
 
 F64 = npt.NDArray[np.float64]
 
-#: Per-sample quantities summed per channel (running totals) for the window SQIs:
+#: Per-sample quantities summed per channel (per 1-s step) for the window SQIs:
 #: moments of the filtered signal, the baseline band (< 1 Hz) and its square, the
 #: high-frequency band (> 40 Hz) squared, the clipped samples (stuck far from the
 #: baseline), and the signal in mV and its square (flat and lead-off seconds).

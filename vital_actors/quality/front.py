@@ -4,13 +4,14 @@ For a group of streams with the same :class:`~.design.Design` and block length, 
 blocks are stacked side by side (one column per channel) and every per-sample step
 runs once for the whole group: the QRS band-pass, derivative, squaring and moving
 window integration of detector A, the |x| envelope of detector B, the baseline and
-high-frequency filters and the running totals behind the window SQIs. Per stream only
-the few candidate peaks and the 1-s snapshots of the running totals come out.
+high-frequency filters and the sums behind the window SQIs. Per stream only the few
+candidate peaks and each 1-s step's sums come out.
 
-Framing does not matter: filters carry their state (``zi``), running totals are
-continued with ``cumsum`` from the last total (the same additions in the same order as
-over the whole signal) and a peak is judged only once the samples it needs (up to
-``ahead`` after it) have all arrived; so any split of a signal gives the same output.
+Framing does not matter: filters carry their state (``zi``), sums are continued from
+the last partial sum (the same additions in the same order as over the whole step;
+a step's sums start from zero at its first sample) and a peak is judged only once the
+samples it needs (up to ``ahead`` after it) have all arrived; so any split of a signal
+gives the same output.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class FrontState:
 
     @property
     def sqi(self) -> F64:
-        """(rows, channels): SQI filter states and running totals."""
+        """(rows, channels): SQI filter states and the step's partial sums."""
         return self.pack.sqi[:, self.col:self.col + self.width]
 
     def __getstate__(self) -> tuple[F64, F64, int]:
@@ -158,9 +159,11 @@ class FrontOut:
     channels, the last ``snr_keep`` samples before the block and then the block, this
     stream's in column ``k``; ``peaks_a``: (decision index, MWI value, R index) of detector A's
     candidate peaks;
-    ``beats_b``: detector B's candidate beats (R index, |x|); ``snaps``: (boundary, totals) at every
-    1-s boundary in the block, totals of shape (features, channels) summed over all
-    samples before the boundary.
+    ``beats_b``: detector B's candidate beats (R index, |x|); ``snaps``: (boundary, sums) at every
+    1-s boundary in the block, sums of shape (features, channels) over the step's samples
+    (from the previous boundary to this one; not a running total since the start,
+    whose rounding grows with all it has summed: after one sample of 1e30, or a long
+    artefact at the filter's limit, every later window's kurtosis was noise).
     """
 
     t0: int
@@ -352,14 +355,16 @@ def _detector_b(d: Design, old: dict[str, F64], x_f: F64, new: dict[str, F64],
 def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64, new: dict[str, F64],
             phases: dict[int, list[int]],
             scratch: dict[tuple[int, ...], F64]) -> dict[int, F64]:
-    """Running totals of the SQI features at the step ends: per phase (the block row of
-    the first step end, see :func:`run_front`), an array (step ends, features, the
-    phase's columns). Updates ``new["tot"]``, the totals after the block.
+    """Sums of the SQI features over each step ending in the block: per phase (the block
+    row of the first step end, see :func:`run_front`), an array (step ends, features,
+    the phase's columns). Updates ``new["tot"]``, the partial sums of the step under way
+    after the block.
 
-    Each total is the previous one plus the samples one by one, in order: the first
-    row of a stretch gets the carried total added, then ``np.add.reduce`` over axis 0
-    adds the rows in order (bit-identical to a row-by-row loop, unlike a pairwise sum
-    along a contiguous axis), so any framing gives the same totals. A big block goes
+    Each sum is the step's samples added one by one, in order, from zero at the step's
+    first sample: the first row of a stretch gets the carried partial sum added, then
+    ``np.add.reduce`` over axis 0 adds the rows in order (bit-identical to a row-by-row
+    loop, unlike a pairwise sum along a contiguous axis), so any framing gives the
+    same sums. A big block goes
     through in chunks of rows whose features fit in the core's cache (written, then
     summed while still there, ~5 % of the chain with 200 streams' 1-s blocks): a
     stretch cut at a chunk's edge goes on from the carried total, the same additions
@@ -382,6 +387,7 @@ def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64, new: dict[str, F64]
     carries = {first: old["tot"][0] if whole else old["tot"][0][:, cols]
                for first, cols in phases.items()}
     found: dict[int, list[F64]] = {first: [] for first in phases}
+    zero = np.zeros((len(FEATURES), 1))
     for a in range(0, n, rows):
         b = min(n, a + rows)
         x = g[:b - a]
@@ -392,8 +398,8 @@ def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64, new: dict[str, F64]
             top = first if a <= first else first - (first - a) // d.step * d.step
             for end in range(top, b, d.step):  # the phase's step ends in the chunk
                 y[start] += carry
-                carry = np.add.reduce(y[start:end + 1 - a], axis=0)
-                found[first].append(carry)
+                found[first].append(np.add.reduce(y[start:end + 1 - a], axis=0))
+                carry = zero  # the next step starts from nothing
                 start = end + 1 - a
             if start < b - a:
                 y[start] += carry

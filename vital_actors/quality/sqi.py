@@ -1,8 +1,7 @@
-"""Signal-quality indices of a window, from the running totals of the front end.
+"""Signal-quality indices of a window, from the feature sums of the front end.
 
-A window's sums are the difference of two snapshots of the running totals (see
-:mod:`.front`), so each 10-s window costs a few arithmetic operations per channel
-whatever its length. The indices, per channel:
+A window's sums are the sums of its 1-s steps (see :mod:`.front`), so each 10-s window
+costs a few arithmetic operations per channel whatever its length. The indices, per channel:
 
 - ``kurtosis`` (Pearson, 3 for Gaussian noise; clean ECG is peaky, > 5) and
   ``skewness`` of the filtered signal;
@@ -90,24 +89,24 @@ class StepRows:
     any_clipped: list[bool]  # ... clipped but not lead off
 
 
-def step_rows(totals: F64, prev: F64, first: F64, n: I64, step_n: I64, *,
+def step_rows(window: F64, sums: F64, n: I64, step_n: I64, *,
               flatline_mv: float, out_of_range_mv: float, lead_off_fraction: float) -> StepRows:
-    """The indices of k windows in one numpy pass: *totals*, *prev* and *first* (k,
-    features, channels) are the running totals at each step's end, at its previous
-    step's end and at its window's start; *n* and *step_n* (k,) the sample counts.
+    """The indices of k windows in one numpy pass: *window* and *sums* (k, features,
+    channels) are the feature sums over each window and over its last step; *n* and
+    *step_n* (k,) their sample counts.
 
     - a second is flat when the standard deviation of the signal (mV) is below
       ``flatline_mv``; it is lead off when flat at a rail (|mean| beyond
       ``out_of_range_mv``) or when at least ``lead_off_fraction`` of it is clipped.
     """
-    w = (totals - first) / n[:, None, None]
+    w = window / n[:, None, None]
     f, f2, f3, f4, bw, bw2, hf2, sat = (w[:, k] for k in range(8))
     var = np.maximum(f2 - f * f, 0.0)
     safe = np.maximum(var, _EPS)
     m3 = f3 - 3 * f * f2 + 2 * f ** 3
     m4 = f4 - 4 * f * f3 + 6 * f * f * f2 - 3 * f ** 4
     bw_var = np.maximum(bw2 - bw * bw, 0.0)
-    step = (totals[:, 7:] - prev[:, 7:]) / np.maximum(step_n, 1)[:, None, None]
+    step = sums[:, 7:] / np.maximum(step_n, 1)[:, None, None]
     clip, mean, sq = step[:, 0], step[:, 1], step[:, 2]
     flat = np.sqrt(np.maximum(sq - mean * mean, 0.0)) < flatline_mv
     lead_off = (flat & (np.abs(mean) > out_of_range_mv)) | (clip >= lead_off_fraction)

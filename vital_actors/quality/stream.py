@@ -46,9 +46,8 @@ class Step:
     boundary: int
     n: int  # samples in the window
     step_n: int  # samples in the step
-    totals: F64  # running totals at the boundary ...
-    prev: F64  # ... at the previous boundary ...
-    first: F64  # ... and at the window's start
+    window: F64  # the feature sums over the window ...
+    sums: F64  # ... and over the step that ends at the boundary
     bsqi: float
     lo: int  # the window's first sample
     cut: int  # beats cut for the beat-to-beat SNR before the step (.repeat)
@@ -71,8 +70,12 @@ class StreamQuality:
         self.b_beats: deque[int] = deque()  # ... and detector B's
         self.b_level, self.b_last = 0.0, t0
         steps = max(1, round(settings.sqi_window_s / settings.window_s))
-        self.snaps: deque[tuple[int, F64]] = deque(maxlen=steps + 1)
-        self.snaps.append((t0, np.zeros((len(FEATURES), channels))))
+        # The window's steps' feature sums, step k in row k % steps: a window's sums
+        # are added up from them, rows in order (a running total's difference would
+        # carry the rounding of everything summed since the start, spikes included).
+        # The row of a step depends on its index only, so any framing adds alike.
+        self.sums = np.zeros((steps, len(FEATURES), channels))
+        self.bounds: deque[int] = deque([t0], maxlen=steps + 1)  # the steps' ends
         self.flat: deque[list[bool]] = deque(maxlen=steps)
         self.flat_counts = [0] * channels  # flat seconds in ``flat``, per channel
         self.alarms: dict[tuple[str, int | None], Alarm] = {}
@@ -105,13 +108,13 @@ class StreamQuality:
         full_start = res.t0 - self.d.snr_keep
         peaks = res.peaks_a
         i, count = 0, len(peaks)
-        for boundary, totals in res.snaps:
+        for boundary, sums in res.snaps:
             while i < count and peaks[i][0] < boundary:
                 peak(*peaks[i], out)
                 i += 1
             if noise.waiting:
                 noise.advance(boundary, full, full_start)
-            out.append(step(boundary, totals))
+            out.append(step(boundary, sums))
         while i < count:
             peak(*peaks[i], out)
             i += 1
@@ -152,11 +155,15 @@ class StreamQuality:
             "latency_ms": round1(1000 * (b.decided + 1 - b.r) / fs),
         })
 
-    def _step(self, boundary: int, totals: F64) -> Step:
-        """What a step needs from the stream's state as it stands at *boundary*."""
-        prev_b, prev = self.snaps[-1]
-        self.snaps.append((boundary, totals))
-        first_b, first = self.snaps[0]
+    def _step(self, boundary: int, sums: F64) -> Step:
+        """What a step needs from the stream's state as it stands at *boundary*; *sums*:
+        the features summed over the step."""
+        bounds, table = self.bounds, self.sums
+        prev_b = bounds[-1]
+        bounds.append(boundary)
+        first_b = bounds[0]
+        table[(boundary - self.start) // self.d.step % len(table)] = sums
+        window: F64 = np.add.reduce(table, axis=0)
         rh = self.rhythm.at(boundary)
         lo = boundary - self.window_n
         a, b = _window(self.a_beats, lo), _window(self.b_beats, lo)
@@ -165,7 +172,7 @@ class StreamQuality:
             a.pop()
         while b and b[-1] >= edge:
             b.pop()
-        return Step(self, boundary, boundary - first_b, boundary - prev_b, totals, prev, first,
+        return Step(self, boundary, boundary - first_b, boundary - prev_b, window, sums,
                     bsqi(a, b, self.match_n), round(lo), self.noise.cut, bool(a or b), rh)
 
     def finish(self, st: Step, rows: StepRows, i: int) -> list[Event]:
