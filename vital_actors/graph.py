@@ -42,6 +42,7 @@ from .jobs import JobRunner
 from .lag import LoopLag, run_lag_probe
 from .loader import ChunkLoader
 from .messages import Item
+from .quality.chain import warm_up
 from .replay import Replays
 from .screening import run_screen
 from .settings import Settings
@@ -139,6 +140,10 @@ class Server:
                                          linger=s.buffers.linger_ms / 1000,
                                          publish=partial(publish_filtered, self.hub,
                                                          filtered_dtype=s.filtered_dtype)))
+                # The compiled front end is compiled (~6 s the first time) or loaded
+                # from numba's cache (~0.2 s) here, before any device is accepted, not
+                # on the first frame; in a thread, so the loop keeps running.
+                await trio.to_thread.run_sync(warm_up, s.screen)
                 await root.start(partial(run_screen, filtered_rx, screened_tx,
                                          settings=s.screen, max_batch=s.buffers.max_batch,
                                          linger=s.buffers.linger_ms / 1000))

@@ -25,6 +25,7 @@ __all__ = [
     "BufferSettings",
     "DeflateSettings",
     "FilterSettings",
+    "Front",
     "JobSettings",
     "LaneQuotas",
     "LaneSettings",
@@ -39,6 +40,10 @@ __all__ = [
     "ZstdSettings",
     "load_settings",
 ]
+
+
+#: The quality chain's front end (``ScreenSettings.front``).
+Front = Literal["auto", "numpy", "compiled"]
 
 
 class SettingsError(Exception):
@@ -286,6 +291,20 @@ class ScreenSettings(_Section):
     min_fs: float = Field(50.0, gt=12.5, description="streams sampled below this (Hz) are "
                           "not screened: no beats, quality or alerts (validated 125-1000)")
     max_fs: float = Field(2000.0, gt=0, description="nor above this (Hz)")
+    front: Front = Field(
+        "auto", description="the chain's per-sample front end: compiled (numba, ~3x less "
+        "CPU), numpy (quality/front.py, the reference), or auto: compiled when numba "
+        "imports; both give the same events bit for bit")
+
+    @model_validator(mode="after")
+    def _front_available(self) -> Self:
+        if self.front == "compiled":
+            from .quality.front_jit import available  # imports numba: only when asked
+
+            if not available():
+                raise ValueError("front = 'compiled' needs numba, which does not import "
+                                 "here: install it, or use 'auto' or 'numpy'")
+        return self
 
 
 class StoreSettings(_Section):

@@ -37,12 +37,14 @@ from protocol import Event
 
 from ..settings import ScreenSettings
 from .design import Design, design_for
-from .front import FrontState, StaleStateError, run_front
+from .front import FrontOut, FrontState, StaleStateError, run_front
+from .front_jit import JitState, JitTable, available, layout, run_compiled, to_front_state
 from .repeat import measure
 from .sqi import StepRows, step_rows
 from .stream import Step, StreamQuality
 
-__all__ = ["STATE_FORMAT", "Frame", "QualityChain", "StaleStateError", "gc_deferred"]
+__all__ = ["STATE_FORMAT", "Frame", "QualityChain", "StaleStateError", "compiled_front",
+           "gc_deferred", "warm_up"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -72,21 +74,30 @@ class Frame:
 class _Entry:
     design: Design
     run: int
-    front: FrontState
+    front: FrontState | JitState  # as the chain's front end keeps it (or as unpickled)
     quality: StreamQuality
     channel: int
 
 
 class QualityChain:
-    """State of every stream; :meth:`feed` processes a batch of frames at once."""
+    """State of every stream; :meth:`feed` processes a batch of frames at once.
+
+    ``compiled``: whether the per-sample work runs in the compiled front end
+    (:mod:`.front_jit`, its states in one table per design) or in numpy's
+    (:func:`.front.run_front`), as ``settings.front`` says (:func:`compiled_front`).
+    The events are the same bit for bit, and so are the pickles' states: a chain
+    pickled with one resumes with the other."""
 
     def __init__(self, settings: ScreenSettings) -> None:
         self.settings = settings
+        self.compiled = compiled_front(settings.front)
         self._streams: dict[str, _Entry] = {}
         self._scratch: dict[tuple[int, ...], F64] = {}
+        self._tables: dict[tuple[float, int], JitTable] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        """Pickles (job checkpoints) without the scratch array, which is rebuilt."""
+        """Pickles (job checkpoints) without the scratch array and the tables, which
+        are rebuilt (each stream's state pickles its own numbers)."""
         return {"format": STATE_FORMAT, "settings": self.settings, "_streams": self._streams}
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -97,10 +108,16 @@ class QualityChain:
             raise StaleStateError(f"quality chain state of format {found}, this code "
                                   f"resumes format {STATE_FORMAT} only: start over")
         self.__dict__.update(state)
-        self._scratch = {}
+        self._scratch, self._tables = {}, {}
+        # Settings pickled before ``front`` existed have none: auto. A chain pickled
+        # where numba was asked for, restored where it is missing, goes on in numpy.
+        front = getattr(self.settings, "front", "auto")
+        self.compiled = compiled_front("auto" if front == "compiled" else front)
 
     def forget(self, key: str) -> None:
-        self._streams.pop(key, None)
+        e = self._streams.pop(key, None)
+        if e is not None:
+            _release(e.front)
 
     def feed_one(self, key: str, fs: float, t0: int, mv: F64, filtered: F64,
                  run: int = 0) -> list[Event]:
@@ -147,41 +164,41 @@ class QualityChain:
         d = design_for(float(f.fs), self.settings.window_s)
         if (e is None or e.run != f.run or _key(e.design) != _key(d) or e.front.next_t != f.t0
                 or e.quality.channels != channels):
+            if e is not None:
+                _release(e.front)
             channel = min(self.settings.detect_channel, channels - 1)
+            front = (self._table(d).fresh(channels, f.t0) if self.compiled
+                     else FrontState.fresh(d, channels, f.t0))
             e = self._streams[f.key] = _Entry(
-                d, f.run, FrontState.fresh(d, channels, f.t0),
-                StreamQuality(f.key, d, self.settings, channels, channel, f.t0), channel)
+                d, f.run, front, StreamQuality(f.key, d, self.settings, channels, channel,
+                                               f.t0), channel)
         return e
+
+    def _table(self, d: Design) -> JitTable:
+        """The compiled front end's table of *d*'s streams."""
+        table = self._tables.get(_key(d))
+        if table is None:
+            table = self._tables[_key(d)] = JitTable(layout(d))
+        return table
 
     def _group(self, frames: list[Frame], entries: list[_Entry],
                out: list[list[Event]]) -> None:
         d = entries[0].design
-        ch = [e.channel for e in entries]
         if len(frames) == 1:
-            f = frames[0]
-            det, det_f, mv, filt = f.mv[:, ch[0]:ch[0] + 1], f.filtered[:, ch[0]:ch[0] + 1], \
-                f.mv, f.filtered
+            mv, filt = frames[0].mv, frames[0].filtered
         else:
             mv = np.concatenate([f.mv for f in frames], axis=1)
             filt = np.concatenate([f.filtered for f in frames], axis=1)
-            cols, at = [], 0  # each stream's detection channel among all the columns
-            for f, c in zip(frames, ch, strict=True):
-                cols.append(at + c)
-                at += f.mv.shape[1]
-            step = frames[0].mv.shape[1]
-            if cols == list(range(cols[0], at, step)):  # evenly spaced: views, no copies
-                det, det_f = mv[:, cols[0]::step], filt[:, cols[0]::step]
-            else:
-                det, det_f = mv[:, cols], filt[:, cols]
-        widths = [f.mv.shape[1] for f in frames]
-        if _beyond(mv, MV_LIMIT) or _beyond(filt, FILTERED_LIMIT):  # (det is in mv)
-            det, mv = np.clip(det, -MV_LIMIT, MV_LIMIT), np.clip(mv, -MV_LIMIT, MV_LIMIT)
-            det_f = np.clip(det_f, -FILTERED_LIMIT, FILTERED_LIMIT)
-            filt = np.clip(filt, -FILTERED_LIMIT, FILTERED_LIMIT)
-        results = run_front(d, [e.front for e in entries], np.asarray(det, np.float64),
-                            np.asarray(det_f, np.float64), np.asarray(mv, np.float64),
-                            np.asarray(filt, np.float64), widths,
-                            [bool(e.quality.noise.waiting) for e in entries], self._scratch)
+        cols, at = [], 0  # each stream's detection channel among all the columns
+        for f, e in zip(frames, entries, strict=True):
+            cols.append(at + e.channel)
+            at += f.mv.shape[1]
+        if _beyond(mv, MV_LIMIT) or _beyond(filt, FILTERED_LIMIT):
+            mv, filt = np.clip(mv, -MV_LIMIT, MV_LIMIT), np.clip(filt, -FILTERED_LIMIT,
+                                                                  FILTERED_LIMIT)
+        waiting = [bool(e.quality.noise.waiting) for e in entries]
+        run = self._compiled_front if self.compiled else self._numpy_front
+        results = run(d, entries, cols, mv, filt, waiting)
         taken = [e.quality.take(res) if res is not None else []
                  for e, res in zip(entries, results, strict=True)]
         measure([e.quality.noise for e in entries])  # the beats cut by take, at once
@@ -193,6 +210,35 @@ class QualityChain:
                     events.extend(x.owner.finish(x, *rows[id(x)]))
                 else:
                     events.append(x)
+
+    def _numpy_front(self, d: Design, entries: list[_Entry], cols: list[int], mv: F64,
+                     filt: F64, waiting: list[bool]) -> list[FrontOut | None]:
+        for e in entries:
+            if isinstance(e.front, JitState):  # resumed from a compiled chain's pickle
+                e.front, old = to_front_state(e.front), e.front
+                _release(old)
+        step = entries[0].quality.channels
+        if cols == list(range(cols[0], mv.shape[1], step)):  # evenly spaced: views
+            det, det_f = mv[:, cols[0]::step], filt[:, cols[0]::step]
+        else:
+            det, det_f = mv[:, cols], filt[:, cols]
+        fronts = [e.front for e in entries if isinstance(e.front, FrontState)]
+        return run_front(d, fronts, np.asarray(det, np.float64), np.asarray(det_f, np.float64),
+                         np.asarray(mv, np.float64), np.asarray(filt, np.float64),
+                         [e.quality.channels for e in entries], waiting, self._scratch)
+
+    def _compiled_front(self, d: Design, entries: list[_Entry], cols: list[int], mv: F64,
+                        filt: F64, waiting: list[bool]) -> list[FrontOut | None]:
+        table = self._table(d)
+        states = []
+        for e in entries:
+            st = e.front
+            if not isinstance(st, JitState) or st.table is not table:  # from a pickle
+                st = table.adopt(*st.__getstate__())
+                _release(e.front)
+                e.front = st
+            states.append(st)
+        return run_compiled(table, states, cols, _writable(mv), _writable(filt), waiting)
 
     def _rows(self, steps: list[Step]) -> dict[int, tuple[StepRows, int]]:
         """The indices of all *steps* in one numpy pass per channel count."""
@@ -212,6 +258,25 @@ class QualityChain:
 
 
 
+def compiled_front(front: str) -> bool:
+    """Whether ``ScreenSettings.front`` *front* means the compiled front end: "auto"
+    does when numba imports (the settings refuse "compiled" where it does not)."""
+    return front == "compiled" or (front == "auto" and available())
+
+
+def warm_up(settings: ScreenSettings) -> None:
+    """Compile the compiled front end (or load it from numba's cache: ~6 s the first
+    time, ~0.2 s after) by screening a second of silence of two streams, one of two
+    channels and one of one: a server calls this, in a worker thread, before it takes
+    devices, so that no device's first frame waits for it."""
+    chain = QualityChain(settings)
+    if not chain.compiled:
+        return
+    fs = float(min(max(360.0, settings.min_fs), settings.max_fs))
+    x = np.zeros((round(fs), 3))
+    chain.feed([Frame("a", fs, 0, x[:, :2], x[:, :2]), Frame("b", fs, 0, x[:, 2:], x[:, 2:])])
+
+
 #: What the screen takes of a sample, in mV: beyond these it sees the limit (the
 #: stored samples are not touched). The chain keeps running sums (detector A's
 #: integration, the SQIs' totals) whose rounding grows with what they have summed: one
@@ -225,6 +290,19 @@ FILTERED_LIMIT = 50.0
 def _beyond(x: F64, limit: float) -> bool:
     """Whether a sample of *x* is beyond +-*limit* (copies are made only then)."""
     return bool(x.min(initial=0.0) < -limit or x.max(initial=0.0) > limit)
+
+
+def _writable(x: F64) -> F64:
+    """*x* as C-ordered, writable float64 (a copy only if it is not): numba compiles
+    anew (seconds) for each other array type, read-only ones included."""
+    y = np.ascontiguousarray(x, np.float64)
+    return y if y.flags.writeable else y.copy()
+
+
+def _release(st: FrontState | JitState) -> None:
+    """Give a compiled state's row back to its table (a FrontState holds its own)."""
+    if isinstance(st, JitState) and st.table is not None:
+        st.table.free(st)
 
 
 def _key(d: Design) -> tuple[float, int]:
