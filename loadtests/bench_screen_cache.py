@@ -4,6 +4,7 @@
     python -m loadtests.bench_screen_cache --per-call 30 --cold-only --against /tmp/old
     python -m loadtests.bench_screen_cache --per-call 30 --cold-only --fused
     python -m loadtests.bench_screen_cache --streams 1000 --per-call 50 200 --shuffle
+    python -m loadtests.bench_screen_cache --per-call 50 200 --shuffle --front numpy compiled
 
 In the server the screen costs more per frame than in ``bench_quality``'s tight loop
 (docs/benchmarks.md): between two of its calls the rest of the server runs, and what
@@ -14,7 +15,8 @@ calls of N frames each, in arrival order, and between calls either does nothing
 Only the screen's calls are timed (``process_time``). ``--against DIR`` also runs each
 measurement with the code of another checkout (a child process), alternating.
 ``--fused`` also measures each call filtered right before it (as if one actor did
-both), beside the usual (all filtered first).
+both), beside the usual (all filtered first). ``--front`` measures the chain with
+each front end given (``ScreenSettings.front``), alternating.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+from typing import get_args
 
 import numpy as np
 
 from vital_actors.filtering import FilterBank
 from vital_actors.messages import Block, Item
 from vital_actors.quality import QualityChain
+from vital_actors.quality.chain import warm_up
 from vital_actors.screening import screen_batch
-from vital_actors.settings import ScreenSettings
+from vital_actors.settings import Front, ScreenSettings
 
 from .against import run_in
 from .bench_quality import Load, load
@@ -38,13 +42,15 @@ __all__ = ["main", "screen_us_per_frame"]
 
 
 def screen_us_per_frame(lo: Load, per_call: int, junk: np.ndarray | None,
-                        fused: bool = False, shuffle: bool = False) -> float:
+                        fused: bool = False, shuffle: bool = False,
+                        front: Front = "auto") -> float:
     """µs of CPU per frame of the screen fed *per_call* frames a call; with *junk*, read
     between calls; *fused*: each call's frames filtered right before it (not timed),
     as one actor doing both would, instead of all before the first call; *shuffle*:
     each round's frames in another order (as they arrive in a server), so that a call's
-    streams are not the ones that went together in the call before."""
-    bank, chain = FilterBank(), QualityChain(ScreenSettings())
+    streams are not the ones that went together in the call before; *front*: the
+    chain's front end."""
+    bank, chain = FilterBank(), QualityChain(ScreenSettings(front=front))
     rng = np.random.default_rng(0)
     blocks: list[Block] = []
     for k in range(lo.rounds):
@@ -97,18 +103,24 @@ def main() -> None:
                    help="also with each call filtered right before it")
     p.add_argument("--shuffle", action="store_true",
                    help="each round's frames in a new order (calls' streams vary)")
+    p.add_argument("--front", nargs="+", choices=get_args(Front), default=["auto"],
+                   help="the chain's front end(s); several: measured alternating")
     args = p.parse_args()
     lo = load(args.streams, args.seconds, 100)
+    for front in args.front:  # numba's compile or cache load, before any timing
+        warm_up(ScreenSettings(front=front))
     gc.freeze()
     junk = np.ones(round(args.pollute_mb * 1e6 / 8))
-    print(f"{'frames/call':>11} {'caches':>6} {'code':>6} {'µs/frame (each run)':>24}")
+    print(f"{'frames/call':>11} {'caches':>6} {'code':>8} {'µs/frame (each run)':>24}")
     ways = (("cold", junk),) if args.cold_only else (("warm", None), ("cold", junk))
     for n in args.per_call:
         for name, pollute in ways:
-            runs: dict[str, list[float]] = {"this": [], "other": []}
+            this = ["this"] if args.front == ["auto"] else args.front
+            runs: dict[str, list[float]] = {**{k: [] for k in this}, "other": []}
             for _ in range(args.repeat):
-                runs["this"].append(screen_us_per_frame(lo, n, pollute,
-                                                        shuffle=args.shuffle))
+                for code, front in zip(this, args.front, strict=True):
+                    runs[code].append(screen_us_per_frame(lo, n, pollute,
+                                                          shuffle=args.shuffle, front=front))
                 if args.against:
                     runs["other"].append(_other(args.against, args.streams, args.seconds,
                                                 n, args.pollute_mb, name, args.shuffle))
@@ -118,7 +130,7 @@ def main() -> None:
                                  for _ in range(args.repeat)]
             for code, got in runs.items():
                 if got:
-                    print(f"{n:11d} {name:>6} {code:>6} "
+                    print(f"{n:11d} {name:>6} {code:>8} "
                           f"{' '.join(f'{x:7.1f}' for x in got):>24}")
 
 

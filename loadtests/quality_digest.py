@@ -34,6 +34,7 @@ import argparse
 import hashlib
 import time
 from dataclasses import replace
+from typing import get_args
 
 import msgpack
 import numpy as np
@@ -43,7 +44,7 @@ from vital_actors.filtering import FilterBank
 from vital_actors.messages import Block, Filtered, Item, Publication
 from vital_actors.quality import QualityChain
 from vital_actors.screening import screen_batch
-from vital_actors.settings import FilterSettings, ScreenSettings
+from vital_actors.settings import FilterSettings, Front, ScreenSettings
 from vital_actors.sources import Recording, data_dir, list_records, load_record
 from vital_actors.streams import StreamInfo, StreamRegistry
 
@@ -96,10 +97,11 @@ def _plan(framing: str, streams: int, n: int) -> tuple[list[int], list[list[list
     return starts, batches
 
 
-def digest(recs: list[Recording], seconds: float,
-           framing: str) -> tuple[str, str, int, str, float]:
+def digest(recs: list[Recording], seconds: float, framing: str,
+           front: Front = "auto") -> tuple[str, str, int, str, float]:
     """(sha256 of each stream's events, sha256 of the events in batch order with the
-    frames they came with, events, sha256 of the filter output, CPU seconds)."""
+    frames they came with, events, sha256 of the filter output, CPU seconds), with the
+    quality chain's *front* end (``ScreenSettings.front``)."""
     n = min(round(seconds * FS), *(len(r.samples) for r in recs))
     registry = StreamRegistry(FilterSettings())
     infos: list[StreamInfo] = []
@@ -109,7 +111,7 @@ def digest(recs: list[Recording], seconds: float,
         infos.append(registry.attach(hello))
     starts, batches = _plan(framing, len(recs), n)
     at = [0] * len(recs)  # per stream, its next row in the record
-    bank, chain = FilterBank(), QualityChain(ScreenSettings())
+    bank, chain = FilterBank(), QualityChain(ScreenSettings(front=front))
     framed, filters, count = hashlib.sha256(), hashlib.sha256(), 0
     per_stream = {info.id: hashlib.sha256() for info in infos}
     t = time.process_time()
@@ -148,6 +150,9 @@ def main() -> None:
     p.add_argument("--doctored", type=int, default=4,
                    help="streams more: copies of the first records with flat and stuck "
                         "stretches (alerts)")
+    p.add_argument("--front", nargs="+", choices=get_args(Front), default=["auto"],
+                   help="the chain's front end(s), each framing with each in turn: the "
+                        "digests must be the same")
     args = p.parse_args()
     root = data_dir()
     if root is None or not (root / "mitdb").is_dir():
@@ -156,9 +161,11 @@ def main() -> None:
             for path in list_records(root / "mitdb")[:args.records]]
     recs += [_doctored(rec, k) for k, rec in enumerate(recs[:args.doctored])]
     for framing in args.framing:
-        streams, framed, count, filt, cpu = digest(recs, args.seconds, framing)
-        print(f"{framing:>7} events {count:>6} streams {streams[:24]} framed {framed[:24]} "
-              f"filtered {filt[:16]} ({cpu:.1f} s CPU)", flush=True)
+        for front in args.front:
+            streams, framed, count, filt, cpu = digest(recs, args.seconds, framing, front)
+            label = f" {front:>8}" if len(args.front) > 1 else ""
+            print(f"{framing:>7}{label} events {count:>6} streams {streams[:24]} framed "
+                  f"{framed[:24]} filtered {filt[:16]} ({cpu:.1f} s CPU)", flush=True)
 
 
 if __name__ == "__main__":
