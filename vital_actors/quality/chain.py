@@ -1,7 +1,7 @@
 """The quality chain: beats, heart rate, SQIs and alerts for many streams, pure.
 
 :class:`QualityChain` is the one entry point for the live screen and for batch jobs
-over recordings. It is plain Python and numpy (no trio, no I/O)::
+over recordings. It is plain Python, numpy and numba (no trio, no I/O)::
 
     chain = QualityChain(settings.screen)
     events = chain.feed_one("s1", fs=360.0, t0=0, mv=block_mv, filtered=block_filtered)
@@ -127,7 +127,7 @@ class QualityChain:
     def feed(self, frames: Sequence[Frame]) -> list[list[Event]]:
         """Process *frames* (any streams, each stream's in order); return the events
         of each frame. Frames of streams with the same rate and block length go
-        through the numpy front end together. Frames of a rate outside
+        through the front end together (``settings.front``). Frames of a rate outside
         ``settings.min_fs .. max_fs`` get no events (the QRS band needs fs > 12.5 Hz;
         the chain is validated at 125-1000 Hz). The cyclic garbage collector waits
         until the call returns (:func:`gc_deferred`)."""
