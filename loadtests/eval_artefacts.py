@@ -1,14 +1,19 @@
-"""Detector A against artefact spikes: Se and +P of each DS1 record's first seconds,
-clean and with one spike (5 samples at full scale) at given times.
+"""Detector A against artefacts: Se and +P of each DS1 record's first seconds, clean
+and with an artefact at given times.
 
     python -m loadtests.eval_artefacts              # all DS1, 120 s, spikes at 1 and 60 s
+    python -m loadtests.eval_artefacts --shape pops --at 0.3 60
+    python -m loadtests.eval_artefacts --shape drop --at 60
     python -m loadtests.eval_artefacts --records 101 230 --at 1 30 60 --seconds 120
 
-Each record runs through a fresh :class:`QualityChain` in 100-ms frames (the server's
-device framing) once clean and once per spike time. Beats are matched one to one within
-150 ms to the reference annotations; the spike's own beat (within 150 ms of it) is
-left out, since the spike is no beat and no reference either. Prints, per record and
-pooled, reference / detected / matched and the pooled Se and +P per case.
+Shapes: ``spike``, 5 samples at full scale ((32767 - baseline) / gain mV, both leads);
+``pops``, three electrode pops (5 samples at 30 mV) 0.7 s apart; ``drop``, the signal
+ten times smaller from then on (a lead that comes back weak). Each record runs
+through a fresh :class:`QualityChain` in 100-ms frames (the server's device framing),
+once clean and once per time. Beats are matched one to one within 150 ms to the
+reference annotations; beats, detected or reference, at the spike or the pops
+(within 150 ms) are left out: they are the artefact's. Prints, per record and pooled,
+reference / detected / matched and the pooled Se and +P per case.
 """
 
 from __future__ import annotations
@@ -45,17 +50,37 @@ def detected(rec: Recording, mv: F64) -> list[int]:
     return out
 
 
+def _doctor(mv: F64, rec: Recording, i: int, shape: str) -> list[tuple[int, int]]:
+    """Put the artefact *shape* into *mv* at sample *i*; return the spans (first, last
+    sample) whose beats are the artefact's."""
+    if shape == "spike":
+        mv[i:i + 5] = (32767 - np.asarray(rec.baseline)) / np.asarray(rec.gain)
+        return [(i, i + 4)]
+    if shape == "pops":
+        gap = round(0.7 * rec.fs)
+        for k in range(3):
+            mv[i + k * gap:i + k * gap + 5] = 30.0
+        return [(i + k * gap, i + k * gap + 4) for k in range(3)]
+    mv[i:] *= 0.1
+    return []
+
+
+def _within(r: int, spans: list[tuple[int, int]], tol: int) -> bool:
+    return any(lo - tol <= r <= hi + tol for lo, hi in spans)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path(__file__).parents[1] / "../shared/data/mitdb")
     p.add_argument("--records", nargs="+", help="record names (default: all in --data)")
     p.add_argument("--seconds", type=float, default=120.0)
     p.add_argument("--at", type=float, nargs="+", default=[1.0, 60.0],
-                   help="spike times (s), one run each")
+                   help="artefact times (s), one run each")
+    p.add_argument("--shape", choices=("spike", "pops", "drop"), default="spike")
     a = p.parse_args()
     cases: list[float | None] = [None, *a.at]
     pooled = np.zeros((len(cases), 3), dtype=np.int64)
-    print("record  " + "  ".join(f"{'clean' if c is None else f'spike@{c:g}s':>16}"
+    print("record  " + "  ".join(f"{'clean' if c is None else f'{a.shape}@{c:g}s':>16}"
                                  for c in cases) + "   (reference/detected/matched)")
     folder = a.data.resolve()
     for path in [folder / r for r in a.records] if a.records else scored_records(folder, "qrs"):
@@ -68,19 +93,20 @@ def main() -> None:
         for k, at in enumerate(cases):
             mv: F64 = (rec.samples - np.asarray(rec.baseline)) / np.asarray(rec.gain)
             det = []
+            want = ref
             if at is None:
                 det = detected(rec, mv)
             else:
-                i = round(at * rec.fs)
-                mv[i:i + 5] = (32767 - np.asarray(rec.baseline)) / np.asarray(rec.gain)
-                det = [r for r in detected(rec, mv) if abs(r - i) > tol]
-            tp = match_count(ref, det, tol)
-            pooled[k] += (len(ref), len(det), tp)
-            row.append(f"{len(ref)}/{len(det)}/{tp}")
+                spans = _doctor(mv, rec, round(at * rec.fs), a.shape)
+                det = [r for r in detected(rec, mv) if not _within(r, spans, tol)]
+                want = [r for r in ref if not _within(r, spans, tol)]
+            tp = match_count(want, det, tol)
+            pooled[k] += (len(want), len(det), tp)
+            row.append(f"{len(want)}/{len(det)}/{tp}")
         print(f"{name:<7} " + "  ".join(f"{c:>16}" for c in row), flush=True)
     for k, at in enumerate(cases):
         n_ref, n_det, tp = (int(v) for v in pooled[k])
-        label = "clean" if at is None else f"spike at {at:g} s"
+        label = "clean" if at is None else f"{a.shape} at {at:g} s"
         print(f"{label:<16} Se {100 * tp / n_ref:6.2f} %  +P {100 * tp / max(1, n_det):6.2f} %")
 
 

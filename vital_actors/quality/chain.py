@@ -52,8 +52,9 @@ F64 = npt.NDArray[np.float64]
 #: What a pickled chain holds; changes with the state its streams keep (2: the
 #: sorted window medians, the group-packed front state and SNR history; 3: the
 #: settings' screened rates, the fourth speed pass's state; 4: detector A's beats of
-#: the last window kept for the bSQI; 5: each step's feature sums, not running totals).
-STATE_FORMAT = 5
+#: the last window kept for the bSQI; 5: each step's feature sums, not running totals;
+#: 6: detector A's recent candidates, for a relearn).
+STATE_FORMAT = 6
 
 
 @dataclass(slots=True, eq=False)

@@ -17,6 +17,9 @@ Pan-Tompkins' running signal and noise peak levels. Rules, with fs-free times:
 - a beat raises the signal level by at most what a peak 8 times the level would (on the
   22 DS1 records no beat came above 5 times it), so one artefact taken for a beat
   raises the threshold by at most 1.9 times and the beats after it are still found;
+- learning leaves out candidates whose MWI no QRS reaches (``ARTEFACT_MWI``);
+- :meth:`PeakTracker.relearn` sets the levels again from given heights (the stream
+  calls it when detector B vouches for a rhythm that A has not found for 8 s);
 - a long silence (> 3 s without a beat) halves the signal level per candidate, so a
   signal that came back smaller is found again; but not below 16 times the noise
   level, so that the noise of a beatless line (asystole) does not become beats.
@@ -40,6 +43,10 @@ SILENCE_FLOOR = 16.0  # ... but never below this many times the noise level
 LEARN_TOP = 2.0  # learning ends when another peak is within this factor of the largest
 LEARN_MAX_S = 5.0  # ... or at this age, the largest counting for at most LEARN_TOP x
 BEAT_CAP = 8.0  # a beat moves the signal level as a peak of at most this x the level
+RECENT_S = 8.0  # candidates kept for a relearn (see PeakTracker.relearn)
+#: Learning leaves out candidates above this MWI (in mV, fs-free): no QRS comes near
+#: it (DS1's largest beat: 79; a 5-sample pop of 10 mV gives 147, of 30 mV 407).
+ARTEFACT_MWI = 250.0
 
 
 @dataclass(slots=True)
@@ -66,6 +73,8 @@ class PeakTracker:
     rrs: deque[int] = field(default_factory=lambda: deque(maxlen=8))
     rr_sum: int = 0  # sum(rrs), kept (integers: exact)
     noise: list[tuple[int, float, int]] = field(default_factory=list)  # for search-back
+    recent: deque[tuple[int, float]] = field(default_factory=deque)  # (R, value), 8 s
+    relearnt: int | None = None  # R of the candidate at the last relearn
     # The rules' times in samples (floats, as the expressions they stand for).
     refractory: float = field(init=False, default=0.0)
     t_wave: float = field(init=False, default=0.0)
@@ -95,7 +104,22 @@ class PeakTracker:
             pending, self.learning = self.learning, None
             # Replayed now, so decided (and emitted) at this candidate's index.
             return [b for _, v, at in pending for b in self._judge(decided, v, at)]
+        recent = self.recent
+        recent.append((r, value))
+        while r - recent[0][0] > RECENT_S * self.fs:
+            recent.popleft()
         return self._judge(decided, value, r)
+
+    def relearn(self, values: list[float], r: int) -> None:
+        """Set the levels again from *values*, the heights of recent candidates that
+        are beats by other evidence (detector B), as learning does from the first
+        seconds' largest: for a detector held silent by levels far above the beats."""
+        top = sorted(values)[len(values) // 2]
+        self.spk, self.npk = 0.5 * top, 0.0625 * top
+        self.rrs.clear()
+        self.rr_sum = 0
+        self.noise.clear()
+        self.relearnt = r
 
     def _judge(self, decided: int, value: float, r: int) -> list[Beat]:
         out: list[Beat] = []
@@ -167,11 +191,13 @@ class PeakTracker:
 
 
 def _learnt_top(values: list[float], *, final: bool) -> float | None:
-    """The learning phase's peak level from the candidates' *values* so far: the
-    largest, once another is at least ``1 / LEARN_TOP`` of it (so two peaks agree on
+    """The learning phase's peak level from the candidates' *values* so far (those
+    above ``ARTEFACT_MWI`` left out, unless all are): the largest, once another is at
+    least ``1 / LEARN_TOP`` of it (so two peaks agree on
     the level, as two beats do and one spike and the beats do not); else None, to
     learn on, unless *final*: then the largest counts for at most ``LEARN_TOP`` times
     the second largest."""
+    values = [v for v in values if v <= ARTEFACT_MWI] or values
     top = max(values)
     if sum(v * LEARN_TOP >= top for v in values) >= 2:
         return top

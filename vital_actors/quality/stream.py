@@ -36,6 +36,9 @@ MATCH_S = 0.15  # bSQI: beats of A and B within 150 ms agree
 EDGE_S = 0.3  # bSQI leaves out the last 300 ms, where B may not have decided yet
 B_LEVEL = 0.25  # detector B: share of its running beat height a beat must reach ...
 B_HALF_LIFE_S = 10.0  # ... a level that halves every 10 s without a beat
+RELEARN_S = 8.0  # detector A silent this long while B finds a steady rhythm: relearn
+RELEARN_BEATS = 6  # ... B's beats in the last RELEARN_S, at least
+RELEARN_RR_CV = 0.12  # ... with RRs this steady (coefficient of variation), at most
 
 
 @dataclass(slots=True, eq=False)
@@ -90,6 +93,7 @@ class StreamQuality:
         # Step lengths in samples (floats, as the expressions they stand for).
         self.window_n = settings.sqi_window_s * d.fs
         self.edge_n, self.match_n = EDGE_S * d.fs, round(MATCH_S * d.fs)
+        self.relearn_n = RELEARN_S * d.fs
         self.topic_q = f"stream/{key}/quality"
         self.topic_b = f"stream/{key}/beats"
 
@@ -136,7 +140,11 @@ class StreamQuality:
 
     def _peak(self, decided: int, value: float, r: int, out: list[Event | Step]) -> None:
         """Detector A's candidate peak: append the beat events it confirms to *out*."""
-        beats = self.tracker.push(decided, value, r)
+        tracker = self.tracker
+        if tracker.learning is None and r - self.last_r > self.relearn_n and (
+                tracker.relearnt is None or r - tracker.relearnt > self.relearn_n):
+            self._relearn(decided, r)
+        beats = tracker.push(decided, value, r)
         if beats:
             rhythm, noise = self.rhythm, self.noise
             for beat in beats:
@@ -145,6 +153,26 @@ class StreamQuality:
                 self.last_r = beat.r
                 noise.beat(beat.r, beat.decided)
                 out.append(self._beat_event(beat))
+
+    def _relearn(self, decided: int, r: int) -> None:
+        """Detector A has found no beat for ``RELEARN_S``: if detector B found a steady
+        rhythm meanwhile, A's levels are far above its beats (after an artefact, or a
+        signal that came back much smaller): it relearns them from its candidates at
+        B's beats. B's beats count only once decided by *decided* (so any framing
+        gives the same), and a beatless line's noise does not make a steady rhythm."""
+        lo, seen = r - self.relearn_n, decided - self.d.b_half
+        b = [x for x in self.b_beats if lo <= x <= seen]
+        if len(b) < RELEARN_BEATS:
+            return
+        rr = np.diff(b)
+        if rr.std() > RELEARN_RR_CV * rr.mean():
+            return
+        tol, values = self.match_n, []
+        for at, v in self.tracker.recent:
+            if at >= lo and any(abs(at - x) <= tol for x in b):
+                values.append(v)
+        if len(values) >= RELEARN_BEATS - 1:
+            self.tracker.relearn(values, r)
 
     def _beat_event(self, b: Beat) -> Event:
         fs = self.d.fs
