@@ -403,3 +403,23 @@ async def test_a_batch_the_bank_fails_on_is_dropped_and_the_stream_starts_from_r
     third = got[-1]
     assert isinstance(third, Filtered)  # its filter started from rest: as if alone
     assert_close(third.filtered, offline(info, rec.samples[720:1080]))
+
+
+def test_an_impossible_sample_is_forgotten_like_a_big_one(mitdb: Path) -> None:
+    # A float device's one sample of 1e30 mV: the filter sees 10 V (MV_LIMIT) there,
+    # and its output is the clean one again 20 s later (unclipped, ~90 s, with values
+    # up to 1e23 mV on the filtered topic meanwhile). The mV samples stay as sent.
+    rec = load_record(mitdb / "101", stop=40 * 360)
+    clean = ((rec.samples - np.asarray(rec.baseline)) / np.asarray(rec.gain)).astype(np.float32)
+    spoilt = clean.copy()
+    spoilt[360:365] = 1e30
+    out = []
+    for x in (clean, spoilt):
+        registry = StreamRegistry(FilterSettings())
+        info = registry.attach(Hello("f", rec.fs, rec.channels, "float32", (1.0, 1.0),
+                                     (0.0, 0.0)))
+        bank = FilterBank()
+        out.append([bank.apply([b])[0] for b in blocks_of(info, x, [36] * (len(x) // 36))])
+    filtered = [np.vstack([f.filtered for f in fs]) for fs in out]
+    assert np.max(np.abs(filtered[1][21 * 360:] - filtered[0][21 * 360:])) < 1e-6
+    assert np.vstack([f.mv for f in out[1]])[360, 0] == np.float32(1e30)

@@ -36,7 +36,7 @@ import numpy.typing as npt
 from protocol import Event
 
 from ..settings import ScreenSettings
-from .design import Design, design_for
+from .design import FILTERED_LIMIT, MV_LIMIT, Design, beyond, design_for
 from .front import FrontOut, FrontState, StaleStateError, run_front
 from .front_jit import JitState, JitTable, available, layout, run_compiled, to_front_state
 from .repeat import measure
@@ -194,7 +194,7 @@ class QualityChain:
         for f, e in zip(frames, entries, strict=True):
             cols.append(at + e.channel)
             at += f.mv.shape[1]
-        if _beyond(mv, MV_LIMIT) or _beyond(filt, FILTERED_LIMIT):
+        if beyond(mv, MV_LIMIT) or beyond(filt, FILTERED_LIMIT):
             mv, filt = np.clip(mv, -MV_LIMIT, MV_LIMIT), np.clip(filt, -FILTERED_LIMIT,
                                                                   FILTERED_LIMIT)
         waiting = [bool(e.quality.noise.waiting) for e in entries]
@@ -277,20 +277,6 @@ def warm_up(settings: ScreenSettings) -> None:
     x = np.zeros((round(fs), 3))
     chain.feed([Frame("a", fs, 0, x[:, :2], x[:, :2]), Frame("b", fs, 0, x[:, 2:], x[:, 2:])])
 
-
-#: What the screen takes of a sample, in mV: beyond these it sees the limit (the
-#: stored samples are not touched). The chain keeps running sums (detector A's
-#: integration, the SQIs' totals) whose rounding grows with what they have summed: one
-#: sample of 1e6 mV made every later window's kurtosis noise, and one of 1e30 stopped
-#: the beats for the rest of the run. No ECG comes near 10 V, even with an electrode's
-#: DC offset; the band-passed signal has no offset, and a QRS is a few mV.
-MV_LIMIT = 1e4
-FILTERED_LIMIT = 50.0
-
-
-def _beyond(x: F64, limit: float) -> bool:
-    """Whether a sample of *x* is beyond +-*limit* (copies are made only then)."""
-    return bool(x.min(initial=0.0) < -limit or x.max(initial=0.0) > limit)
 
 
 def _writable(x: F64) -> F64:

@@ -20,7 +20,8 @@ try:  # scipy's compiled kernel behind sosfilt (scipy 1.x keeps it here)
 except ImportError:  # pragma: no cover - another scipy layout: the public function
     _kernel = None
 
-__all__ = ["FEATURES", "Design", "design_for", "sosfilt_columns"]
+__all__ = ["FEATURES", "FILTERED_LIMIT", "MV_LIMIT", "Design", "beyond", "design_for",
+           "sosfilt_columns"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -29,6 +30,16 @@ F64 = npt.NDArray[np.float64]
 #: high-frequency band (> 40 Hz) squared, the clipped samples (stuck far from the
 #: baseline), and the signal in mV and its square (flat and lead-off seconds).
 FEATURES = ("f", "f2", "f3", "f4", "bw", "bw2", "hf2", "sat", "mv", "mv2")
+
+#: What the screen and the server's filter take of a sample, in mV: beyond these they
+#: see the limit (the stored samples are not touched). The chain keeps running sums
+#: (detector A's integration) whose rounding grows with what they have summed: one
+#: sample of 1e30 stopped the beats for the rest of the run; the filter took ~90 s to
+#: forget it, sending values up to 1e23 mV to subscribers meanwhile. No ECG comes near
+#: 10 V, even with an electrode's DC offset; the band-passed signal has no offset, and
+#: a QRS is a few mV.
+MV_LIMIT = 1e4
+FILTERED_LIMIT = 50.0
 
 QRS_BAND_HZ = (5.0, 15.0)  # Pan-Tompkins' QRS band
 MWI_S = 0.15  # moving-window integration, Pan-Tompkins' 150 ms
@@ -100,3 +111,9 @@ def sosfilt_columns(sos: F64, x: F64, zi: F64) -> tuple[F64, F64]:
     state = np.array(zi.transpose(2, 0, 1), dtype=np.float64, order="C")  # a copy
     _kernel(sos, rows, state)
     return rows.T, state.transpose(1, 2, 0)
+
+
+def beyond(x: F64, limit: float) -> bool:
+    """Whether a sample of *x* is beyond +-*limit* (one pass each way: the usual answer
+    is no, and the caller copies only when it is yes)."""
+    return bool(x.min(initial=0.0) < -limit or x.max(initial=0.0) > limit)
