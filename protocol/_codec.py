@@ -156,10 +156,18 @@ def _opt(d: Fields, key: str, kind: type | tuple[type, ...], what: str) -> Any:
     return None if d.get(key) is None else _req(d, key, kind, what)
 
 
-def _seq(d: Fields, key: str) -> int:
+#: The last seq a device may send (or resume after): the one after it must still be a
+#: seq, as the server's ``welcome.next_seq`` (a 64-bit msgpack uint).
+LAST_FRAME_SEQ = 2**64 - 2
+
+
+def _seq(d: Fields, key: str, top: int = 2**64 - 1) -> int:
     value = _req(d, key, int, "an integer >= 0")
     if value < 0:
         raise _invalid(f"'{d['type']}.{key}' must be >= 0, got {value}")
+    if value > top:
+        raise _invalid(f"'{d['type']}.{key}' must be <= {top} (the seq after it must fit "
+                       f"in 64 bits), got {value}")
     return cast(int, value)
 
 
@@ -206,7 +214,7 @@ def _hello(d: Fields) -> Hello:
         gain=_per_channel(d, "gain", len(channels), positive=True),
         baseline=_per_channel(d, "baseline", len(channels), positive=False),
         device=_opt(d, "device", str, "a string"),
-        resume=None if d.get("resume") is None else _seq(d, "resume"),
+        resume=None if d.get("resume") is None else _seq(d, "resume", LAST_FRAME_SEQ),
     )
 
 
@@ -214,8 +222,8 @@ def _samples(d: Fields) -> Samples:
     n = _req(d, "n", int, "an integer >= 1")
     if n < 1:
         raise _invalid(f"'samples.n' must be >= 1, got {n}")
-    return Samples(seq=_seq(d, "seq"), n=n, data=_req(d, "data", bytes, "binary (msgpack bin)"),
-                   t=_opt_number(d, "t"))
+    return Samples(seq=_seq(d, "seq", LAST_FRAME_SEQ), n=n,
+                   data=_req(d, "data", bytes, "binary (msgpack bin)"), t=_opt_number(d, "t"))
 
 
 def _opt_number(d: Fields, key: str) -> float | None:

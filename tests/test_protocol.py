@@ -83,6 +83,7 @@ def rejected(decode: Decoder, payload: bytes) -> RemoteProtocolError:
 stream_ids = st.from_regex(STREAM_ID, fullmatch=True)
 topics = st.from_regex(TOPIC, fullmatch=True)
 seqs = st.integers(0, 2**64 - 1)  # msgpack's whole unsigned range
+frame_seqs = st.integers(0, 2**64 - 2)  # a device's: the seq after it must be a seq too
 finite = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53)
 positive = (st.floats(min_value=0.0, exclude_min=True, allow_infinity=False)
             | st.integers(1, 2**53))
@@ -108,13 +109,13 @@ def hellos(draw: st.DrawFn) -> Hello:
         dtype=draw(st.sampled_from(["int16", "float32"])),
         gain=tuple(draw(st.lists(positive, min_size=n, max_size=n))),
         baseline=tuple(draw(st.lists(finite, min_size=n, max_size=n))),
-        device=draw(st.none() | st.text(max_size=20)), resume=draw(st.none() | seqs),
+        device=draw(st.none() | st.text(max_size=20)), resume=draw(st.none() | frame_seqs),
     )
 
 
 pings = st.builds(Ping, t=st.none() | finite)
 device_messages = st.one_of(
-    hellos(), st.builds(Samples, seq=seqs, n=st.integers(1, 2**32), data=st.binary()), pings,
+    hellos(), st.builds(Samples, seq=frame_seqs, n=st.integers(1, 2**32), data=st.binary()), pings,
 )
 subscriber_messages = st.one_of(
     st.builds(Subscribe, st.lists(topics, min_size=1, max_size=8).map(tuple)),
@@ -431,6 +432,9 @@ INVALID_DEVICE = {
     "hello-baseline-one-of-two": changed(HELLO, baseline=[0]),
     "hello-resume-negative": changed(HELLO, resume=-1),
     "samples-seq-negative": changed(SAMPLES_MAP, seq=-1),
+    # the seq after it (the server's welcome.next_seq) would not fit in 64 bits
+    "samples-seq-last-uint64": changed(SAMPLES_MAP, seq=2**64 - 1),
+    "hello-resume-last-uint64": changed(HELLO, resume=2**64 - 1),
     "samples-n-zero": changed(SAMPLES_MAP, n=0),
     "samples-n-negative": changed(SAMPLES_MAP, n=-3),
 }
