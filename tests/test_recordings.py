@@ -103,8 +103,11 @@ def _wfdb_zip(header: str) -> bytes:
     ("/api/v1/recordings", _wfdb_zip("r 1 0 10\nr.dat 16 200 16 0 0 0 0 x\n"), 422,
      "sampling rate"),
     ("/api/v1/recordings", _wfdb_zip("r 3 360 10\n"), 422, "no signal"),
+    # rates a device could not say hello with (limits.min_fs .. max_fs: 1 .. 20,000 Hz)
+    ("/api/v1/recordings?fs=1e-300", _npy(_signal(100)), 422, "outside the server's 1..20000"),
+    ("/api/v1/recordings?fs=1e9", _npy(_signal(100)), 422, "outside the server's 1..20000"),
 ], ids=["mislabelled", "unknown-format", "truncated", "no-rate", "too-large", "no-channels",
-        "nan-rate", "wfdb-zero-rate", "wfdb-no-signals"])
+        "nan-rate", "wfdb-zero-rate", "wfdb-no-signals", "tiny-rate", "huge-rate"])
 async def test_bad_uploads_get_clear_errors_and_leave_nothing(
         server: Server, path: str, data: bytes | None, status: int, words: str) -> None:
     if data is None:  # only the head, announcing 11 MB: refused before any body is read

@@ -39,6 +39,7 @@ from .uploads import (
     Body,
     Disconnected,
     Resumable,
+    fs_range,
     register_uploads,
     respond,
     upload_params,
@@ -96,7 +97,8 @@ class UploadApp:
                 self.server.store, Body(receive), params=upload_params(query),
                 declared=declared_format(query.get("format", [None])[-1],
                                          headers.get("content-type")),
-                chunk_bytes=s.write_chunk_bytes, max_bytes=s.max_upload_bytes)
+                chunk_bytes=s.write_chunk_bytes, max_bytes=s.max_upload_bytes,
+                fs_range=fs_range(self.server.settings))
         except FormatError as exc:
             self.server.stats.reject(f"upload-{exc.status}")
             await respond(send, exc.status, {"error": exc.message, "reasons": []})

@@ -33,14 +33,20 @@ from ..store.resumable import OffsetError, PatchWriter, Session, parse_checksum
 
 if TYPE_CHECKING:
     from ..graph import Server
+    from ..settings import Settings
 
 __all__ = ["PATCH_PATH", "RECORDINGS", "Body", "Disconnected", "Resumable",
-           "register_uploads", "respond", "upload_params"]
+           "fs_range", "register_uploads", "respond", "upload_params"]
 
 RECORDINGS = "/api/v1/recordings"
 PATCH_PATH = re.compile(r"^/api/v1/uploads/([^/]+)/?$")
 _Problem = tuple[dict[str, Any], int]
 _Answer = tuple[int, dict[str, Any] | None, dict[str, str]]  # status, JSON body, headers
+
+
+def fs_range(settings: Settings) -> tuple[float, float]:
+    """The sampling rates an upload may have: a device's (``limits.min_fs .. max_fs``)."""
+    return settings.limits.min_fs, settings.limits.max_fs
 
 
 def upload_params(query: dict[str, list[str]]) -> UploadParams:
@@ -227,7 +233,7 @@ class Resumable:
                 declared=declared_format(query.get("format", [None])[-1],
                                          session.state.content_type),
                 chunk_bytes=s.write_chunk_bytes, max_bytes=s.max_upload_bytes,
-                sha256=session.state.sha256)
+                sha256=session.state.sha256, fs_range=fs_range(self.server.settings))
         except FormatError as exc:
             self.server.stats.reject(f"upload-{exc.status}")
             return exc.status, {"error": exc.message, "reasons": []}

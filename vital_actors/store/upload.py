@@ -43,6 +43,7 @@ class _Upload:
     decoder: Decoder
     sha: Any
     fmt: str
+    fs_range: tuple[float, float]
     writer: Writer | None = None
 
     def write(self, data: bytes, *, final: bool) -> None:
@@ -58,7 +59,7 @@ class _Upload:
         if self.writer is None:
             info = self.decoder.info
             assert info is not None  # decoders emit frames only after their header
-            _check(info)
+            _check(info, self.fs_range)
             self.writer = Writer(self.workdir / "rec", fs=info.fs, channels=info.channels,
                                  dtype=info.dtype, gain=info.gain, baseline=info.baseline)
         if frames.dtype.kind == "f" and not np.isfinite(frames).all():
@@ -67,14 +68,19 @@ class _Upload:
         self.writer.append(frames)
 
 
-def _check(info: SourceInfo) -> None:
-    """Refuse a header whose rate, gains or baselines no recording can have.
+def _check(info: SourceInfo, fs_range: tuple[float, float]) -> None:
+    """Refuse a header whose rate, gains or baselines no recording can have, or whose
+    rate is outside *fs_range* (the server's ``limits.min_fs .. max_fs``, as a device's).
 
     Raises:
         FormatError: 422, naming the field.
     """
     if not (math.isfinite(info.fs) and info.fs > 0):
         raise FormatError(422, f"the sampling rate must be a positive number, not {info.fs}")
+    lo, hi = fs_range
+    if not lo <= info.fs <= hi:
+        raise FormatError(422, f"the sampling rate {info.fs:g} Hz is outside the server's "
+                          f"{lo:g}..{hi:g} Hz (limits.min_fs, max_fs)")
     if not info.channels:
         raise FormatError(422, "the recording has no channels")
     if not all(math.isfinite(g) and g != 0 for g in info.gain):
@@ -85,8 +91,10 @@ def _check(info: SourceInfo) -> None:
 
 async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
                          declared: str | None, params: UploadParams, chunk_bytes: int,
-                         max_bytes: int, sha256: str | None = None) -> Meta:
-    """Decode *body* into a new recording in *store* and commit it.
+                         max_bytes: int, sha256: str | None = None,
+                         fs_range: tuple[float, float] = (0.0, math.inf)) -> Meta:
+    """Decode *body* into a new recording in *store* and commit it; its sampling rate
+    must be within *fs_range*.
 
     Receiving and writing overlap: while a worker thread writes one chunk, the next one
     is received (a one-slot channel between them, so at most two chunks in memory).
@@ -98,7 +106,7 @@ async def receive_upload(store: RecordingStore, body: AsyncIterator[bytes], *,
     rec_id = new_id()
     workdir = store.partial / rec_id
     workdir.mkdir()
-    writer = _ChunkWriter(store, workdir, declared, params, max_bytes)
+    writer = _ChunkWriter(store, workdir, declared, params, max_bytes, fs_range)
     with hold(workdir):
         return await _receive(store, body, rec_id, workdir, writer, chunk_bytes=chunk_bytes,
                               max_bytes=max_bytes, sha256=sha256, params=params)
@@ -170,6 +178,7 @@ class _ChunkWriter:
     declared: str | None
     params: UploadParams
     max_bytes: int  # also what an archive (WFDB zip or tar) may unpack to
+    fs_range: tuple[float, float]
     up: _Upload | None = None
     error: Exception | None = None
 
@@ -184,12 +193,12 @@ class _ChunkWriter:
     def _write(self, chunk: bytes, final: bool) -> None:
         if self.up is None:  # the first chunk is at least the sniffing size, or all there is
             self.up = _start(self.store, self.workdir, self.declared, self.params,
-                             chunk[:_SNIFF], self.max_bytes)
+                             chunk[:_SNIFF], self.max_bytes, self.fs_range)
         self.up.write(chunk, final=final)
 
 
 def _start(store: RecordingStore, workdir: Path, declared: str | None, params: UploadParams,
-           head: bytes, max_bytes: int) -> _Upload:
+           head: bytes, max_bytes: int, fs_range: tuple[float, float]) -> _Upload:
     fmt = resolve(declared, head)
     decoder = make_decoder(fmt, params, workdir, max_unpacked=max_bytes)
-    return _Upload(store, workdir, decoder, hashlib.sha256(), fmt)
+    return _Upload(store, workdir, decoder, hashlib.sha256(), fmt, fs_range)
