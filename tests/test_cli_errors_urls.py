@@ -44,3 +44,21 @@ def test_a_bad_websocket_url_is_an_argument_error(
         main([command, "--url", url])
     assert exc.value.code == 2
     assert "--url" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["serve", "--workers", "0"], "--workers"), (["serve", "--workers", "-2"], "--workers"),
+    (["demo", "--devices", "0"], "--devices"), (["simulate", "--devices", "x"], "--devices"),
+])
+def test_a_count_below_one_is_an_argument_error(
+        argv: list[str], flag: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # --workers 0 served as one process and --devices -5 simulated none, silently.
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"ran with {argv}")
+
+    monkeypatch.setattr(trio, "run", never)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err

@@ -59,6 +59,17 @@ async def _until_signal(server: Server) -> None:
             return
 
 
+def _count_arg(text: str) -> int:
+    """argparse type of a --workers or --devices: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1") from None
+    return value
+
+
 def _ws_url_arg(url: str) -> str:
     """argparse type of a --url the devices and subscribers connect to: ws://host[:port]."""
     try:
@@ -148,14 +159,14 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--bus", metavar="redis://HOST:PORT",
                        help="share topics and streams with other processes over Redis")
     sub.choices["serve"].add_argument(
-        "--workers", type=int, default=1,
+        "--workers", type=_count_arg, default=1,
         help="N processes on one port (SO_REUSEPORT) joined by --bus (default 1)")
     demo = sub.choices["demo"]
-    demo.add_argument("--devices", type=int, default=4)
+    demo.add_argument("--devices", type=_count_arg, default=4)
     demo.add_argument("--data", type=Path, help="WFDB folder (default ../shared/data/mitdb)")
     sim = sub.add_parser("simulate", help="devices replaying WFDB records (or synthetic ECG)")
     sim.add_argument("--url", default="ws://127.0.0.1:8080", type=_ws_url_arg)
-    sim.add_argument("--devices", type=int, default=4)
+    sim.add_argument("--devices", type=_count_arg, default=4)
     sim.add_argument("--data", type=Path, help="WFDB folder; synthetic ECG when omitted")
     sim.add_argument("--frame-ms", type=float, default=100.0)
     sim.add_argument("--stagger-ms", type=float, default=500.0)
