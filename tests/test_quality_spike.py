@@ -136,3 +136,21 @@ def test_a_long_asystole_with_noise_stays_beatless(mitdb: Path, seed: int) -> No
               for e in of_type(events, "alert") if e.topic == "alerts"]
     assert alarms[0][:2] == ("asystole", "start") and 42 <= alarms[0][2] <= 45
     assert alarms[1][:2] == ("asystole", "end") and alarms[1][3] > 110 * FS
+
+
+def test_the_relearn_is_the_same_for_any_framing(mitdb: Path) -> None:
+    # It looks at detector B's beats decided by A's candidate: not at whatever else
+    # the block that brought the candidate holds.
+    rec = load_record(mitdb / "230", stop=SECONDS * FS)
+    x = to_mv(rec)
+    x[60 * FS:] *= 0.1
+    rng = np.random.default_rng(3)
+    ragged, left = [], len(x)
+    while left:
+        ragged.append(int(min(left, rng.choice([1, 7, 36, 90, 361, 800]))))
+        left -= ragged[-1]
+    runs = [[(e.type, e.topic, e.body) for e in feed(QualityChain(ScreenSettings()), "s",
+                                                     rec.fs, x, sizes)]
+            for sizes in ([36] * (len(x) // 36), [FS] * SECONDS, ragged)]
+    assert runs[0] == runs[1] == runs[2]
+    assert sum(t == "beat" and b["r"] > 75 * FS for t, _, b in runs[0]) > 50  # relearnt

@@ -193,10 +193,9 @@ class PeakTracker:
 def _learnt_top(values: list[float], *, final: bool) -> float | None:
     """The learning phase's peak level from the candidates' *values* so far (those
     above ``ARTEFACT_MWI`` left out, unless all are): the largest, once another is at
-    least ``1 / LEARN_TOP`` of it (so two peaks agree on
-    the level, as two beats do and one spike and the beats do not); else None, to
-    learn on, unless *final*: then the largest counts for at most ``LEARN_TOP`` times
-    the second largest."""
+    least ``1 / LEARN_TOP`` of it (two peaks agree on the level, as two beats do and
+    one spike and the beats do not); else None, to learn on, unless *final*: then the
+    largest counts for at most ``LEARN_TOP`` times the second largest."""
     values = [v for v in values if v <= ARTEFACT_MWI] or values
     top = max(values)
     if sum(v * LEARN_TOP >= top for v in values) >= 2:
