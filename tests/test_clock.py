@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,14 +91,21 @@ async def test_stream_info_shows_the_clock_and_frames_are_stamped(
             while (info := server.registry.get("c1")) is None or \
                     info.clock is None or info.clock.exchanges < 3:  # noqa: ASYNC110
                 await trio.sleep(0.02)
-        device_t = 1_000_000.0  # a device whose clock is far off ours
+        device_t = time.time() - 30.0  # a frame from the device's buffer, 30 s old
         await client.send(np.zeros((25, 1), "<i2"), t=device_t)
+        # A t off the clock of the device's own pings (1970): were it kept, retention
+        # would trim the frame at once. Then a clock that steps back 10 s.
+        await client.send(np.zeros((25, 1), "<i2"), t=1_000_000.0)
+        await client.send(np.zeros((25, 1), "<i2"), t=device_t - 10.0)
         await client.drain()
+        sent = time.time()
         inner.cancel_scope.cancel()
     body = await get_json(server.port or 0, "/api/v1/streams/c1")
     clock = body["clock"]
     assert clock["exchanges"] >= 3 and 0 <= clock["rtt_s"] < 0.5
     assert abs(clock["offset_s"]) < 0.1  # same machine, same clock
     server.shutdown()
-    [(_, _, _, t)] = read_records(run_dir(tmp_path, "c1", 0))
-    assert t == pytest.approx(device_t, abs=0.1)  # mapped through the (near 0) offset
+    (*_, t1), (*_, t2), (*_, t3) = read_records(run_dir(tmp_path, "c1", 0))
+    assert t1 == pytest.approx(device_t, abs=0.1)  # mapped through the (near 0) offset
+    assert sent - 5 < t2 <= sent  # stamped at its arrival
+    assert t3 == t2  # stamps never go back: retention bisects them

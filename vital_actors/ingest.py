@@ -14,6 +14,7 @@ limits of :mod:`limits` apply: message rate, silence, channels and fs, streams k
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections import deque
@@ -48,6 +49,15 @@ from .settings import LimitSettings
 from .stats import Stats
 from .streams import StreamBusyError, StreamInfo, StreamRegistry
 
+_log = logging.getLogger(__name__)
+
+#: A frame's stamp in the archive (its ``t`` on our clock) is kept only from this long
+#: before its arrival (a device's buffer, sent after an outage) ...
+STAMP_BACKLOG_S = 86_400.0
+#: ... to this long after (the clock estimate's error): retention trims by the stamps,
+#: and a frame's ``t`` off its own pings' clock (1970, say) was trimmed at once.
+STAMP_AHEAD_S = 5.0
+
 __all__ = ["STORAGE_REASON", "run_ingest"]
 
 STORAGE_REASON = "storage-unavailable"
@@ -68,6 +78,8 @@ class _Ingest:
         self.pending_added = trio.Event()
         self.clock = ClockTracker()
         self.received_at = 0.0  # our clock (Unix s) when the current message arrived
+        self.last_stamp = -math.inf  # stamps never go back (retention bisects them)
+        self.off_clock = False  # a frame's t was off the pings' clock (logged once)
         self.waiting_since = trio.current_time()  # since when receive waits (idle watchdog)
         self.silent = False  # the watchdog ended the connection: nothing came for too long
         # Cancelled by the watchdog (idle) or by send_acks (the archive failed): only the
@@ -147,11 +159,23 @@ class _Ingest:
         await self.ws.send(Pong(ping.t, self.received_at, now))
 
     def _stamp(self, frame: Frame, n: int, fs: float) -> float:
-        """Our clock at the frame's first sample."""
-        estimate = self.clock.estimate
+        """Our clock at the frame's first sample: the device's ``t`` through the clock
+        estimate, else (no ``t``, no estimate yet, or a ``t`` that would put the frame
+        more than ``STAMP_BACKLOG_S`` before or ``STAMP_AHEAD_S`` after its arrival)
+        the arrival less the frame's length; never before the connection's last."""
+        arrival = self.received_at - n / fs
+        stamp, estimate = arrival, self.clock.estimate
         if frame.t is not None and estimate is not None:
-            return estimate.to_server(frame.t)
-        return self.received_at - n / fs
+            mapped = estimate.to_server(frame.t)
+            if arrival - STAMP_BACKLOG_S <= mapped <= self.received_at + STAMP_AHEAD_S:
+                stamp = mapped
+            elif not self.off_clock:
+                self.off_clock = True
+                _log.warning("stream %s: frame %d's t (%g) is %.0f s off its pings' clock; "
+                             "stamping such frames at their arrival", self.info and
+                             self.info.id, frame.seq, frame.t, mapped - arrival)
+        self.last_stamp = max(stamp, self.last_stamp)
+        return self.last_stamp
 
     async def _start(self, event: Started) -> None:
         hello = event.hello
