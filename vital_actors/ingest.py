@@ -78,7 +78,6 @@ class _Ingest:
         self.pending_added = trio.Event()
         self.clock = ClockTracker()
         self.received_at = 0.0  # our clock (Unix s) when the current message arrived
-        self.last_stamp = -math.inf  # stamps never go back (retention bisects them)
         self.off_clock = False  # a frame's t was off the pings' clock (logged once)
         self.waiting_since = trio.current_time()  # since when receive waits (idle watchdog)
         self.silent = False  # the watchdog ended the connection: nothing came for too long
@@ -162,7 +161,8 @@ class _Ingest:
         """Our clock at the frame's first sample: the device's ``t`` through the clock
         estimate, else (no ``t``, no estimate yet, or a ``t`` that would put the frame
         more than ``STAMP_BACKLOG_S`` before or ``STAMP_AHEAD_S`` after its arrival)
-        the arrival less the frame's length; never before the connection's last."""
+        the arrival less the frame's length; never before the stream's last (across
+        reconnects; retention bisects the stamps)."""
         arrival = self.received_at - n / fs
         stamp, estimate = arrival, self.clock.estimate
         if frame.t is not None and estimate is not None:
@@ -174,8 +174,9 @@ class _Ingest:
                 _log.warning("stream %s: frame %d's t (%g) is %.0f s off its pings' clock; "
                              "stamping such frames at their arrival", self.info and
                              self.info.id, frame.seq, frame.t, mapped - arrival)
-        self.last_stamp = max(stamp, self.last_stamp)
-        return self.last_stamp
+        assert self.info is not None
+        self.info.last_stamp = max(stamp, self.info.last_stamp)
+        return self.info.last_stamp
 
     async def _start(self, event: Started) -> None:
         hello = event.hello

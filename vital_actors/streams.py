@@ -7,6 +7,7 @@ The HTTP API reads and changes it; the actors read it. Single-threaded (trio), n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -46,6 +47,7 @@ class StreamInfo:
     duplicates: int = 0
     clock: ClockEstimate | None = None  # the device's clock against ours (ping/pong)
     durable: tuple[int, Durable] | None = None  # (run, its mark in the live archive)
+    last_stamp: float = -math.inf  # its last frame's archive stamp (they never go back)
     scale: npt.NDArray[np.float64] = field(init=False)
     offset: npt.NDArray[np.float64] = field(init=False)
 
