@@ -216,3 +216,31 @@ async def test_a_job_whose_recording_is_deleted_fails_alone(store: RecordingStor
         await runner.wait(second.id, lambda j: not j.active)
         assert second.state == "done"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_job_is_on_disk_for_good_when_accepted_and_when_it_ends(
+        store: RecordingStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # job.json was renamed into place unsynced: a power loss soon after the 202 (or the
+    # end) could leave it empty, and the job would be gone (or run again).
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    meta = _store_recording(store, _ecg_like(3000, 1))
+    runner = JobRunner(store, JobSettings(), ScreenSettings())
+    tx, _rx = trio.open_memory_channel[Item](1000)
+    async with trio.open_nursery() as nursery:
+        job = await runner.create(JobSpec(recording=meta.id, screen=False))
+        folder = store.jobs / job.id
+        accepted = [str(folder / "job.json"), str(folder), str(store.jobs)]
+        assert [p for p in synced if p in accepted] == accepted
+        synced.clear()
+        await nursery.start(runner.run, tx)
+        await runner.wait(job.id, lambda j: not j.active)
+        assert job.state == "done"
+        nursery.cancel_scope.cancel()  # (a thread's fsync is not cancelled: waited for)
+    assert [p for p in synced if p in accepted][-3:] == accepted

@@ -24,6 +24,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import os
 import re
 import shutil
 import sys
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import trio
@@ -44,6 +46,7 @@ from .messages import Item, Publication
 from .processing import Computed, Processing
 from .settings import FilterSettings, JobSettings, ScreenSettings
 from .store import RecordingStore
+from .store.recording import sync_dir
 from .store.store import new_id
 
 __all__ = ["Job", "JobBoard", "JobBoardUnavailableError", "JobRunner", "JobSpec",
@@ -205,14 +208,16 @@ class JobRunner:
             what :meth:`submit` raises, and JobBoardUnavailableError.
         """
         if self.board is None:
-            return self.submit(spec)
-        job = self._new(spec, await self.board.queued())
-        try:
-            await self.board.put(job)
-        except JobBoardUnavailableError:
-            del self.jobs[job.id]  # refused: leave nothing behind that looks queued
-            shutil.rmtree(self.store.jobs / job.id, ignore_errors=True)
-            raise
+            job = self.submit(spec)
+        else:
+            job = self._new(spec, await self.board.queued())
+            try:
+                await self.board.put(job)
+            except JobBoardUnavailableError:
+                del self.jobs[job.id]  # refused: leave nothing behind that looks queued
+                shutil.rmtree(self.store.jobs / job.id, ignore_errors=True)
+                raise
+        await self._durable(job)  # accepted: it must outlive a power loss
         return job
 
     async def get(self, job_id: str) -> Job | None:
@@ -268,6 +273,14 @@ class JobRunner:
         while (job := self.jobs.get(job_id)) is None or not until(job):
             await self._changed.wait()
         return job
+
+    async def _durable(self, job: Job) -> None:
+        """Make *job*'s ``job.json`` as :meth:`_save` last wrote it durable, and its
+        directory's entry: in a worker thread (fsyncs can take the disk's time). For its
+        acceptance and its end; progress in between is superseded, so not synced."""
+        folder = self.store.jobs / job.id
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+            await trio.to_thread.run_sync(_sync_job, folder)
 
     def _save(self, job: Job) -> None:
         self._changed.set()
@@ -361,6 +374,7 @@ class JobRunner:
 
     async def _finished(self, job: Job, state: Any, error: str | None = None) -> None:
         self._finish(job, state, error)
+        await self._durable(job)
         if self.board is not None:
             await self.board.save(job)
             await self.board.release(job)
@@ -451,3 +465,15 @@ class _Rereadable:
 
 async def _compute(work: Processing, into: list[Computed]) -> None:
     into.append(await trio.to_thread.run_sync(work.compute))
+
+
+def _sync_job(folder: Path) -> None:
+    """fsync *folder*'s ``job.json``, *folder* (the rename into it) and its parent (the
+    folder's own entry, new at submit)."""
+    fd = os.open(folder / "job.json", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    sync_dir(folder)
+    sync_dir(folder.parent)
