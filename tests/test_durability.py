@@ -39,7 +39,7 @@ from vital_actors.archive import (
     scan,
 )
 from vital_actors.graph import Server
-from vital_actors.history import ArchiveHistory
+from vital_actors.history import ArchiveHistory, archive_token
 from vital_actors.sdk import Backoff, DeviceClient, open_connection
 from vital_actors.sdk._connection import receive
 from vital_actors.settings import load_settings
@@ -832,3 +832,13 @@ async def test_a_full_disk_closes_the_device_1013_loses_nothing_and_it_resumes(
     assert seqs == list(range(60)), seqs
     assert samples.tobytes() == np.ascontiguousarray(rec.samples, "<i2").tobytes()
     assert full.counters.connections >= 2
+
+
+def test_the_archive_token_is_kept_and_an_empty_one_is_made_anew(tmp_path: Path) -> None:
+    # A power loss during its first (then unsynced) write could leave the file empty:
+    # the token was then "", and every raw topic's epoch ".<run>".
+    token = archive_token(tmp_path)
+    assert len(token) == 8 and archive_token(tmp_path) == token  # kept across starts
+    (tmp_path / "epoch-token").write_text("")
+    again = archive_token(tmp_path)
+    assert len(again) == 8 and (tmp_path / "epoch-token").read_text() == again

@@ -46,6 +46,7 @@ from protocol import TOPIC, Event, Priority, StreamSamples, decode_server
 from .archive import RECORD, _hello, run_dir
 from .edge.codecs import Outgoing
 from .store.live import Trim, read_trim
+from .store.recording import write_synced
 
 __all__ = ["PROCESS_TOKEN", "ArchiveHistory", "Entry", "History", "Ring", "TopicLog",
            "archive_token", "is_sample_topic", "replayed", "stamp"]
@@ -205,14 +206,14 @@ def archive_token(root: Path) -> str:
     changes if the archive is a new one."""
     path = root / "epoch-token"
     try:
-        return path.read_text().strip()
+        token = path.read_text().strip()
+        if token:  # (empty: a power loss caught its first write; made anew)
+            return token
     except FileNotFoundError:
         pass
     root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(4)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(token)
-    os.replace(tmp, path)
+    write_synced(path, token)
     return token
 
 
