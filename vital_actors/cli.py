@@ -20,6 +20,7 @@ from .clients import StreamSummary, run_devices, run_summary
 from .graph import Server
 from .lag import steady_collector
 from .sdk import FatalError
+from .sdk._connection import leaves
 from .settings import Settings, SettingsError, load_settings
 from .sources import Recording, data_dir, list_records, load_record, synthetic_ecg
 
@@ -97,7 +98,7 @@ async def serve(settings: Settings, *, devices: list[tuple[str, Recording]] | No
             try:
                 await nursery.start(server.run)
             except* OSError as group:  # the port is taken, a folder unusable: not started
-                raise StartError(f"cannot start: {_leaf(group)}") from None
+                raise StartError(f"cannot start: {next(leaves(group))}") from None
             serving.enter_context(steady_collector(settings.server.gc_thresholds))
             nursery.start_soon(_until_signal, server)
             if banner:
@@ -111,18 +112,13 @@ class StartError(Exception):
     """The server could not start (an operator's matter, said in one line)."""
 
 
-def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
 def _run_server(serving: Callable[[], Awaitable[None]]) -> None:
     """Run the server; a failure to start ends the command with its reason, not a
     traceback (what fails once it runs still shows one: that is a bug)."""
     try:
         trio.run(serving)
     except* StartError as group:
-        raise SystemExit(str(_leaf(group))) from None
+        raise SystemExit(str(next(leaves(group)))) from None
 
 
 async def _simulate_until_stop(server: Server, devices: list[tuple[str, Recording]]) -> None:

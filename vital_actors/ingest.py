@@ -163,6 +163,8 @@ class _Ingest:
         more than ``STAMP_BACKLOG_S`` before or ``STAMP_AHEAD_S`` after its arrival)
         the arrival less the frame's length; never before the stream's last (across
         reconnects; retention bisects the stamps)."""
+        info = self.info
+        assert info is not None
         arrival = self.received_at - n / fs
         stamp, estimate = arrival, self.clock.estimate
         if frame.t is not None and estimate is not None:
@@ -172,11 +174,10 @@ class _Ingest:
             elif not self.off_clock:
                 self.off_clock = True
                 _log.warning("stream %s: frame %d's t (%g) is %.0f s off its pings' clock; "
-                             "stamping such frames at their arrival", self.info and
-                             self.info.id, frame.seq, frame.t, mapped - arrival)
-        assert self.info is not None
-        self.info.last_stamp = max(stamp, self.info.last_stamp)
-        return self.info.last_stamp
+                             "stamping such frames at their arrival", info.id, frame.seq,
+                             frame.t, mapped - arrival)
+        info.last_stamp = max(stamp, info.last_stamp)
+        return info.last_stamp
 
     async def _start(self, event: Started) -> None:
         hello = event.hello

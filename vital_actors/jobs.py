@@ -24,7 +24,6 @@ import contextlib
 import heapq
 import itertools
 import json
-import os
 import re
 import shutil
 import sys
@@ -46,7 +45,7 @@ from .messages import Item, Publication
 from .processing import Computed, Processing
 from .settings import FilterSettings, JobSettings, ScreenSettings
 from .store import RecordingStore
-from .store.recording import sync_dir
+from .store.recording import fsync_path
 from .store.store import new_id
 
 __all__ = ["Job", "JobBoard", "JobBoardUnavailableError", "JobRunner", "JobSpec",
@@ -470,10 +469,5 @@ async def _compute(work: Processing, into: list[Computed]) -> None:
 def _sync_job(folder: Path) -> None:
     """fsync *folder*'s ``job.json``, *folder* (the rename into it) and its parent (the
     folder's own entry, new at submit)."""
-    fd = os.open(folder / "job.json", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    sync_dir(folder)
-    sync_dir(folder.parent)
+    for path in (folder / "job.json", folder, folder.parent):
+        fsync_path(path)

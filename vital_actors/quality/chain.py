@@ -258,7 +258,6 @@ class QualityChain:
         return found
 
 
-
 def compiled_front(front: str) -> bool:
     """Whether ``ScreenSettings.front`` *front* means the compiled front end: "auto"
     does when numba imports (the settings refuse "compiled" where it does not)."""
@@ -276,7 +275,6 @@ def warm_up(settings: ScreenSettings) -> None:
     fs = float(min(max(360.0, settings.min_fs), settings.max_fs))
     x = np.zeros((round(fs), 3))
     chain.feed([Frame("a", fs, 0, x[:, :2], x[:, :2]), Frame("b", fs, 0, x[:, 2:], x[:, 2:])])
-
 
 
 def _writable(x: F64) -> F64:

@@ -364,11 +364,10 @@ def _totals(d: Design, old: dict[str, F64], mv: F64, f: F64, new: dict[str, F64]
     first sample: the first row of a stretch gets the carried partial sum added, then
     ``np.add.reduce`` over axis 0 adds the rows in order (bit-identical to a row-by-row
     loop, unlike a pairwise sum along a contiguous axis), so any framing gives the
-    same sums. A big block goes
-    through in chunks of rows whose features fit in the core's cache (written, then
-    summed while still there, ~5 % of the chain with 200 streams' 1-s blocks): a
-    stretch cut at a chunk's edge goes on from the carried total, the same additions
-    in the same order."""
+    same sums. A big block goes through in chunks of rows whose features fit in the
+    core's cache (written, then summed while still there, ~5 % of the chain with 200
+    streams' 1-s blocks): a stretch cut at a chunk's edge goes on from the carried
+    partial sum, the same additions in the same order."""
     n, c = mv.shape
     bw, new["zi_bw"] = sosfilt_columns(d.bw_sos, mv, old["zi_bw"])
     hf, new["zi_hf"] = sosfilt_columns(d.hf_sos, mv, old["zi_hf"])

@@ -28,8 +28,8 @@ from protocol import (
 
 from ._backoff import Backoff
 
-__all__ = ["ENDINGS", "FATAL_CODES", "FatalError", "is_fatal", "open_connection", "receive",
-           "reconnecting", "unwrapped"]
+__all__ = ["ENDINGS", "FATAL_CODES", "FatalError", "is_fatal", "leaves", "open_connection",
+           "receive", "reconnecting", "unwrapped"]
 
 #: Close codes that mean the client is at fault: the same bytes would fail again.
 FATAL_CODES = frozenset({CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA,
@@ -48,10 +48,11 @@ ENDINGS = (OSError, ConnectionClosed, HandshakeError, trio.BrokenResourceError,
            trio.TooSlowError, FatalError)
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+def leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    """The exceptions of *group*, nested groups opened, in order."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
+            yield from leaves(exc)
         else:
             yield exc
 
@@ -63,9 +64,9 @@ def unwrapped(endings: tuple[type[BaseException], ...] = ENDINGS) -> Iterator[No
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
-        if leaves and all(isinstance(e, endings) for e in leaves):
-            raise leaves[0] from None
+        found = [e for e in leaves(group) if not isinstance(e, trio.Cancelled)]
+        if found and all(isinstance(e, endings) for e in found):
+            raise found[0] from None
         raise
 
 

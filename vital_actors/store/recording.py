@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .libc import libc_function
 from .pyramid import LEVELS, PyramidBuilder, bucket
 
-__all__ = ["DTYPES", "Meta", "Reader", "Writer", "WriterState", "sync_dir", "write_synced"]
+__all__ = ["DTYPES", "Meta", "Reader", "Writer", "WriterState", "fsync_path", "write_synced"]
 
 DTYPES = ("int16", "float32", "float64")
 Array = npt.NDArray[Any]
@@ -155,7 +155,7 @@ class Writer:
                     bytes=frames * self.frame_bytes, job=job)
         write_synced(self.path / "meta.json", meta.model_dump_json(indent=1))
         os.replace(self.path, target)  # atomic: the recording appears complete or not at all
-        sync_dir(target.parent)
+        fsync_path(target.parent)
         return meta
 
     def abort(self) -> None:
@@ -174,11 +174,12 @@ def write_synced(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    sync_dir(path.parent)
+    fsync_path(path.parent)
 
 
-def sync_dir(path: Path) -> None:
-    """Make the entries added to or renamed in directory *path* durable."""
+def fsync_path(path: Path) -> None:
+    """Make *path* durable: a file's data, or the entries added to or renamed in a
+    directory."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
